@@ -1,0 +1,69 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "Rota",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RotaRedis", targets: ["RotaRedis"]),
+        .library(name: "RotaRedisServer", targets: ["RotaRedisServer"]),
+        .executable(name: "rota-bench", targets: ["rota-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser.
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "RotaRedis",
+            dependencies: [
+                "CHiredis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        // Starts private redis-server processes: for tests, benchmarks and `rota run` without --redis.
+        .target(
+            name: "RotaRedisServer",
+            dependencies: ["RotaRedis"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "rota-bench",
+            dependencies: [
+                "RotaRedis",
+                "RotaRedisServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RotaRedisTests",
+            dependencies: [
+                "RotaRedis",
+                "RotaRedisServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+    ]
+)

@@ -1,0 +1,166 @@
+import CHiredis
+import NIOCore
+
+/// Encodes nothing and decodes everything: commands arrive already encoded by hiredis'
+/// `redisFormatCommandArgv`; replies are parsed by a hiredis `redisReader` and matched, in order,
+/// to the slots of the commands that were written.
+///
+/// Lives on its channel's event loop; every method is called there.
+final class RedisChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private struct InFlight {
+        let slot: ReplySlot
+        var collected: [RedisValue] = []
+    }
+
+    private var reader: UnsafeMutablePointer<redisReader>?
+    private var inFlight = CircularBuffer<InFlight>(initialCapacity: 64)
+    private var context: ChannelHandlerContext?
+    private var closedError: RedisError?
+    /// Pub/sub connections hand every push message (and any reply nobody waits for) to this closure.
+    var onPush: ((RedisValue) -> Void)?
+    /// Called once when the channel goes inactive, after every in-flight slot has been failed.
+    var onInactive: (() -> Void)?
+
+    var inFlightCount: Int { inFlight.count }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.reader = redisReaderCreate()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        failAll(RedisError(.connectionClosed, "the connection handler was removed"))
+        if let reader { redisReaderFree(reader) }
+        reader = nil
+        self.context = nil
+    }
+
+    /// Writes already-encoded commands and registers their slots; one flush for the whole batch.
+    /// `slots` may be shorter than the number of commands: commands with no slot (SUBSCRIBE on a
+    /// pub/sub connection) expect no matched reply.
+    func write(_ bytes: ByteBuffer, slots: some Sequence<ReplySlot>) {
+        guard let context, closedError == nil else {
+            let error = closedError ?? RedisError(.connectionClosed, "the connection is closed")
+            for slot in slots { slot.resolve(.failure(error)) }
+            return
+        }
+        for slot in slots { inFlight.append(InFlight(slot: slot)) }
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        guard let reader else { return }
+        let fed = buffer.withUnsafeReadableBytes { bytes -> Int32 in
+            guard let base = bytes.baseAddress, bytes.count > 0 else { return REDIS_OK }
+            return redisReaderFeed(reader, base.assumingMemoryBound(to: CChar.self), bytes.count)
+        }
+        guard fed == REDIS_OK else { return protocolFailure(context: context) }
+        while true {
+            var replyPointer: UnsafeMutableRawPointer?
+            guard redisReaderGetReply(reader, &replyPointer) == REDIS_OK else { return protocolFailure(context: context) }
+            guard let replyPointer else { break }
+            let value = RedisValue(copying: replyPointer.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(replyPointer)
+            deliver(value)
+            if self.reader == nil { return }  // delivery closed the channel
+        }
+    }
+
+    private func deliver(_ value: RedisValue) {
+        if let onPush, inFlight.isEmpty || Self.isPush(value) {
+            onPush(value)
+            return
+        }
+        guard !inFlight.isEmpty else {
+            // A reply nobody asked for means we lost track of the protocol: never guess who it belongs to.
+            closedError = RedisError(.protocolError, "received a reply with no command waiting for it")
+            context?.close(promise: nil)
+            return
+        }
+        if inFlight[inFlight.startIndex].slot.expectedReplies == 1 {
+            let entry = inFlight.removeFirst()
+            if case .error(let message) = value {
+                entry.slot.resolve(.failure(RedisError(.server, message)))
+            } else {
+                entry.slot.resolve(.success(.one(value)))
+            }
+        } else {
+            inFlight[inFlight.startIndex].collected.append(value)
+            if inFlight[inFlight.startIndex].collected.count == inFlight[inFlight.startIndex].slot.expectedReplies {
+                let entry = inFlight.removeFirst()
+                entry.slot.resolve(.success(.many(entry.collected)))
+            }
+        }
+    }
+
+    /// Push messages of a subscribed connection: message, pmessage, (p)(un)subscribe confirmations, pong.
+    static func isPush(_ value: RedisValue) -> Bool {
+        guard case .array(let items) = value, let first = items.first, case .bulkString(let kind) = first else { return false }
+        switch String(decoding: kind, as: UTF8.self) {
+        case "message", "pmessage", "subscribe", "psubscribe", "unsubscribe", "punsubscribe", "pong": return true
+        default: return false
+        }
+    }
+
+    /// Fails the waiters whose deadline has passed; returns the earliest deadline still pending.
+    func expire(now: NIODeadline) -> NIODeadline? {
+        var earliest: NIODeadline?
+        for entry in inFlight where !entry.slot.isResolved {
+            if entry.slot.deadline <= now {
+                entry.slot.resolve(.failure(RedisError(.timeout, "no reply within the command timeout")))
+            } else if earliest.map({ entry.slot.deadline < $0 }) ?? true {
+                earliest = entry.slot.deadline
+            }
+        }
+        return earliest
+    }
+
+    private func protocolFailure(context: ChannelHandlerContext) {
+        var detail = "reader missing"
+        if let reader {
+            detail = withUnsafeBytes(of: reader.pointee.errstr) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+        }
+        let error = RedisError(.protocolError, "invalid reply from the server: \(detail)")
+        closedError = error
+        failAll(error)
+        // The reader's state is undefined after an error: drop it along with the connection.
+        if let reader { redisReaderFree(reader) }
+        reader = nil
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let error = closedError ?? RedisError(.connectionClosed, "the connection to the server was lost")
+        closedError = error
+        failAll(error)
+        let callback = onInactive
+        onInactive = nil
+        callback?()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if closedError == nil {
+            closedError = RedisError(.connectionClosed, "the connection failed", underlying: error)
+        }
+        context.close(promise: nil)
+    }
+
+    private func failAll(_ error: RedisError) {
+        while let entry = inFlight.popFirst() {
+            entry.slot.resolve(.failure(error))
+        }
+    }
+
+    /// Closes the channel, making `error` the reason given to in-flight commands.
+    func close(reason error: RedisError) {
+        if closedError == nil { closedError = error }
+        context?.close(promise: nil)
+    }
+}

@@ -1,0 +1,428 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// One reconnecting connection to Redis, on which many commands may be in flight at once.
+///
+/// Commands are encoded by the calling task and appended to a shared outbound buffer; the first
+/// command after a flush schedules one drain on the event loop, which writes everything queued so far
+/// with a single flush. Replies are matched to commands in order by ``RedisChannelHandler``.
+///
+/// While disconnected, commands wait in the queue (up to their timeout) and go out on the next
+/// connection, after AUTH and SELECT. Commands that were already written when a connection dropped
+/// fail with `.connectionClosed`: whether the server ran them is unknown, so they are not resent.
+///
+/// ``run()`` must be running for the connection to connect; cancelling it closes the connection.
+public final class RedisConnection: Sendable {
+    private struct Queued {
+        let slot: ReplySlot?
+        let start: Int
+        let length: Int
+    }
+
+    private enum Phase {
+        case idle
+        case connecting
+        case handshaking
+        case ready(NIOLoopBound<RedisChannelHandler>)
+        case failed(RedisError)
+        case closed
+    }
+
+    private struct State {
+        var phase: Phase = .idle
+        var queue: [Queued] = []
+        var buffer: ByteBuffer
+        var drainScheduled = false
+        var sweepAt: NIODeadline?
+        var lastError: RedisError?
+        var channel: (any Channel)?
+    }
+
+    public let configuration: RedisConfiguration
+    /// The loop this connection's channel, drains and timers run on.
+    public let eventLoop: any EventLoop
+    let logger: Logger
+    private let state: Mutex<State>
+    private let onPush: (@Sendable (RedisValue) -> Void)?
+    private let onConnected: (@Sendable () -> Void)?
+    private let allocator = ByteBufferAllocator()
+
+    /// Creates the connection without connecting: that happens in ``run()``.
+    public convenience init(configuration: RedisConfiguration, eventLoop: any EventLoop, logger: Logger) {
+        self.init(configuration: configuration, eventLoop: eventLoop, logger: logger, onPush: nil, onConnected: nil)
+    }
+
+    init(
+        configuration: RedisConfiguration,
+        eventLoop: any EventLoop,
+        logger: Logger,
+        onPush: (@Sendable (RedisValue) -> Void)?,
+        onConnected: (@Sendable () -> Void)?
+    ) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.onPush = onPush
+        self.onConnected = onConnected
+        self.state = Mutex(State(buffer: ByteBufferAllocator().buffer(capacity: 0)))
+    }
+
+    // MARK: Sending
+
+    /// Sends one command and waits for its reply. An error reply is thrown as a `.server` error.
+    public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RedisValue {
+        try Task.checkCancellation()
+        let slot = ReplySlot(expectedReplies: 1, deadline: deadline(timeout))
+        try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in
+            try enqueue(bytes, slot: slot)
+        }
+        guard case .one(let value) = try await slot.wait() else {
+            throw RedisError(.protocolError, "expected one reply")
+        }
+        return value
+    }
+
+    /// Sends `name` with `arguments`; see ``send(_:timeout:)``.
+    public func send(_ name: String, _ arguments: any RedisArgument...) async throws -> RedisValue {
+        try await send(RedisCommand(arguments: [name] + arguments))
+    }
+
+    /// Sends all commands in one write and waits for all replies, in order. Error replies are
+    /// returned in place as ``RedisValue/error(_:)`` so that one failing command does not hide the others.
+    public func pipeline(_ commands: [RedisCommand], timeout: Duration? = nil) async throws -> [RedisValue] {
+        try Task.checkCancellation()
+        guard !commands.isEmpty else { return [] }
+        var encoded = allocator.buffer(capacity: 32 * commands.count)
+        for command in commands {
+            try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in
+                _ = encoded.writeBytes(bytes)
+            }
+        }
+        let slot = ReplySlot(expectedReplies: commands.count, deadline: deadline(timeout))
+        try encoded.withUnsafeReadableBytes { (bytes) throws(RedisError) in try enqueue(bytes, slot: slot) }
+        switch try await slot.wait() {
+        case .many(let values): return values
+        case .one(let value): return [value]
+        }
+    }
+
+    /// Queues a command whose reply is not matched (SUBSCRIBE and friends on a pub/sub connection).
+    func sendWithoutReply(_ command: RedisCommand) throws(RedisError) {
+        try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in
+            try enqueue(bytes, slot: nil)
+        }
+    }
+
+    /// Commands written and not yet answered, plus commands queued for writing.
+    public var pendingCount: Int {
+        let (queued, handler) = state.withLock { state -> (Int, NIOLoopBound<RedisChannelHandler>?) in
+            if case .ready(let handler) = state.phase { return (state.queue.count, handler) }
+            return (state.queue.count, nil)
+        }
+        guard let handler, eventLoop.inEventLoop else { return queued }
+        return queued + handler.value.inFlightCount
+    }
+
+    private func deadline(_ timeout: Duration?) -> NIODeadline {
+        let timeout = timeout ?? configuration.commandTimeout
+        let (seconds, attoseconds) = timeout.components
+        return .now() + .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+
+    private func enqueue(_ bytes: UnsafeRawBufferPointer, slot: ReplySlot?) throws(RedisError) {
+        var scheduleDrain = false
+        var armSweep: NIODeadline?
+        let refusal: RedisError? = state.withLock { state in
+            switch state.phase {
+            case .failed(let error): return error
+            case .closed: return RedisError(.connectionClosed, "the connection to \(configuration.endpoint) is closed")
+            case .idle, .connecting, .handshaking: break
+            case .ready:
+                if !state.drainScheduled {
+                    state.drainScheduled = true
+                    scheduleDrain = true
+                }
+            }
+            let start = state.buffer.writerIndex
+            state.buffer.writeBytes(bytes)
+            state.queue.append(Queued(slot: slot, start: start, length: bytes.count))
+            if let slot, state.sweepAt.map({ slot.deadline < $0 }) ?? true {
+                state.sweepAt = slot.deadline
+                armSweep = slot.deadline
+            }
+            return nil
+        }
+        if let refusal { throw refusal }
+        if scheduleDrain { eventLoop.execute { self.drain() } }
+        if let armSweep { eventLoop.scheduleTask(deadline: armSweep) { self.sweep() } }
+    }
+
+    /// Writes everything queued, with one flush. Runs on the event loop.
+    private func drain() {
+        let work = state.withLock { state -> (NIOLoopBound<RedisChannelHandler>, ByteBuffer, [Queued])? in
+            state.drainScheduled = false
+            guard case .ready(let handler) = state.phase, !state.queue.isEmpty else { return nil }
+            var queue: [Queued] = []
+            swap(&queue, &state.queue)
+            state.queue.reserveCapacity(queue.count)
+            let buffer = state.buffer
+            state.buffer = allocator.buffer(capacity: buffer.readableBytes)
+            return (handler, buffer, queue)
+        }
+        guard let (handler, buffer, queue) = work else { return }
+        let allLive = queue.allSatisfy { !($0.slot?.isResolved ?? false) }
+        if allLive {
+            handler.value.write(buffer, slots: queue.lazy.compactMap(\.slot))
+        } else {
+            // Some callers gave up (timeout, cancellation) before their command left: don't send those.
+            var live = allocator.buffer(capacity: buffer.readableBytes)
+            var slots: [ReplySlot] = []
+            for entry in queue where !(entry.slot?.isResolved ?? false) {
+                if let bytes = buffer.getSlice(at: entry.start, length: entry.length) { live.writeImmutableBuffer(bytes) }
+                if let slot = entry.slot { slots.append(slot) }
+            }
+            if live.readableBytes > 0 { handler.value.write(live, slots: slots) }
+        }
+    }
+
+    /// Fails commands whose deadline passed, queued or in flight, and re-arms for the next deadline.
+    private func sweep() {
+        let now = NIODeadline.now()
+        var expired: [ReplySlot] = []
+        let (handler, lastError, queuedEarliest) = state.withLock { state -> (NIOLoopBound<RedisChannelHandler>?, RedisError?, NIODeadline?) in
+            state.sweepAt = nil
+            var earliest: NIODeadline?
+            var anyDead = false
+            for entry in state.queue {
+                guard let slot = entry.slot else { continue }
+                if slot.isResolved { anyDead = true; continue }
+                if slot.deadline <= now {
+                    expired.append(slot)
+                    anyDead = true
+                } else if earliest.map({ slot.deadline < $0 }) ?? true {
+                    earliest = slot.deadline
+                }
+            }
+            var handler: NIOLoopBound<RedisChannelHandler>?
+            if case .ready(let h) = state.phase {
+                handler = h
+            } else if anyDead {
+                compactQueue(&state, dropping: Set(expired.map(ObjectIdentifier.init)))
+            }
+            return (handler, state.lastError, earliest)
+        }
+        let reason = lastError.map { " (last error: \($0.message))" } ?? ""
+        let waitError = RedisError(
+            .timeout, "no connection to \(configuration.endpoint) within the command timeout\(reason)", underlying: lastError)
+        for slot in expired { slot.resolve(.failure(waitError)) }
+        var earliest = queuedEarliest
+        if let handler, let inFlightEarliest = handler.value.expire(now: now) {
+            earliest = earliest.map { min($0, inFlightEarliest) } ?? inFlightEarliest
+        }
+        guard let earliest else { return }
+        let arm = state.withLock { state -> Bool in
+            guard state.sweepAt.map({ earliest < $0 }) ?? true else { return false }
+            state.sweepAt = earliest
+            return true
+        }
+        if arm { eventLoop.scheduleTask(deadline: earliest) { self.sweep() } }
+    }
+
+    /// Drops dead entries and their bytes, so a long outage does not accumulate abandoned commands.
+    private func compactQueue(_ state: inout State, dropping: Set<ObjectIdentifier>) {
+        var buffer = allocator.buffer(capacity: state.buffer.readableBytes)
+        var queue: [Queued] = []
+        for entry in state.queue {
+            if let slot = entry.slot, slot.isResolved || dropping.contains(ObjectIdentifier(slot)) { continue }
+            guard let bytes = state.buffer.getSlice(at: entry.start, length: entry.length) else { continue }
+            let start = buffer.writerIndex
+            buffer.writeImmutableBuffer(bytes)
+            queue.append(Queued(slot: entry.slot, start: start, length: entry.length))
+        }
+        state.buffer = buffer
+        state.queue = queue
+    }
+
+    // MARK: Lifecycle
+
+    /// Connects, and reconnects with back-off whenever the connection drops, until the task is cancelled.
+    ///
+    /// Throws only for errors that retrying cannot fix: a refused AUTH (`.authenticationFailed`) or a
+    /// refused SELECT (`.invalidArgument`). Pending commands fail with the same error.
+    public func run() async throws {
+        var attempt = 0
+        defer { shutDown() }
+        while !Task.isCancelled {
+            setPhase(.connecting)
+            do {
+                let channel = try await connect()
+                let handler = try await install(on: channel)
+                try await handshake(handler)
+                attempt = 0
+                becomeReady(handler, channel: channel)
+                logger.debug("redis connected", metadata: ["redis.endpoint": "\(configuration.endpoint)"])
+                await withTaskCancellationHandler {
+                    try? await channel.closeFuture.get()
+                } onCancel: {
+                    channel.close(promise: nil)
+                }
+                if Task.isCancelled { break }
+                logger.info("redis connection lost; reconnecting", metadata: ["redis.endpoint": "\(configuration.endpoint)"])
+            } catch let error as RedisError where error.code == .authenticationFailed || error.code == .invalidArgument {
+                fail(error)
+                logger.error("redis connection refused", metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(error)"])
+                throw error
+            } catch {
+                if Task.isCancelled { break }
+                let redisError = error as? RedisError
+                    ?? RedisError(.connectionClosed, "cannot connect to \(configuration.endpoint)", underlying: error)
+                state.withLock { $0.lastError = redisError }
+                logger.debug("redis connect failed", metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(redisError)"])
+            }
+            attempt += 1
+            try? await Task.sleep(for: configuration.reconnect.delay(attempt: attempt))
+        }
+    }
+
+    private func connect() async throws -> any Channel {
+        let timeout = configuration.connectTimeout.components
+        var bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(.nanoseconds(timeout.seconds * 1_000_000_000 + timeout.attoseconds / 1_000_000_000))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler())
+                }
+            }
+        switch configuration.endpoint.kind {
+        case .tcp(let host, let port):
+            bootstrap = bootstrap
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .channelOption(.socketOption(.so_keepalive), value: 1)
+            return try await bootstrap.connect(host: host, port: port).get()
+        case .unix(let path):
+            return try await bootstrap.connect(unixDomainSocketPath: path).get()
+        }
+    }
+
+    private func install(on channel: any Channel) async throws -> NIOLoopBound<RedisChannelHandler> {
+        let onPush = self.onPush
+        return try await channel.eventLoop.submit {
+            let handler = try channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
+            handler.onPush = onPush
+            handler.onInactive = { [weak self] in self?.connectionLost() }
+            return NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        }.get()
+    }
+
+    /// AUTH, SELECT and CLIENT SETNAME, before any queued command may use the connection.
+    private func handshake(_ handler: NIOLoopBound<RedisChannelHandler>) async throws {
+        setPhase(.handshaking)
+        var commands: [RedisCommand] = []
+        var names: [String] = []
+        if let password = configuration.password {
+            if let username = configuration.username {
+                commands.append(RedisCommand("AUTH", username, password))
+            } else {
+                commands.append(RedisCommand("AUTH", password))
+            }
+            names.append("AUTH")
+        }
+        if configuration.database != 0 {
+            commands.append(RedisCommand("SELECT", configuration.database))
+            names.append("SELECT")
+        }
+        if let name = configuration.clientName {
+            commands.append(RedisCommand("CLIENT", "SETNAME", name))
+            names.append("CLIENT SETNAME")
+        }
+        guard !commands.isEmpty else { return }
+
+        var encoded = allocator.buffer(capacity: 64)
+        for command in commands {
+            try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in _ = encoded.writeBytes(bytes) }
+        }
+        let slot = ReplySlot(expectedReplies: commands.count, deadline: deadline(configuration.connectTimeout))
+        let bytes = encoded
+        eventLoop.execute { handler.value.write(bytes, slots: CollectionOfOne(slot)) }
+        let timer = eventLoop.scheduleTask(deadline: slot.deadline) {
+            slot.resolve(.failure(RedisError(.timeout, "no reply to AUTH/SELECT within the connect timeout")))
+        }
+        defer { timer.cancel() }
+        guard case .many(let replies) = try await slot.wait() else { return }
+        for (name, reply) in zip(names, replies) {
+            guard case .error(let message) = reply else { continue }
+            switch name {
+            case "AUTH":
+                throw RedisError(.authenticationFailed, "AUTH refused by \(configuration.endpoint): \(message)")
+            case "SELECT":
+                throw RedisError(.invalidArgument, "SELECT \(configuration.database) refused by \(configuration.endpoint): \(message)")
+            default:
+                throw RedisError(.server, "\(name) failed during connection setup: \(message)")
+            }
+        }
+    }
+
+    private func becomeReady(_ handler: NIOLoopBound<RedisChannelHandler>, channel: any Channel) {
+        let scheduleDrain = state.withLock { state -> Bool in
+            state.phase = .ready(handler)
+            state.channel = channel
+            state.lastError = nil
+            guard !state.drainScheduled else { return false }
+            state.drainScheduled = true
+            return true
+        }
+        // Resubscription is queued before the drain runs, so it goes out ahead of nothing it depends on.
+        onConnected?()
+        if scheduleDrain { eventLoop.execute { self.drain() } }
+    }
+
+    /// Called on the event loop as soon as the channel goes inactive, so no drain writes into it.
+    private func connectionLost() {
+        state.withLock { state in
+            if case .ready = state.phase { state.phase = .connecting }
+            state.channel = nil
+            state.lastError = RedisError(.connectionClosed, "the connection to \(configuration.endpoint) was lost")
+        }
+    }
+
+    private func setPhase(_ phase: Phase) {
+        state.withLock { state in
+            switch state.phase {
+            case .failed, .closed: return
+            default: state.phase = phase
+            }
+        }
+    }
+
+    private func fail(_ error: RedisError) {
+        let queue = state.withLock { state -> [Queued] in
+            state.phase = .failed(error)
+            defer { state.queue = [] }
+            return state.queue
+        }
+        for entry in queue { entry.slot?.resolve(.failure(error)) }
+    }
+
+    private func shutDown() {
+        let (queue, channel) = state.withLock { state -> ([Queued], (any Channel)?) in
+            if case .failed = state.phase {} else { state.phase = .closed }
+            defer {
+                state.queue = []
+                state.channel = nil
+            }
+            return (state.queue, state.channel)
+        }
+        let error = RedisError(.connectionClosed, "the connection to \(configuration.endpoint) was closed")
+        for entry in queue { entry.slot?.resolve(.failure(error)) }
+        channel?.close(promise: nil)
+    }
+
+    /// Closes the current channel (if any) as if the network had dropped it; ``run()`` reconnects.
+    /// Tests use this; so does the client when a connection is found wedged.
+    public func dropConnection() {
+        let channel = state.withLock { $0.channel }
+        channel?.close(promise: nil)
+    }
+}

@@ -1,0 +1,90 @@
+import NIOCore
+import Synchronization
+
+/// What a slot resolves with: one reply, or all the replies of a pipeline.
+enum ReplyPayload: Sendable {
+    case one(RedisValue)
+    case many([RedisValue])
+}
+
+/// The place a caller waits for its reply.
+///
+/// A slot is resolved exactly once, by whoever comes first: the reply, a timeout, the caller's
+/// cancellation or a lost connection. Later attempts are ignored, which is what keeps a reply to a
+/// cancelled command from ever reaching another caller: the slot stays in the connection's FIFO
+/// and silently absorbs its reply.
+final class ReplySlot: Sendable {
+    private enum State {
+        case idle
+        case waiting(UnsafeContinuation<ReplyPayload, any Error>)
+        case resolvedEarly(Result<ReplyPayload, any Error>)
+        case finished
+    }
+
+    private let state = Mutex<State>(.idle)
+    /// Replies expected: 1 for a command, N for a pipeline of N.
+    let expectedReplies: Int
+    let deadline: NIODeadline
+
+    init(expectedReplies: Int, deadline: NIODeadline) {
+        self.expectedReplies = expectedReplies
+        self.deadline = deadline
+    }
+
+    /// Parks the caller. If the slot was resolved before the caller got here, resumes it at once.
+    func install(_ continuation: UnsafeContinuation<ReplyPayload, any Error>) {
+        let early: Result<ReplyPayload, any Error>? = state.withLock { state in
+            switch state {
+            case .idle:
+                state = .waiting(continuation)
+                return nil
+            case .resolvedEarly(let result):
+                state = .finished
+                return result
+            case .waiting, .finished:
+                preconditionFailure("a reply slot is awaited once")
+            }
+        }
+        if let early { continuation.resume(with: early) }
+    }
+
+    /// Resolves the slot; returns false when it was already resolved.
+    @discardableResult
+    func resolve(_ result: Result<ReplyPayload, any Error>) -> Bool {
+        let continuation: UnsafeContinuation<ReplyPayload, any Error>? = state.withLock { state in
+            switch state {
+            case .idle:
+                state = .resolvedEarly(result)
+                return nil
+            case .waiting(let continuation):
+                state = .finished
+                return continuation
+            case .resolvedEarly, .finished:
+                return nil
+            }
+        }
+        guard let continuation else { return false }
+        continuation.resume(with: result)
+        return true
+    }
+
+    var isResolved: Bool {
+        state.withLock { state in
+            switch state {
+            case .idle, .waiting: return false
+            case .resolvedEarly, .finished: return true
+            }
+        }
+    }
+
+    /// Waits for the slot, resolving it with CancellationError if the calling task is cancelled.
+    func wait() async throws -> ReplyPayload {
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ReplyPayload, any Error>) in
+                self.install(continuation)
+            }
+        } onCancel: {
+            self.resolve(.failure(CancellationError()))
+        }
+    }
+}

@@ -1,0 +1,235 @@
+import Foundation
+import RotaRedis
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A private `redis-server` process in a temporary directory, on a free port (and optionally a Unix
+/// socket), that its owner can stop, kill and restart.
+///
+/// Tests start their own servers with it so each can be killed or restarted without disturbing
+/// others; `rota-bench` and `rota run` (without `--redis`) use it to bring a server along.
+public final class RedisServer: Sendable {
+    /// How the server is started.
+    public struct Options: Sendable {
+        /// Listen on a Unix socket in the server's directory as well as on TCP.
+        public var unixSocket = true
+        /// `requirepass` for the default user.
+        public var password: String?
+        /// Extra `redis.conf` lines, e.g. `user alice on >secret ~* +@all`.
+        public var extraConfig: [String] = []
+        /// Turn on the append-only file so data survives a restart.
+        public var appendOnly = false
+        /// Path of the `redis-server` binary; searched on PATH (and /usr/bin, /usr/local/bin) when nil.
+        public var executable: String?
+
+        public init() {}
+    }
+
+    public let options: Options
+    /// The directory holding the config, logs, data and socket; removed by ``stop(removeDirectory:)``.
+    public let directory: String
+    public let port: Int
+    private let process = LockedProcess()
+
+    /// The Unix socket path, when ``Options/unixSocket`` is on.
+    public var socketPath: String? { options.unixSocket ? directory + "/redis.sock" : nil }
+
+    /// A `redis://` URL for the TCP port (with the password, if any).
+    public var url: String {
+        if let password = options.password { return "redis://:\(password)@127.0.0.1:\(port)" }
+        return "redis://127.0.0.1:\(port)"
+    }
+
+    /// A client configuration for TCP.
+    public var configuration: RedisConfiguration {
+        RedisConfiguration(endpoint: .tcp(host: "127.0.0.1", port: port), password: options.password)
+    }
+
+    /// Reserves a port and a directory; nothing runs until ``start()``.
+    public init(options: Options = Options()) throws {
+        self.options = options
+        var template = Array((NSTemporaryDirectory() + "/rota-redis-XXXXXX").utf8CString)
+        guard let created = mkdtemp(&template) else {
+            throw RedisServerError("cannot create a temporary directory: \(String(cString: strerror(errno)))")
+        }
+        self.directory = String(cString: created)
+        self.port = try Self.freePort()
+    }
+
+    /// Starts the server and returns when it accepts connections. Restarting after ``kill()`` or
+    /// ``stop(removeDirectory:)`` reuses the same port and directory (and data, with AOF on).
+    public func start(timeout: Duration = .seconds(10)) async throws {
+        let executable = try options.executable ?? Self.findExecutable()
+        var config = [
+            "port \(port)",
+            "bind 127.0.0.1",
+            "dir \(directory)",
+            "logfile \(directory)/redis.log",
+            "daemonize no",
+            "save \"\"",
+            "appendonly \(options.appendOnly ? "yes" : "no")",
+            "protected-mode no",
+        ]
+        if let socketPath { config += ["unixsocket \(socketPath)", "unixsocketperm 700"] }
+        if let password = options.password { config.append("requirepass \(password)") }
+        config += options.extraConfig
+        let configPath = directory + "/redis.conf"
+        try (config.joined(separator: "\n") + "\n").write(toFile: configPath, atomically: true, encoding: .utf8)
+        let logPath = directory + "/redis.log"
+        let logSizeBefore = (try? FileManager.default.attributesOfItem(atPath: logPath)[.size] as? Int) ?? 0
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = [configPath]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try self.process.launch(process)
+
+        // The server writes this line once it listens; reading the log avoids racing its startup.
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if !process.isRunning {
+                throw RedisServerError("redis-server exited at startup (status \(process.terminationStatus)): \(lastLogLines(logPath))")
+            }
+            if let log = FileManager.default.contents(atPath: logPath), log.count > logSizeBefore,
+                String(decoding: log.dropFirst(logSizeBefore), as: UTF8.self).contains("Ready to accept connections")
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        await kill()
+        throw RedisServerError("redis-server did not become ready within \(timeout): \(lastLogLines(logPath))")
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown, which rewrites nothing since saving is off).
+    public func stop(removeDirectory: Bool = false) async {
+        await process.signal(SIGTERM)
+        if removeDirectory { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would.
+    public func kill() async {
+        await process.signal(SIGKILL)
+    }
+
+    /// Kills the server and starts it again on the same port and directory.
+    public func restart() async throws {
+        await kill()
+        try await start()
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the server process, to simulate a hung server.
+    public func pause(_ paused: Bool) {
+        process.send(paused ? SIGSTOP : SIGCONT)
+    }
+
+    /// Runs a server for the duration of `body`, then stops it and removes its directory.
+    public static func withServer<R>(options: Options = Options(), _ body: (RedisServer) async throws -> R) async throws -> R {
+        let server = try RedisServer(options: options)
+        do {
+            try await server.start()
+            let result = try await body(server)
+            await server.stop(removeDirectory: true)
+            return result
+        } catch {
+            await server.stop(removeDirectory: true)
+            throw error
+        }
+    }
+
+    private func lastLogLines(_ path: String) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { return "(no log)" }
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").suffix(3).joined(separator: " | ")
+    }
+
+    static func findExecutable() throws -> String {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let candidates = path.split(separator: ":").map { "\($0)/redis-server" } + ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw RedisServerError("redis-server not found on PATH; install it (apt-get install -y redis-server)")
+        }
+        return found
+    }
+
+    /// Asks the kernel for a free TCP port on the loopback interface.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RedisServerError("socket() failed: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw RedisServerError("bind() failed: \(String(cString: strerror(errno)))") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw RedisServerError("getsockname() failed: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// A failure to start or control a private redis-server.
+public struct RedisServerError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { "redis-server: \(message)" }
+}
+
+/// The running process, behind a lock. Foundation's `Process` is not Sendable; every access goes
+/// through `lock`, and termination is observed through the handler rather than a blocking wait.
+private final class LockedProcess: @unchecked Sendable {
+    private let lock = NSLock()
+    private var process: Process?
+    private var exited: [CheckedContinuation<Void, Never>] = []
+    private var running = false
+
+    func launch(_ process: Process) throws {
+        process.terminationHandler = { [weak self] _ in self?.terminated() }
+        lock.lock()
+        defer { lock.unlock() }
+        try process.run()
+        self.process = process
+        self.running = true
+    }
+
+    private func terminated() {
+        lock.lock()
+        running = false
+        let waiters = exited
+        exited = []
+        lock.unlock()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func send(_ signal: Int32) {
+        lock.lock()
+        defer { lock.unlock() }
+        if running, let pid = process?.processIdentifier { _ = Glibc.kill(pid, signal) }
+    }
+
+    /// Sends `signal` (resuming a paused process first) and waits for the process to exit.
+    func signal(_ signal: Int32) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            guard running, let pid = process?.processIdentifier else {
+                lock.unlock()
+                continuation.resume()
+                return
+            }
+            exited.append(continuation)
+            _ = Glibc.kill(pid, signal)
+            _ = Glibc.kill(pid, SIGCONT)
+            lock.unlock()
+        }
+    }
+}
