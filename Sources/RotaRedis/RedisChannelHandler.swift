@@ -81,7 +81,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
             context?.close(promise: nil)
             return
         }
-        if inFlight[inFlight.startIndex].slot.expectedReplies == 1 {
+        if !inFlight[inFlight.startIndex].slot.isPipeline {
             let entry = inFlight.removeFirst()
             if case .error(let message) = value {
                 entry.slot.resolve(.failure(RedisError(.server, message)))

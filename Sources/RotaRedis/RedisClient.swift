@@ -45,12 +45,19 @@ public final class RedisClient: Service, Sendable {
     /// Keeps the command connections up until cancelled or until graceful shutdown.
     /// Throws when a connection is refused for good (wrong password, bad database).
     public func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await withThrowingDiscardingTaskGroup { group in
-                for connection in self.connections {
-                    group.addTask { try await connection.run() }
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withThrowingDiscardingTaskGroup { group in
+                    for connection in self.connections {
+                        group.addTask { try await connection.run() }
+                    }
                 }
             }
+        } catch let error as RedisError {
+            // One connection was refused for good; the others would be too. Every later command
+            // fails with this error instead of a vague "connection closed".
+            for connection in connections { connection.fail(error) }
+            throw error
         }
     }
 
@@ -59,10 +66,11 @@ public final class RedisClient: Service, Sendable {
         _ configuration: RedisConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "rota.redis", factory: { _ in SwiftLogNoOpLogHandler() }),
+        isolation: isolated (any Actor)? = #isolation,
         _ body: (RedisClient) async throws -> R
     ) async throws -> R {
         let client = RedisClient(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
-        return try await withThrowingTaskGroup(of: Void.self, returning: R.self) { group in
+        return try await withThrowingTaskGroup(of: Void.self, returning: R.self, isolation: isolation) { group in
             group.addTask { try await client.run() }
             defer { group.cancelAll() }
             return try await body(client)
@@ -121,9 +129,12 @@ public final class RedisClient: Service, Sendable {
     /// Use it for blocking commands (`XREADGROUP … BLOCK`, `BLPOP`) and long read loops: whatever
     /// they wait for, the client's shared connections stay free. The connection reconnects like any
     /// other while `body` runs.
-    public func withDedicatedConnection<R: Sendable>(_ body: (RedisConnection) async throws -> R) async throws -> R {
+    public func withDedicatedConnection<R: Sendable>(
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (RedisConnection) async throws -> R
+    ) async throws -> R {
         let connection = RedisConnection(configuration: configuration, eventLoop: eventLoopGroup.next(), logger: logger)
-        return try await withThrowingTaskGroup(of: Void.self, returning: R.self) { group in
+        return try await withThrowingTaskGroup(of: Void.self, returning: R.self, isolation: isolation) { group in
             group.addTask { try await connection.run() }
             defer { group.cancelAll() }
             return try await body(connection)
@@ -135,6 +146,7 @@ public final class RedisClient: Service, Sendable {
     public func withSubscription<R: Sendable>(
         channels: [String] = [],
         patterns: [String] = [],
+        isolation: isolated (any Actor)? = #isolation,
         _ body: (RedisSubscription) async throws -> R
     ) async throws -> R {
         let subscription = RedisSubscription(commandTimeout: configuration.commandTimeout)
@@ -146,7 +158,7 @@ public final class RedisClient: Service, Sendable {
             onConnected: { subscription.connected() }
         )
         subscription.attach(connection)
-        return try await withThrowingTaskGroup(of: Void.self, returning: R.self) { group in
+        return try await withThrowingTaskGroup(of: Void.self, returning: R.self, isolation: isolation) { group in
             group.addTask {
                 do {
                     try await connection.run()

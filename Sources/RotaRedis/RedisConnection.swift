@@ -74,7 +74,7 @@ public final class RedisConnection: Sendable {
     /// Sends one command and waits for its reply. An error reply is thrown as a `.server` error.
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RedisValue {
         try Task.checkCancellation()
-        let slot = ReplySlot(expectedReplies: 1, deadline: deadline(timeout))
+        let slot = ReplySlot(deadline: deadline(timeout))
         try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in
             try enqueue(bytes, slot: slot)
         }
@@ -100,7 +100,7 @@ public final class RedisConnection: Sendable {
                 _ = encoded.writeBytes(bytes)
             }
         }
-        let slot = ReplySlot(expectedReplies: commands.count, deadline: deadline(timeout))
+        let slot = ReplySlot(pipelineOf: commands.count, deadline: deadline(timeout))
         try encoded.withUnsafeReadableBytes { (bytes) throws(RedisError) in try enqueue(bytes, slot: slot) }
         switch try await slot.wait() {
         case .many(let values): return values
@@ -116,13 +116,14 @@ public final class RedisConnection: Sendable {
     }
 
     /// Commands written and not yet answered, plus commands queued for writing.
-    public var pendingCount: Int {
+    public func pendingCount() async -> Int {
         let (queued, handler) = state.withLock { state -> (Int, NIOLoopBound<RedisChannelHandler>?) in
             if case .ready(let handler) = state.phase { return (state.queue.count, handler) }
             return (state.queue.count, nil)
         }
-        guard let handler, eventLoop.inEventLoop else { return queued }
-        return queued + handler.value.inFlightCount
+        guard let handler else { return queued }
+        let inFlight = try? await eventLoop.submit { handler.value.inFlightCount }.get()
+        return queued + (inFlight ?? 0)
     }
 
     private func deadline(_ timeout: Duration?) -> NIODeadline {
@@ -343,7 +344,7 @@ public final class RedisConnection: Sendable {
         for command in commands {
             try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in _ = encoded.writeBytes(bytes) }
         }
-        let slot = ReplySlot(expectedReplies: commands.count, deadline: deadline(configuration.connectTimeout))
+        let slot = ReplySlot(pipelineOf: commands.count, deadline: deadline(configuration.connectTimeout))
         let bytes = encoded
         eventLoop.execute { handler.value.write(bytes, slots: CollectionOfOne(slot)) }
         let timer = eventLoop.scheduleTask(deadline: slot.deadline) {
@@ -396,7 +397,8 @@ public final class RedisConnection: Sendable {
         }
     }
 
-    private func fail(_ error: RedisError) {
+    /// Refuses every queued and future command with `error`.
+    func fail(_ error: RedisError) {
         let queue = state.withLock { state -> [Queued] in
             state.phase = .failed(error)
             defer { state.queue = [] }

@@ -93,7 +93,7 @@ public final class RedisSubscription: AsyncSequence, Sendable {
         let connection = try self.connection
         let deadline = NIODeadline.now() + .nanoseconds(Int64(commandTimeout.components.seconds) * 1_000_000_000
             + commandTimeout.components.attoseconds / 1_000_000_000)
-        let slot = ReplySlot(expectedReplies: 1, deadline: deadline)
+        let slot = ReplySlot(deadline: deadline)
         state.withLock { state in
             if subscribe {
                 state.channels.formUnion(channels)

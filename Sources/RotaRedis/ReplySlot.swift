@@ -24,10 +24,19 @@ final class ReplySlot: Sendable {
     private let state = Mutex<State>(.idle)
     /// Replies expected: 1 for a command, N for a pipeline of N.
     let expectedReplies: Int
+    /// Pipelines resolve with `.many` and keep error replies in place, even a pipeline of one.
+    let isPipeline: Bool
     let deadline: NIODeadline
 
-    init(expectedReplies: Int, deadline: NIODeadline) {
-        self.expectedReplies = expectedReplies
+    init(deadline: NIODeadline) {
+        self.expectedReplies = 1
+        self.isPipeline = false
+        self.deadline = deadline
+    }
+
+    init(pipelineOf count: Int, deadline: NIODeadline) {
+        self.expectedReplies = count
+        self.isPipeline = true
         self.deadline = deadline
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import RotaRedis
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -82,18 +83,13 @@ public final class RedisServer: Sendable {
         let logPath = directory + "/redis.log"
         let logSizeBefore = (try? FileManager.default.attributesOfItem(atPath: logPath)[.size] as? Int) ?? 0
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = [configPath]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try self.process.launch(process)
+        try process.launch(executable: executable, arguments: [configPath])
 
         // The server writes this line once it listens; reading the log avoids racing its startup.
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if !process.isRunning {
-                throw RedisServerError("redis-server exited at startup (status \(process.terminationStatus)): \(lastLogLines(logPath))")
+            if let status = process.reap() {
+                throw RedisServerError("redis-server exited at startup (status \(status)): \(lastLogLines(logPath))")
             }
             if let log = FileManager.default.contents(atPath: logPath), log.count > logSizeBefore,
                 String(decoding: log.dropFirst(logSizeBefore), as: UTF8.self).contains("Ready to accept connections")
@@ -129,7 +125,11 @@ public final class RedisServer: Sendable {
     }
 
     /// Runs a server for the duration of `body`, then stops it and removes its directory.
-    public static func withServer<R>(options: Options = Options(), _ body: (RedisServer) async throws -> R) async throws -> R {
+    public static func withServer<R>(
+        options: Options = Options(),
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (RedisServer) async throws -> R
+    ) async throws -> R {
         let server = try RedisServer(options: options)
         do {
             try await server.start()
@@ -156,25 +156,29 @@ public final class RedisServer: Sendable {
         return found
     }
 
-    /// Asks the kernel for a free TCP port on the loopback interface.
+    /// A free TCP port on the loopback interface, chosen outside Linux' ephemeral range
+    /// (32768–60999): a killed server's port must still be free when it restarts, and ports in the
+    /// ephemeral range get taken by outgoing connections in the meantime.
     static func freePort() throws -> Int {
+        for _ in 0..<200 {
+            let candidate = Int.random(in: 20_000..<32_000)
+            if try isFree(port: candidate) { return candidate }
+        }
+        throw RedisServerError("no free port found in 20000-31999")
+    }
+
+    private static func isFree(port: Int) throws -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RedisServerError("socket() failed: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
+        address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard bound == 0 else { throw RedisServerError("bind() failed: \(String(cString: strerror(errno)))") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard named == 0 else { throw RedisServerError("getsockname() failed: \(String(cString: strerror(errno)))") }
-        return Int(UInt16(bigEndian: address.sin_port))
+        return bound == 0
     }
 }
 
@@ -185,51 +189,70 @@ public struct RedisServerError: Error, Sendable, CustomStringConvertible {
     public var description: String { "redis-server: \(message)" }
 }
 
-/// The running process, behind a lock. Foundation's `Process` is not Sendable; every access goes
-/// through `lock`, and termination is observed through the handler rather than a blocking wait.
-private final class LockedProcess: @unchecked Sendable {
-    private let lock = NSLock()
-    private var process: Process?
-    private var exited: [CheckedContinuation<Void, Never>] = []
-    private var running = false
+/// The running process. The pid is behind a lock; exit is observed by polling `waitpid`, so no
+/// thread ever blocks on it.
+private final class LockedProcess: Sendable {
+    private let pid = Mutex<pid_t?>(nil)
 
-    func launch(_ process: Process) throws {
-        process.terminationHandler = { [weak self] _ in self?.terminated() }
-        lock.lock()
-        defer { lock.unlock() }
-        try process.run()
-        self.process = process
-        self.running = true
+    /// Spawns with an empty signal mask and default handlers: the caller's threads (NIO's among them)
+    /// block signals, and a child inheriting that mask would ignore SIGTERM.
+    func launch(executable: String, arguments: [String]) throws {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        guard result == 0 else {
+            throw RedisServerError("cannot start \(executable): \(String(cString: strerror(result)))")
+        }
+        pid.withLock { $0 = child }
     }
 
-    private func terminated() {
-        lock.lock()
-        running = false
-        let waiters = exited
-        exited = []
-        lock.unlock()
-        for waiter in waiters { waiter.resume() }
+    /// The exit status if the process has exited (reaping it), nil while it runs.
+    func reap() -> Int32? {
+        pid.withLock { pid -> Int32? in
+            guard let current = pid else { return 0 }
+            var status: Int32 = 0
+            let result = waitpid(current, &status, WNOHANG)
+            guard result == current || result < 0 else { return nil }
+            pid = nil
+            return status
+        }
     }
 
     func send(_ signal: Int32) {
-        lock.lock()
-        defer { lock.unlock() }
-        if running, let pid = process?.processIdentifier { _ = Glibc.kill(pid, signal) }
+        pid.withLock { pid in
+            if let pid { _ = Glibc.kill(pid, signal) }
+        }
     }
 
-    /// Sends `signal` (resuming a paused process first) and waits for the process to exit.
+    /// Sends `signal` (and SIGCONT, in case the process is paused) and waits for it to exit.
     func signal(_ signal: Int32) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            lock.lock()
-            guard running, let pid = process?.processIdentifier else {
-                lock.unlock()
-                continuation.resume()
-                return
+        send(signal)
+        send(SIGCONT)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while reap() == nil {
+            if ContinuousClock.now > deadline {
+                send(SIGKILL)
             }
-            exited.append(continuation)
-            _ = Glibc.kill(pid, signal)
-            _ = Glibc.kill(pid, SIGCONT)
-            lock.unlock()
+            try? await Task.sleep(for: .milliseconds(5))
         }
     }
 }
