@@ -10,13 +10,11 @@ final class RedisChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private struct InFlight {
-        let slot: ReplySlot
-        var collected: [RedisValue] = []
-    }
-
     private var reader: UnsafeMutablePointer<redisReader>?
-    private var inFlight = CircularBuffer<InFlight>(initialCapacity: 64)
+    private var inFlight = CircularBuffer<ReplySlot>(initialCapacity: 64)
+    /// Replies gathered so far for the pipeline at the head of `inFlight`. Kept outside the buffer
+    /// so appending never copies it.
+    private var collected: [RedisValue] = []
     private var context: ChannelHandlerContext?
     private var closedError: RedisError?
     /// Pub/sub connections hand every push message (and any reply nobody waits for) to this closure.
@@ -47,7 +45,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
             for slot in slots { slot.resolve(.failure(error)) }
             return
         }
-        for slot in slots { inFlight.append(InFlight(slot: slot)) }
+        inFlight.append(contentsOf: slots)
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
 
@@ -81,18 +79,22 @@ final class RedisChannelHandler: ChannelInboundHandler {
             context?.close(promise: nil)
             return
         }
-        if !inFlight[inFlight.startIndex].slot.isPipeline {
-            let entry = inFlight.removeFirst()
+        let head = inFlight[inFlight.startIndex]
+        if !head.isPipeline {
+            inFlight.removeFirst()
             if case .error(let message) = value {
-                entry.slot.resolve(.failure(RedisError(.server, message)))
+                head.resolve(.failure(RedisError(.server, message)))
             } else {
-                entry.slot.resolve(.success(.one(value)))
+                head.resolve(.success(.one(value)))
             }
         } else {
-            inFlight[inFlight.startIndex].collected.append(value)
-            if inFlight[inFlight.startIndex].collected.count == inFlight[inFlight.startIndex].slot.expectedReplies {
-                let entry = inFlight.removeFirst()
-                entry.slot.resolve(.success(.many(entry.collected)))
+            if collected.isEmpty { collected.reserveCapacity(head.expectedReplies) }
+            collected.append(value)
+            if collected.count == head.expectedReplies {
+                inFlight.removeFirst()
+                let replies = collected
+                collected = []
+                head.resolve(.success(.many(replies)))
             }
         }
     }
@@ -109,11 +111,11 @@ final class RedisChannelHandler: ChannelInboundHandler {
     /// Fails the waiters whose deadline has passed; returns the earliest deadline still pending.
     func expire(now: NIODeadline) -> NIODeadline? {
         var earliest: NIODeadline?
-        for entry in inFlight where !entry.slot.isResolved {
-            if entry.slot.deadline <= now {
-                entry.slot.resolve(.failure(RedisError(.timeout, "no reply within the command timeout")))
-            } else if earliest.map({ entry.slot.deadline < $0 }) ?? true {
-                earliest = entry.slot.deadline
+        for slot in inFlight where !slot.isResolved {
+            if slot.deadline <= now {
+                slot.resolve(.failure(RedisError(.timeout, "no reply within the command timeout")))
+            } else if earliest.map({ slot.deadline < $0 }) ?? true {
+                earliest = slot.deadline
             }
         }
         return earliest
@@ -153,8 +155,9 @@ final class RedisChannelHandler: ChannelInboundHandler {
     }
 
     private func failAll(_ error: RedisError) {
-        while let entry = inFlight.popFirst() {
-            entry.slot.resolve(.failure(error))
+        collected = []
+        while let slot = inFlight.popFirst() {
+            slot.resolve(.failure(error))
         }
     }
 

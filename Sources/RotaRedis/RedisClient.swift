@@ -99,7 +99,7 @@ public final class RedisClient: Service, Sendable {
     /// Sends `name` with `arguments`, e.g. `send("HSET", key, field, value)`.
     @discardableResult
     public func send(_ name: String, _ arguments: any RedisArgument...) async throws -> RedisValue {
-        try await connection.send(RedisCommand(arguments: [name] + arguments))
+        try await connection.send(arguments: [name] + arguments, timeout: nil)
     }
 
     /// Sends the commands in one write on one connection and returns every reply in order; error

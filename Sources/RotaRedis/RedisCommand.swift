@@ -64,16 +64,27 @@ extension Double: RedisArgument {
     }
 }
 
-/// One command: its name and arguments, encoded to RESP only when it is sent.
+/// One command, encoded to RESP (by hiredis) when it is created.
+///
+/// Encoding up front lets a command be sent many times, or from many tasks, at the cost of one
+/// copy of its bytes; `send("NAME", args…)` encodes straight into the connection's buffer instead.
 public struct RedisCommand: Sendable {
-    public var arguments: [any RedisArgument]
+    /// The RESP bytes, or the reason the arguments could not be encoded.
+    let encoded: Result<[UInt8], RedisError>
 
     public init(_ name: String, _ arguments: any RedisArgument...) {
-        self.arguments = [name] + arguments
+        self.init(arguments: [name] + arguments)
     }
 
     public init(arguments: [any RedisArgument]) {
-        self.arguments = arguments
+        do {
+            let bytes: [UInt8] = try RESPEncoder.withEncoded(arguments) { buffer in Array(buffer) }
+            encoded = .success(bytes)
+        } catch let error as RedisError {
+            encoded = .failure(error)
+        } catch {
+            encoded = .failure(RedisError(.invalidArgument, "could not encode the command", underlying: error))
+        }
     }
 }
 
@@ -89,8 +100,8 @@ enum RESPEncoder {
     /// Encodes `arguments` with hiredis' `redisFormatCommandArgv` and lends the RESP bytes to `body`.
     static func withEncoded<R>(
         _ arguments: [any RedisArgument],
-        _ body: (UnsafeRawBufferPointer) throws(RedisError) -> R
-    ) throws(RedisError) -> R {
+        _ body: (UnsafeRawBufferPointer) throws -> R
+    ) throws -> R {
         let count = arguments.count
         guard count > 0 else { throw RedisError(.invalidArgument, "a command needs at least its name") }
         guard count <= Int(Int32.max) else { throw RedisError(.invalidArgument, "too many arguments (\(count))") }

@@ -75,18 +75,29 @@ public final class RedisConnection: Sendable {
     public func send(_ command: RedisCommand, timeout: Duration? = nil) async throws -> RedisValue {
         try Task.checkCancellation()
         let slot = ReplySlot(deadline: deadline(timeout))
-        try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in
-            try enqueue(bytes, slot: slot)
-        }
+        try command.encoded.get().withUnsafeBytes { bytes in try enqueue(bytes, slot: slot) }
+        return try await single(slot)
+    }
+
+    /// Sends `name` with `arguments`; see ``send(_:timeout:)``.
+    @discardableResult
+    public func send(_ name: String, _ arguments: any RedisArgument...) async throws -> RedisValue {
+        try await send(arguments: [name] + arguments, timeout: nil)
+    }
+
+    /// Encodes straight into the outbound buffer: no intermediate ``RedisCommand``.
+    func send(arguments: [any RedisArgument], timeout: Duration?) async throws -> RedisValue {
+        try Task.checkCancellation()
+        let slot = ReplySlot(deadline: deadline(timeout))
+        try RESPEncoder.withEncoded(arguments) { bytes in try enqueue(bytes, slot: slot) }
+        return try await single(slot)
+    }
+
+    private func single(_ slot: ReplySlot) async throws -> RedisValue {
         guard case .one(let value) = try await slot.wait() else {
             throw RedisError(.protocolError, "expected one reply")
         }
         return value
-    }
-
-    /// Sends `name` with `arguments`; see ``send(_:timeout:)``.
-    public func send(_ name: String, _ arguments: any RedisArgument...) async throws -> RedisValue {
-        try await send(RedisCommand(arguments: [name] + arguments))
     }
 
     /// Sends all commands in one write and waits for all replies, in order. Error replies are
@@ -95,13 +106,9 @@ public final class RedisConnection: Sendable {
         try Task.checkCancellation()
         guard !commands.isEmpty else { return [] }
         var encoded = allocator.buffer(capacity: 32 * commands.count)
-        for command in commands {
-            try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in
-                _ = encoded.writeBytes(bytes)
-            }
-        }
+        for command in commands { encoded.writeBytes(try command.encoded.get()) }
         let slot = ReplySlot(pipelineOf: commands.count, deadline: deadline(timeout))
-        try encoded.withUnsafeReadableBytes { (bytes) throws(RedisError) in try enqueue(bytes, slot: slot) }
+        try encoded.withUnsafeReadableBytes { bytes in try enqueue(bytes, slot: slot) }
         switch try await slot.wait() {
         case .many(let values): return values
         case .one(let value): return [value]
@@ -109,10 +116,8 @@ public final class RedisConnection: Sendable {
     }
 
     /// Queues a command whose reply is not matched (SUBSCRIBE and friends on a pub/sub connection).
-    func sendWithoutReply(_ command: RedisCommand) throws(RedisError) {
-        try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in
-            try enqueue(bytes, slot: nil)
-        }
+    func sendWithoutReply(_ command: RedisCommand) throws {
+        try command.encoded.get().withUnsafeBytes { bytes in try enqueue(bytes, slot: nil) }
     }
 
     /// Commands written and not yet answered, plus commands queued for writing.
@@ -341,9 +346,7 @@ public final class RedisConnection: Sendable {
         guard !commands.isEmpty else { return }
 
         var encoded = allocator.buffer(capacity: 64)
-        for command in commands {
-            try RESPEncoder.withEncoded(command.arguments) { (bytes) throws(RedisError) in _ = encoded.writeBytes(bytes) }
-        }
+        for command in commands { encoded.writeBytes(try command.encoded.get()) }
         let slot = ReplySlot(pipelineOf: commands.count, deadline: deadline(configuration.connectTimeout))
         let bytes = encoded
         eventLoop.execute { handler.value.write(bytes, slots: CollectionOfOne(slot)) }

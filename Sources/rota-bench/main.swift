@@ -1,19 +1,18 @@
-import RotaRedis
-import RotaRedisServer
-import Logging
-import Foundation
-func print(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
+import ArgumentParser
+import NIOCore
+import NIOPosix
 
-var logger = Logger(label: "dbg")
-logger.logLevel = .trace
-print("starting server")
-try await RedisServer.withServer { server in
-    print("server on \(server.port)")
-    try await RedisClient.withClient(server.configuration, logger: logger) { client in
-        print("sending")
-        let r = try await client.send("PING")
-        print("got \(r)")
+// Swift concurrency runs on NIO's event loops: a task resumed by a reply continues on the loop that
+// read it, with no hop to another thread. Installed before any task exists, as NIO requires.
+let installed = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+
+do {
+    var command = try RotaBench.parseAsRoot()
+    if let async = command as? any AsyncBody {
+        try await async.body(nioExecutor: installed)
+    } else {
+        try command.run()
     }
-    print("client done")
+} catch {
+    RotaBench.exit(withError: error)
 }
-print("done")
