@@ -44,6 +44,11 @@ let package = Package(
             dependencies: ["RotaRedis"],
             swiftSettings: strict
         ),
+        // Plan files: cron windows now; YAML parsing and validation with the store ([5/7]).
+        .target(
+            name: "RotaPlans",
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "rota-bench",
             dependencies: [
@@ -60,9 +65,16 @@ let package = Package(
             dependencies: [
                 "RotaRedis",
                 "RotaRedisServer",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RotaPlansTests",
+            dependencies: ["RotaPlans"],
             swiftSettings: strict
         ),
     ]

@@ -33,7 +33,9 @@ public final class RedisServer: Sendable {
     public let options: Options
     /// The directory holding the config, logs, data and socket; removed by ``stop(removeDirectory:)``.
     public let directory: String
-    public let port: Int
+    /// The TCP port, chosen by the first ``start(timeout:)`` and kept across restarts (0 before).
+    public var port: Int { chosenPort.withLock { $0 } }
+    private let chosenPort = Mutex(0)
     private let process = LockedProcess()
 
     /// The Unix socket path, when ``Options/unixSocket`` is on.
@@ -50,21 +52,35 @@ public final class RedisServer: Sendable {
         RedisConfiguration(endpoint: .tcp(host: "127.0.0.1", port: port), password: options.password)
     }
 
-    /// Reserves a port and a directory; nothing runs until ``start()``.
-    public init(options: Options = Options()) throws {
+    /// Picks a port and a directory name; nothing is created or started until ``start(timeout:)``.
+    public init(options: Options = Options()) {
         self.options = options
-        var template = Array((NSTemporaryDirectory() + "/rota-redis-XXXXXX").utf8CString)
-        guard let created = mkdtemp(&template) else {
-            throw RedisServerError("cannot create a temporary directory: \(String(cString: strerror(errno)))")
-        }
-        self.directory = String(cString: created)
-        self.port = try Self.freePort()
+        let name = "rota-redis-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        self.directory = (NSTemporaryDirectory() as NSString).appendingPathComponent(name)
     }
 
     /// Starts the server and returns when it accepts connections. Restarting after ``kill()`` or
     /// ``stop(removeDirectory:)`` reuses the same port and directory (and data, with AOF on).
     public func start(timeout: Duration = .seconds(10)) async throws {
+        if port != 0 { return try await launch(timeout: timeout) }
+        // First start: another process may grab the probed port before redis binds it; try a few.
+        var lastError: (any Error)?
+        for _ in 0..<5 {
+            guard let candidate = (0..<500).lazy.map({ _ in Int.random(in: Self.portRange) }).first(where: Self.isFree) else { break }
+            chosenPort.withLock { $0 = candidate }
+            do {
+                return try await launch(timeout: timeout)
+            } catch let error as RedisServerError where error.message.contains("Address already in use") {
+                lastError = error
+            }
+        }
+        chosenPort.withLock { $0 = 0 }
+        throw lastError ?? RedisServerError("no free port in \(Self.portRange)")
+    }
+
+    private func launch(timeout: Duration) async throws {
         let executable = try options.executable ?? Self.findExecutable()
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var config = [
             "port \(port)",
             "bind 127.0.0.1",
@@ -130,7 +146,7 @@ public final class RedisServer: Sendable {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (RedisServer) async throws -> R
     ) async throws -> R {
-        let server = try RedisServer(options: options)
+        let server = RedisServer(options: options)
         do {
             try await server.start()
             let result = try await body(server)
@@ -156,20 +172,14 @@ public final class RedisServer: Sendable {
         return found
     }
 
-    /// A free TCP port on the loopback interface, chosen outside Linux' ephemeral range
-    /// (32768–60999): a killed server's port must still be free when it restarts, and ports in the
-    /// ephemeral range get taken by outgoing connections in the meantime.
-    static func freePort() throws -> Int {
-        for _ in 0..<200 {
-            let candidate = Int.random(in: 20_000..<32_000)
-            if try isFree(port: candidate) { return candidate }
-        }
-        throw RedisServerError("no free port found in 20000-31999")
-    }
+    /// Ports are chosen outside Linux' ephemeral range (32768–60999): a killed server's port must
+    /// still be free when it restarts, and ports in the ephemeral range get taken by outgoing
+    /// connections in the meantime.
+    static let portRange = 20_000..<32_000
 
-    private static func isFree(port: Int) throws -> Bool {
+    private static func isFree(port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw RedisServerError("socket() failed: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { return false }
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)

@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import ServiceLifecycle
 import RotaRedis
 import RotaRedisServer
 import Testing
@@ -125,6 +127,46 @@ import Testing
                 #expect(try await client.send("PUBLISH", p + "c", "m") == .integer(1))
                 #expect(try await events.next() == .message(channel: p + "c", payload: Array("m".utf8)))
             }
+        }
+    }
+}
+
+@Suite struct RobustnessTests {
+    @Test func tooDeeplyNestedReplyIsAProtocolErrorAndTheClientRecovers() async throws {
+        try await withRedis(configure: { $0.commandConnections = 1 }) { _, client in
+            // hiredis 0.14 parses at most 7 levels of nested arrays; this reply has 9.
+            let deep = RedisScript("return {{{{{{{{{1}}}}}}}}}")
+            let error = await caught { _ = try await client.evaluate(deep) }
+            #expect((error as? RedisError)?.code == .protocolError)
+            // The connection was dropped with the unparsable reply; the next command reconnects.
+            try await eventually("the client reconnects") { try await client.send("PING") == .simpleString("PONG") }
+            let shallow = try await client.evaluate(RedisScript("return {{{{{{1}}}}}}"))
+            #expect(shallow == .array([.array([.array([.array([.array([.array([.integer(1)])])])])])]))
+        }
+    }
+
+    @Test func clientStopsOnGracefulShutdown() async throws {
+        try await RedisServer.withServer { server in
+            let client = RedisClient(configuration: server.configuration)
+            let group = ServiceGroup(services: [client], logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                try await eventually("the client serves commands") { try await client.send("PING") == .simpleString("PONG") }
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+            // Once shut down, the client refuses commands instead of hanging.
+            let error = await caught { _ = try await client.send("PING") }
+            #expect((error as? RedisError)?.code == .connectionClosed)
+        }
+    }
+
+    @Test func emptyCommandIsRejectedBeforeSending() async throws {
+        try await withRedis { _, client in
+            let error = await caught { _ = try await client.send(RedisCommand(arguments: [])) }
+            #expect((error as? RedisError)?.code == .invalidArgument)
+            let pong = try await client.send("PING")
+            #expect(pong == .simpleString("PONG"))
         }
     }
 }
