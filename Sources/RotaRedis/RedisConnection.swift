@@ -140,16 +140,29 @@ public final class RedisConnection: Sendable {
     private func enqueue(_ bytes: UnsafeRawBufferPointer, slot: ReplySlot?) throws(RedisError) {
         var scheduleDrain = false
         var armSweep: NIODeadline?
+        var writeNow: NIOLoopBound<RedisChannelHandler>?
+        let onLoop = eventLoop.inEventLoop
         let refusal: RedisError? = state.withLock { state in
             switch state.phase {
             case .failed(let error): return error
             case .closed: return RedisError(.connectionClosed, "the connection to \(configuration.endpoint) is closed")
             case .idle, .connecting, .handshaking: break
-            case .ready:
-                if !state.drainScheduled {
+            case .ready(let handler):
+                // A caller already on the loop, with nothing queued or in flight, writes at once:
+                // there is nothing to coalesce with, and a drain task would only add a loop turn.
+                if onLoop, !state.drainScheduled, state.queue.isEmpty, handler.value.inFlightCount == 0 {
+                    writeNow = handler
+                } else if !state.drainScheduled {
                     state.drainScheduled = true
                     scheduleDrain = true
                 }
+            }
+            if writeNow != nil {
+                if let slot, state.sweepAt.map({ slot.deadline < $0 }) ?? true {
+                    state.sweepAt = slot.deadline
+                    armSweep = slot.deadline
+                }
+                return nil
             }
             let start = state.buffer.writerIndex
             state.buffer.writeBytes(bytes)
@@ -161,6 +174,11 @@ public final class RedisConnection: Sendable {
             return nil
         }
         if let refusal { throw refusal }
+        if let writeNow {
+            var buffer = allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            writeNow.value.write(buffer, slots: slot.map { [$0] } ?? [])
+        }
         if scheduleDrain { eventLoop.execute { self.drain() } }
         if let armSweep { eventLoop.scheduleTask(deadline: armSweep) { self.sweep() } }
     }
