@@ -51,6 +51,7 @@ struct RedisBench: ParsableCommand, AsyncBody {
             var one: [Double] = [], oneRef: [Double] = []
             var four: [Double] = [], fourRef: [Double] = []
             var concurrent: [Double] = []
+            var floor: [Double] = []
             var hop50: [Double] = [], hop99: [Double] = []
             for round in 1...max(1, rounds) {
                 if !json { print("round \(round)/\(rounds)…") }
@@ -60,6 +61,9 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 p99.append(percentile(latencies, 99))
                 let refSeq = try await reference.run(clients: 1, pipeline: 1, requests: sequentialCount)
                 seqRef.append(refSeq.rps)
+                if configuration.password == nil {
+                    floor.append(try await transportFloor(host: host, port: port, count: sequentialCount))
+                }
                 p50Ref.append(refSeq.p50Microseconds)
                 p99Ref.append(refSeq.p99Microseconds)
 
@@ -81,7 +85,7 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 let value = median(values), reference = median(references)
                 return Measurement(suite: "redis", metric: metric, value: value, unit: "us", reference: reference, ratio: reference / value)
             }
-            let rows = [
+            var rows = [
                 throughput("ping_sequential", seq, seqRef),
                 throughput("ping_pipelined_1x64", one, oneRef),
                 throughput("ping_pipelined_4x64", four, fourRef),
@@ -93,6 +97,10 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 latency("stream_hop_p50", hop50, p50Ref),
                 latency("stream_hop_p99", hop99, p99Ref),
             ]
+            if !floor.isEmpty {
+                // Context for ping_sequential: a bare NIO handler, no client layers (see TransportFloor.swift).
+                rows.insert(throughput("ping_sequential_nio_floor", floor, seqRef), at: 1)
+            }
             if json {
                 for row in rows { print(row.json) }
             } else {
