@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "RotaRedis", targets: ["RotaRedis"]),
         .library(name: "RotaRedisServer", targets: ["RotaRedisServer"]),
+        .library(name: "RotaMap", targets: ["RotaMap"]),
         .executable(name: "rota-bench", targets: ["rota-bench"]),
     ],
     dependencies: [
@@ -38,6 +39,15 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Replicated maps: a Redis hash mirrored in every process, kept in sync by Lua + pub/sub.
+        .target(
+            name: "RotaMap",
+            dependencies: [
+                "RotaRedis",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // Starts private redis-server processes: for tests, benchmarks and `rota run` without --redis.
         .target(
             name: "RotaRedisServer",
@@ -58,6 +68,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            exclude: ["StreamsBench.swift"],  // until RotaStreams lands
             swiftSettings: strict
         ),
         .testTarget(
@@ -70,6 +81,11 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RotaMapTests",
+            dependencies: ["RotaMap", "RotaRedis", "RotaRedisServer"],
             swiftSettings: strict
         ),
         .testTarget(

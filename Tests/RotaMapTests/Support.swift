@@ -1,0 +1,58 @@
+import Foundation
+import RotaMap
+import RotaRedis
+import RotaRedisServer
+import Synchronization
+
+/// A private server, a client, and a key space unique to the test.
+func withMapServer<R: Sendable>(
+    _ body: (RedisServer, RedisClient, RedisKeySpace) async throws -> R
+) async throws -> R {
+    try await RedisServer.withServer { server in
+        var configuration = server.configuration
+        configuration.commandTimeout = .seconds(5)
+        configuration.reconnect = .init(initial: .milliseconds(10), maximum: .milliseconds(200))
+        return try await RedisClient.withClient(configuration) { client in
+            let space = try RedisKeySpace("t\(UInt32.random(in: 0...UInt32.max))")
+            return try await body(server, client, space)
+        }
+    }
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+func eventually(_ what: String, timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if (try? await condition()) == true { return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    throw TestFailure("timed out waiting for: \(what)")
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+func caught(_ body: () async throws -> Void) async -> (any Error)? {
+    do {
+        try await body()
+        return nil
+    } catch {
+        return error
+    }
+}
+
+func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+extension ReplicatedMap {
+    /// The local copy as text, for compact assertions.
+    var texts: [String: String] { snapshot.mapValues { String(decoding: $0, as: UTF8.self) } }
+}
+
+/// Collects notifications from a map in the background.
+final class ChangeRecorder: Sendable {
+    private let seen = Mutex<[MapChange]>([])
+    var changes: [MapChange] { seen.withLock { $0 } }
+    func record(_ change: MapChange) { seen.withLock { $0.append(change) } }
+}
