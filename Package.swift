@@ -63,6 +63,7 @@ let package = Package(
             name: "rota-bench",
             dependencies: [
                 "RotaRedis",
+                "RotaMap",
                 "RotaRedisServer",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

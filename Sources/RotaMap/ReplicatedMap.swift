@@ -34,6 +34,9 @@ public final class ReplicatedMap: Sendable {
         var content: [String: [UInt8]] = [:]
         var revision: Int64 = 0
         var ready = false
+        /// Until the next snapshot is installed, messages are kept here rather than applied.
+        var resyncing = true
+        var buffered: [MapMessage] = []
         var closed = false
         var failure: (any Error)?
         var readyWaiters: [CheckedContinuation<Void, any Error>] = []
@@ -53,6 +56,7 @@ public final class ReplicatedMap: Sendable {
     let logger: Logger
     private let state = Mutex(State())
     private let closeSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
+    private let resyncSignal: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
 
     /// Validates the name (1–512 characters, none of space, NUL, `*`, `?`, `[`, `]`, `{`, `}`, `:`).
     public init(
@@ -73,6 +77,7 @@ public final class ReplicatedMap: Sendable {
         logger[metadataKey: "map"] = "\(name)"
         self.logger = logger
         self.closeSignal = AsyncStream.makeStream(of: Void.self)
+        self.resyncSignal = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     static func validate(name: String) throws(ReplicatedMapError) {
@@ -170,59 +175,79 @@ public final class ReplicatedMap: Sendable {
         for (_, subscriber) in subscribers { subscriber.finish() }
     }
 
+    /// Messages are applied as they arrive, on the subscription's event loop (no task hop between
+    /// Redis and the local copy); this task only loads snapshots when one is needed.
     private func replicate() async throws {
-        try await client.withSubscription(channels: [channel]) { subscription in
+        try await client.withSubscription(channels: [channel], handler: { [weak self] event in self?.receive(event) }) { _ in
             try await resync()
-            for try await event in subscription {
-                switch event {
-                case .message(_, let payload):
-                    guard let message = MapMessage(payload) else {
-                        logger.warning("ignoring malformed map message", metadata: ["bytes": "\(payload.count)"])
-                        continue
-                    }
-                    if apply(message) == .gap {
-                        logger.info("revision gap; resyncing")
-                        try await resync()
-                    }
-                case .resubscribed:
-                    logger.info("map subscription reconnected; resyncing")
-                    try await resync()
-                case .patternMessage:
-                    continue
-                }
+            for await _ in resyncSignal.stream {
+                try await resync()
             }
         }
     }
 
-    enum ApplyOutcome: Equatable { case applied, ignored, gap }
-
-    /// Applies one change message under the lock. Internal for the tests of the replica rule.
-    func apply(_ message: MapMessage) -> ApplyOutcome {
-        typealias Effects = (ApplyOutcome, MapChange, [AsyncStream<MapChange>.Continuation], [CheckedContinuation<Void, any Error>])
-        let (outcome, kind, subscribers, released) = state.withLock { state -> Effects in
-            guard message.revision > state.revision else { return (.ignored, .change, [], []) }
-            // Every write bumps the revision by one: anything else means messages were lost.
-            guard message.revision == state.revision + 1 else { return (.gap, .change, [], []) }
-            state.revision = message.revision
-            let kind: MapChange
-            switch message {
-            case .set(let key, let value, _):
-                // The map's own fields never travel as keys; a message claiming one is not ours to apply.
-                guard !key.hasPrefix("=") else { return (.ignored, .change, [], []) }
-                state.content[key] = value
-                kind = .change
-            case .delete(let key, _):
-                state.content.removeValue(forKey: key)
-                kind = .delete
-            case .reset, .destroy:
-                state.content = [:]
-                kind = .reset
+    private func receive(_ event: RedisPubSubEvent) {
+        switch event {
+        case .message(_, let payload):
+            guard let message = MapMessage(payload) else {
+                logger.warning("ignoring malformed map message", metadata: ["bytes": "\(payload.count)"])
+                return
             }
-            return (.applied, kind, Array(state.subscribers.values), releaseWaiters(&state))
+            if apply(message) == .gap {
+                logger.info("revision gap; resyncing")
+                resyncSignal.continuation.yield()
+            }
+        case .resubscribed:
+            logger.info("map subscription reconnected; resyncing")
+            state.withLock { $0.resyncing = true }
+            resyncSignal.continuation.yield()
+        case .patternMessage:
+            break
         }
-        for subscriber in subscribers { subscriber.post(kind) }
+    }
+
+    enum ApplyOutcome: Equatable { case applied, ignored, buffered, gap }
+
+    /// Applies one change message (or buffers it while a snapshot is being loaded).
+    func apply(_ message: MapMessage) -> ApplyOutcome {
+        typealias Effects = (ApplyOutcome, MapChange?, [AsyncStream<MapChange>.Continuation], [CheckedContinuation<Void, any Error>])
+        let (outcome, kind, subscribers, released) = state.withLock { state -> Effects in
+            if state.resyncing {
+                state.buffered.append(message)
+                return (.buffered, nil, [], [])
+            }
+            let (outcome, kind) = Self.applyLocked(message, &state)
+            if outcome == .gap {
+                state.resyncing = true
+                state.buffered = [message]
+            }
+            guard let kind else { return (outcome, nil, [], []) }
+            return (outcome, kind, Array(state.subscribers.values), releaseWaiters(&state))
+        }
+        if let kind { for subscriber in subscribers { subscriber.post(kind) } }
         for waiter in released { waiter.resume() }
         return outcome
+    }
+
+    /// The replica rule: apply revision r+1 only; ignore older; report a gap for anything newer.
+    private static func applyLocked(_ message: MapMessage, _ state: inout State) -> (ApplyOutcome, MapChange?) {
+        guard message.revision > state.revision else { return (.ignored, nil) }
+        // Every write bumps the revision by one: anything else means messages were lost.
+        guard message.revision == state.revision + 1 else { return (.gap, nil) }
+        state.revision = message.revision
+        switch message {
+        case .set(let key, let value, _):
+            // The map's own fields never travel as keys; a message claiming one is not ours to apply.
+            guard !key.hasPrefix("=") else { return (.ignored, nil) }
+            state.content[key] = value
+            return (.applied, .change)
+        case .delete(let key, _):
+            state.content.removeValue(forKey: key)
+            return (.applied, .delete)
+        case .reset, .destroy:
+            state.content = [:]
+            return (.applied, .reset)
+        }
     }
 
     private func releaseWaiters(_ state: inout State) -> [CheckedContinuation<Void, any Error>] {
@@ -272,18 +297,33 @@ public final class ReplicatedMap: Sendable {
             }
             index += 2
         }
-        let (subscribers, kind, readyWaiters, released) = state.withLock { state in
+        let (subscribers, kind, readyWaiters, released, stillBehind) = state.withLock { state in
             let wasReady = state.ready
             let old = state.content
             let oldRevision = state.revision
             state.content = content
             state.revision = revision
             state.ready = true
+            state.resyncing = false
+            // Messages that arrived while the snapshot was loading: apply those newer than it.
+            var replayed: MapChange?
+            var stillBehind = false
+            let buffered = state.buffered.sorted { $0.revision < $1.revision }
+            state.buffered = []
+            for (index, message) in buffered.enumerated() {
+                let (outcome, change) = Self.applyLocked(message, &state)
+                if outcome == .gap {
+                    state.resyncing = true
+                    state.buffered = Array(buffered[index...])
+                    stillBehind = true
+                    break
+                }
+                if let change { replayed = max(replayed ?? change, change) }
+            }
             let readyWaiters = state.readyWaiters
             state.readyWaiters = []
             var kind: MapChange?
-            if wasReady && revision != oldRevision {
-                // A snapshot older than what we had means the hash was deleted or expired: a reset.
+            if wasReady && revision != oldRevision || replayed != nil {
                 if revision < oldRevision || clearedAt > oldRevision {
                     // Cleared since we last looked (or the hash was deleted or expired under us).
                     kind = .reset
@@ -291,10 +331,13 @@ public final class ReplicatedMap: Sendable {
                     kind = lastKind == "del" ? .delete : .change
                 }
                 if old.keys.contains(where: { content[$0] == nil }), let current = kind, current < .delete { kind = .delete }
+                if let replayed { kind = max(kind ?? replayed, replayed) }
             }
+            if !wasReady { kind = nil }
             let subscribers = kind == nil ? [] : Array(state.subscribers.values)
-            return (subscribers, kind, readyWaiters, releaseWaiters(&state))
+            return (subscribers, kind, readyWaiters, releaseWaiters(&state), stillBehind)
         }
+        if stillBehind { resyncSignal.continuation.yield() }
         if !readyWaiters.isEmpty { logger.debug("map joined", metadata: ["revision": "\(revision)", "keys": "\(content.count)"]) }
         for waiter in readyWaiters { waiter.resume() }
         if let kind { for subscriber in subscribers { subscriber.post(kind) } }

@@ -149,7 +149,20 @@ public final class RedisClient: Service, Sendable {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (RedisSubscription) async throws -> R
     ) async throws -> R {
-        let subscription = RedisSubscription(commandTimeout: configuration.commandTimeout)
+        try await withSubscription(channels: channels, patterns: patterns, handler: nil, isolation: isolation, body)
+    }
+
+    /// Like ``withSubscription(channels:patterns:isolation:_:)``, but every event is handed to
+    /// `handler` on the connection's event loop as it arrives, instead of to the subscription's
+    /// sequence. The handler must not block; it saves the task hop a sequence consumer costs.
+    public func withSubscription<R: Sendable>(
+        channels: [String] = [],
+        patterns: [String] = [],
+        handler: (@Sendable (RedisPubSubEvent) -> Void)?,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (RedisSubscription) async throws -> R
+    ) async throws -> R {
+        let subscription = RedisSubscription(commandTimeout: configuration.commandTimeout, handler: handler)
         let connection = RedisConnection(
             configuration: configuration,
             eventLoop: eventLoopGroup.next(),

@@ -46,9 +46,22 @@ public final class RedisSubscription: AsyncSequence, Sendable {
     private let connectionBox = Mutex<RedisConnection?>(nil)
     private let commandTimeout: Duration
 
-    init(commandTimeout: Duration) {
+    /// When set, events go to this closure, called on the connection's event loop, instead of the
+    /// sequence: for consumers that must react without a task hop (replicated maps).
+    private let handler: (@Sendable (RedisPubSubEvent) -> Void)?
+
+    init(commandTimeout: Duration, handler: (@Sendable (RedisPubSubEvent) -> Void)? = nil) {
         (stream, continuation) = AsyncThrowingStream.makeStream(of: RedisPubSubEvent.self)
         self.commandTimeout = commandTimeout
+        self.handler = handler
+    }
+
+    private func deliver(_ event: RedisPubSubEvent) {
+        if let handler {
+            handler(event)
+        } else {
+            continuation.yield(event)
+        }
     }
 
     func attach(_ connection: RedisConnection) { connectionBox.withLock { $0 = connection } }
@@ -140,11 +153,11 @@ public final class RedisSubscription: AsyncSequence, Sendable {
         switch (kind, items.count) {
         case ("message", 3):
             if let channel = items[1].string, let payload = items[2].bytes {
-                continuation.yield(.message(channel: channel, payload: payload))
+                deliver(.message(channel: channel, payload: payload))
             }
         case ("pmessage", 4):
             if let pattern = items[1].string, let channel = items[2].string, let payload = items[3].bytes {
-                continuation.yield(.patternMessage(pattern: pattern, channel: channel, payload: payload))
+                deliver(.patternMessage(pattern: pattern, channel: channel, payload: payload))
             }
         case ("subscribe", 3), ("unsubscribe", 3), ("psubscribe", 3), ("punsubscribe", 3):
             guard let name = items[1].string else { return }
@@ -183,7 +196,7 @@ public final class RedisSubscription: AsyncSequence, Sendable {
             return (ready, resubscribed)
         }
         for slot in ready { slot.resolve(.success(.one(.null))) }
-        if resubscribed { continuation.yield(.resubscribed) }
+        if resubscribed { deliver(.resubscribed) }
     }
 
     func finish(throwing error: (any Error)?) {

@@ -1,0 +1,144 @@
+import ArgumentParser
+import Foundation
+import RotaMap
+import RotaRedis
+import RotaRedisServer
+
+struct MapBench: ParsableCommand, AsyncBody {
+    static let configuration = CommandConfiguration(
+        commandName: "map",
+        abstract: "Replicated map propagation and write throughput, beside raw Redis pub/sub and HSET."
+    )
+
+    @Option(help: "Server to measure (redis://…); a private redis-server is started when omitted.")
+    var redis: String?
+
+    @Flag(help: "Print one JSON object per line instead of a table.")
+    var json = false
+
+    @Option(help: "Rounds; medians are reported.")
+    var rounds = 3
+
+    @Option(help: "Propagation samples per round.")
+    var samples = 2_000
+
+    @Option(help: "Writes per round (spread over 16 writers).")
+    var writes = 32_000
+
+    func run() throws {}
+
+    func body(nioExecutor: Bool) async throws {
+        if let redis {
+            try await measure(try RedisConfiguration(url: redis))
+        } else {
+            try await RedisServer.withServer { server in try await measure(server.configuration) }
+        }
+    }
+
+    private func measure(_ configuration: RedisConfiguration) async throws {
+        let space = try RedisKeySpace("bench-\(UUID().uuidString.prefix(8))")
+        // Writer and observer replicas use separate clients, as two processes would.
+        try await RedisClient.withClient(configuration) { writerClient in
+            try await RedisClient.withClient(configuration) { observerClient in
+                try await ReplicatedMap.withMap("bench", keySpace: space, client: writerClient) { writer in
+                    try await ReplicatedMap.withMap("bench", keySpace: space, client: observerClient) { observer in
+                        var p50: [Double] = [], p99: [Double] = [], refP50: [Double] = [], refP99: [Double] = []
+                        var rate: [Double] = [], refRate: [Double] = []
+                        for round in 1...max(1, rounds) {
+                            if !json { print("round \(round)/\(rounds)…") }
+                            let map = try await propagation(writer: writer, observer: observer)
+                            p50.append(percentile(map, 50))
+                            p99.append(percentile(map, 99))
+                            let raw = try await publishLatency(publisher: writerClient, subscriber: observerClient, space: space)
+                            refP50.append(percentile(raw, 50))
+                            refP99.append(percentile(raw, 99))
+                            rate.append(try await writeRate { i in try await writer.set("w\(i % 1000)", "value-\(i)") })
+                            refRate.append(try await writeRate { i in
+                                try await writerClient.send("HSET", space.key("bench", "raw"), "w\(i % 1000)", "value-\(i)")
+                            })
+                        }
+                        // Latencies here: ratio = value / reference (≤ 1.5 is the target; lower is better).
+                        func latency(_ metric: String, _ values: [Double], _ references: [Double]) -> Measurement {
+                            let value = median(values), reference = median(references)
+                            return Measurement(suite: "map", metric: metric, value: value, unit: "us", reference: reference, ratio: value / reference)
+                        }
+                        let rows = [
+                            latency("map_propagation_p50", p50, refP50),
+                            latency("map_propagation_p99", p99, refP99),
+                            Measurement(suite: "map", metric: "map_writes_per_s", value: median(rate), unit: "ops/s",
+                                reference: median(refRate), ratio: median(rate) / median(refRate)),
+                        ]
+                        if json {
+                            for row in rows { print(row.json) }
+                        } else {
+                            printTable(rows)
+                            print("(latency ratios here are value / reference: lower is better; reference = raw PUBLISH → subscriber, raw HSET)")
+                        }
+                        try await writer.destroy()
+                        _ = try await writerClient.send("DEL", writer.contentKey, space.key("bench", "raw"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// From the start of a write on one replica until the other replica's local copy shows it.
+    private func propagation(writer: ReplicatedMap, observer: ReplicatedMap) async throws -> [Double] {
+        let changes = observer.changes()
+        var iterator = changes.makeAsyncIterator()
+        var results: [Double] = []
+        results.reserveCapacity(samples)
+        let clock = ContinuousClock()
+        for i in 0..<samples {
+            let expected = "v\(i)"
+            let start = clock.now
+            async let written = writer.set("probe", expected)
+            while observer.string("probe") != expected {
+                guard await iterator.next() != nil else { throw ValidationError("observer closed") }
+            }
+            results.append(microseconds(clock.now - start))
+            _ = try await written
+        }
+        return results.sorted()
+    }
+
+    /// The same measurement with a bare PUBLISH and a subscriber on another client.
+    private func publishLatency(publisher: RedisClient, subscriber: RedisClient, space: RedisKeySpace) async throws -> [Double] {
+        let channel = space.key("bench", "raw-channel")
+        return try await subscriber.withSubscription(channels: [channel]) { subscription in
+            var iterator = subscription.makeAsyncIterator()
+            var results: [Double] = []
+            results.reserveCapacity(samples)
+            let clock = ContinuousClock()
+            for i in 0..<samples {
+                let payload = Array("v\(i)".utf8)
+                let start = clock.now
+                async let published = publisher.send("PUBLISH", channel, payload)
+                while true {
+                    guard let event = try await iterator.next() else { throw ValidationError("subscription ended") }
+                    if case .message(_, let received) = event, received == payload { break }
+                }
+                results.append(microseconds(clock.now - start))
+                _ = try await published
+            }
+            return results.sorted()
+        }
+    }
+
+    /// Writes per second from 16 concurrent writers.
+    private func writeRate(_ write: @escaping @Sendable (Int) async throws -> Void) async throws -> Double {
+        let writers = 16
+        let perWriter = max(1, writes / writers)
+        let clock = ContinuousClock()
+        let start = clock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for w in 0..<writers {
+                group.addTask {
+                    for i in 0..<perWriter { try await write(w * perWriter + i) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        return Double(perWriter * writers) / seconds(clock.now - start)
+    }
+}
