@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser.
@@ -54,9 +55,10 @@ let package = Package(
             dependencies: ["RotaRedis"],
             swiftSettings: strict
         ),
-        // Plan files: cron windows now; YAML parsing and validation with the store ([5/7]).
+        // Plan files: YAML parsing and strict validation, cron windows.
         .target(
             name: "RotaPlans",
+            dependencies: [.product(name: "Yams", package: "Yams")],
             swiftSettings: strict
         ),
         .executableTarget(
