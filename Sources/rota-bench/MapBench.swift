@@ -40,7 +40,11 @@ struct MapBench: ParsableCommand, AsyncBody {
         // Writer and observer replicas use separate clients, as two processes would.
         try await RedisClient.withClient(configuration) { writerClient in
             try await RedisClient.withClient(configuration) { observerClient in
-                try await ReplicatedMap.withMap("bench", keySpace: space, client: writerClient) { writer in
+                // The writer is a plain handle on the map (it writes, it does not replicate), so the only
+                // replica doing apply work is the observer: write → Redis → replica, like the raw
+                // PUBLISH → subscriber reference.
+                let writer = try ReplicatedMap("bench", keySpace: space, client: writerClient)
+                do {
                     try await ReplicatedMap.withMap("bench", keySpace: space, client: observerClient) { observer in
                         var p50: [Double] = [], p99: [Double] = [], refP50: [Double] = [], refP99: [Double] = []
                         var rate: [Double] = [], refRate: [Double] = []
