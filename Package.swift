@@ -74,9 +74,16 @@ let package = Package(
             exclude: ["StreamsBench.swift"],  // until RotaStreams lands
             swiftSettings: strict
         ),
+        // Helpers shared by the test targets (polling with a deadline, error capture).
+        .target(
+            name: "RotaTestSupport",
+            path: "Tests/RotaTestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "RotaRedisTests",
             dependencies: [
+                "RotaTestSupport",
                 "RotaRedis",
                 "RotaRedisServer",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -88,7 +95,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RotaMapTests",
-            dependencies: ["RotaMap", "RotaRedis", "RotaRedisServer"],
+            dependencies: ["RotaMap", "RotaRedis", "RotaRedisServer", "RotaTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

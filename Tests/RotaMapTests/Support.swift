@@ -2,6 +2,7 @@ import Foundation
 import RotaMap
 import RotaRedis
 import RotaRedisServer
+@_exported import RotaTestSupport
 import Synchronization
 
 /// A private server, a client, and a key space unique to the test.
@@ -16,30 +17,6 @@ func withMapServer<R: Sendable>(
             let space = try RedisKeySpace("t\(UInt32.random(in: 0...UInt32.max))")
             return try await body(server, client, space)
         }
-    }
-}
-
-/// Polls `condition` until it holds or the deadline passes.
-func eventually(_ what: String, timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if (try? await condition()) == true { return }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    throw TestFailure("timed out waiting for: \(what)")
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}
-
-func caught(_ body: () async throws -> Void) async -> (any Error)? {
-    do {
-        try await body()
-        return nil
-    } catch {
-        return error
     }
 }
 

@@ -1,6 +1,7 @@
 import Foundation
 import RotaRedis
 import RotaRedisServer
+@_exported import RotaTestSupport
 
 /// Starts a private server, runs a client against it, and tears both down.
 func withRedis<R: Sendable>(
@@ -18,38 +19,9 @@ func withRedis<R: Sendable>(
     }
 }
 
-/// Polls `condition` until it holds or the deadline passes.
-func eventually(
-    timeout: Duration = .seconds(10),
-    _ what: String,
-    _ condition: () async throws -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if (try? await condition()) == true { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    throw TestFailure("timed out waiting for: \(what)")
-}
-
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}
-
 /// A key prefix unique to one test, so tests never touch each other's keys.
 func testPrefix(_ function: String = #function) -> String {
     "test:\(function.prefix { $0 != "(" }):\(UUID().uuidString.prefix(8)):"
-}
-
-/// Runs `body` and returns the error it threw, or nil.
-func caught(_ body: () async throws -> Void) async -> (any Error)? {
-    do {
-        try await body()
-        return nil
-    } catch {
-        return error
-    }
 }
 
 /// Reads an integer field of INFO (e.g. `total_connections_received`).
