@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser.
@@ -61,6 +62,23 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")],
             swiftSettings: strict
         ),
+        // The SQL migrations (top-level Migrations/*.sql), shipped as resources.
+        .target(
+            name: "RotaMigrations",
+            path: "Migrations",
+            resources: [.copy("0001_producers.sql")],
+            swiftSettings: strict
+        ),
+        // The SQLite store: producer definitions with revisions (GRDB on the system libsqlite3).
+        .target(
+            name: "RotaStore",
+            dependencies: [
+                "RotaPlans",
+                "RotaMigrations",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "rota-bench",
             dependencies: [
@@ -96,6 +114,11 @@ let package = Package(
         .testTarget(
             name: "RotaMapTests",
             dependencies: ["RotaMap", "RotaRedis", "RotaRedisServer", "RotaTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RotaStoreTests",
+            dependencies: ["RotaStore", "RotaPlans", "RotaMigrations", "RotaTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -10,6 +10,8 @@ indirect enum CanonicalJSON: Hashable, Sendable {
     case string(String)
     case array([CanonicalJSON])
     case object([String: CanonicalJSON])
+    /// Bytes that already are canonical JSON (a stored payload), written as they are.
+    case raw([UInt8])
 
     var bytes: [UInt8] {
         var out: [UInt8] = []
@@ -29,6 +31,7 @@ indirect enum CanonicalJSON: Hashable, Sendable {
                 out += Array("\(value)".utf8)
             }
         case .string(let value): Self.writeString(value, into: &out)
+        case .raw(let bytes): out += bytes
         case .array(let items):
             out.append(UInt8(ascii: "["))
             for (index, item) in items.enumerated() {

@@ -1,0 +1,79 @@
+import Foundation
+import GRDB
+import RotaMigrations
+import RotaPlans
+
+/// Rota's SQLite store: producer definitions and their revisions.
+///
+/// Opened with ``open(path:busyTimeout:)`` (the file is created on first use, WAL mode, schema
+/// migrated). GRDB runs the blocking SQLite calls on its own queues; this type only holds the pool.
+public final class PlanStore: Sendable {
+    let database: DatabasePool
+    public let path: String
+
+    private init(database: DatabasePool, path: String) {
+        self.database = database
+        self.path = path
+    }
+
+    /// Opens (creating if needed) and migrates the database at `path`.
+    public static func open(path: String, busyTimeout: Duration = .seconds(5)) throws(StoreError) -> PlanStore {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(TimeInterval(busyTimeout.components.seconds) + Double(busyTimeout.components.attoseconds) / 1e18)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        let database: DatabasePool
+        do {
+            database = try DatabasePool(path: path, configuration: configuration)
+        } catch {
+            throw map(error, path: path, doing: "open")
+        }
+        do {
+            let migrations = try RotaMigrations.all()
+            var migrator = DatabaseMigrator()
+            for migration in migrations {
+                migrator.registerMigration(migration.identifier) { db in try db.execute(sql: migration.sql) }
+            }
+            let known = Set(migrations.map(\.identifier))
+            let applied = try database.read { db in try migrator.appliedIdentifiers(db) }
+            let unknown = applied.subtracting(known)
+            guard unknown.isEmpty else {
+                throw StoreError(.newerSchema,
+                    "\(path): the database was written by a newer Rota (unknown migrations: \(unknown.sorted().joined(separator: ", "))); upgrade rota to use it")
+            }
+            try migrator.migrate(database)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw map(error, path: path, doing: "migrate")
+        }
+        return PlanStore(database: database, path: path)
+    }
+
+    /// Turns GRDB/SQLite errors into one clear line naming the file.
+    static func map(_ error: any Error, path: String, doing what: String) -> StoreError {
+        guard let sqlite = error as? DatabaseError else {
+            return StoreError(.failed, "\(path): cannot \(what) the database: \(error)", underlying: error)
+        }
+        switch sqlite.resultCode {
+        case .SQLITE_NOTADB, .SQLITE_CORRUPT:
+            return StoreError(.corrupt, "\(path): not a Rota database, or the file is damaged (\(sqlite.message ?? "corrupt"))", underlying: error)
+        case .SQLITE_BUSY, .SQLITE_LOCKED:
+            return StoreError(.busy, "\(path): the database is locked by another process", underlying: error)
+        case .SQLITE_CANTOPEN, .SQLITE_READONLY, .SQLITE_PERM, .SQLITE_IOERR:
+            return StoreError(.cannotOpen, "\(path): cannot \(what) the database: \(sqlite.message ?? "\(sqlite.resultCode)")", underlying: error)
+        default:
+            return StoreError(.failed, "\(path): cannot \(what) the database: \(sqlite.message ?? "\(sqlite.resultCode)")", underlying: error)
+        }
+    }
+
+    /// Identifiers of the migrations applied to this database.
+    public func appliedMigrations() throws(StoreError) -> [String] {
+        do {
+            return try database.read { db in try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier") }
+        } catch {
+            throw Self.map(error, path: path, doing: "read")
+        }
+    }
+}
