@@ -13,6 +13,8 @@ let package = Package(
         .library(name: "RotaRedis", targets: ["RotaRedis"]),
         .library(name: "RotaRedisServer", targets: ["RotaRedisServer"]),
         .library(name: "RotaMap", targets: ["RotaMap"]),
+        .library(name: "RotaStreams", targets: ["RotaStreams"]),
+        .executable(name: "rota", targets: ["rota"]),
         .executable(name: "rota-bench", targets: ["rota-bench"]),
     ],
     dependencies: [
@@ -50,6 +52,12 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Streams, sinks (consumer groups with claim/keep-alive), readers.
+        .target(
+            name: "RotaStreams",
+            dependencies: ["RotaRedis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         // Starts private redis-server processes: for tests, benchmarks and `rota run` without --redis.
         .target(
             name: "RotaRedisServer",
@@ -79,18 +87,28 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The command-line interface.
+        .executableTarget(
+            name: "rota",
+            dependencies: [
+                "RotaPlans",
+                "RotaStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "rota-bench",
             dependencies: [
                 "RotaRedis",
                 "RotaMap",
+                "RotaStreams",
                 "RotaRedisServer",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            exclude: ["StreamsBench.swift"],  // until RotaStreams lands
-            swiftSettings: strict
+swiftSettings: strict
         ),
         // Helpers shared by the test targets (polling with a deadline, error capture).
         .target(
@@ -114,6 +132,11 @@ let package = Package(
         .testTarget(
             name: "RotaMapTests",
             dependencies: ["RotaMap", "RotaRedis", "RotaRedisServer", "RotaTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RotaStreamsTests",
+            dependencies: ["RotaStreams", "RotaRedis", "RotaRedisServer", "RotaTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
