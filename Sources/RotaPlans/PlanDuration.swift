@@ -28,3 +28,8 @@ enum PlanDuration {
         return .milliseconds(Int64((total * 1000).rounded()))
     }
 }
+
+/// Parses a duration written like the plan files' `every:` (`500ms`, `10s`, `1m30s`, `2h`, `1d`).
+public func parseDuration(_ text: String) -> Duration? {
+    PlanDuration.parse(text)
+}

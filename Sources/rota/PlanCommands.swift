@@ -1,0 +1,162 @@
+import ArgumentParser
+import Foundation
+import RotaPlans
+import RotaStore
+
+struct Plan: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate, apply and inspect plan files.",
+        subcommands: [Validate.self, Apply.self, Show.self, Windows.self]
+    )
+
+    struct Validate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Check plan files; print every problem as FILE:LINE:COLUMN: error: MESSAGE.")
+
+        @Argument(help: "Plan files or directories of *.yaml files.")
+        var paths: [String]
+
+        @Option(help: "Pool for files that name none.")
+        var pool: String?
+
+        func run() throws {
+            do {
+                let files = try PlanParser.load(paths: paths, defaultPool: pool)
+                let producers = files.reduce(0) { $0 + $1.producers.count }
+                let jobs = files.reduce(0) { $0 + $1.producers.reduce(0) { $0 + $1.jobs.count } }
+                print("ok: \(files.count) file(s), \(producers) producer(s), \(jobs) job(s)")
+            } catch {
+                throw fail(error)
+            }
+        }
+    }
+
+    struct Apply: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Store the producers of plan files; a bad file changes nothing.")
+
+        @Argument(help: "Plan files or directories of *.yaml files.")
+        var paths: [String]
+
+        @Option(help: "The SQLite database (created on first use).")
+        var db: String
+
+        @Option(help: "Pool for files that name none.")
+        var pool = "default"
+
+        @Option(help: "Output format: table, json or csv.")
+        var format: OutputFormat = .table
+
+        func run() throws {
+            let files: [PlanFile]
+            do {
+                files = try PlanParser.load(paths: paths, defaultPool: pool)
+            } catch {
+                throw fail(error)
+            }
+            let store = try openStore(db)
+            let results: [AppliedProducer]
+            do {
+                results = try store.apply(files, defaultPool: pool, actor: currentActor())
+            } catch {
+                throw CommandFailure("error: \(error.message)")
+            }
+            switch format {
+            case .json:
+                print(jsonArray(results.map { [("pool", .string($0.pool)), ("producer", .string($0.name)),
+                    ("outcome", .string($0.outcome.rawValue)), ("revision", .int($0.revision))] }), terminator: "")
+            case .table, .csv:
+                print(render(["POOL", "PRODUCER", "OUTCOME", "REVISION"],
+                    results.map { [$0.pool, $0.name, $0.outcome.rawValue, String($0.revision)] }, format: format), terminator: "")
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show stored producers (current revisions), or one producer's revisions.")
+
+        @Argument(help: "A producer: show all its revisions.")
+        var producer: String?
+
+        @Option(help: "The SQLite database.")
+        var db: String
+
+        @Option(help: "Pool.")
+        var pool = "default"
+
+        @Option(help: "Output format: table, json or csv.")
+        var format: OutputFormat = .table
+
+        func run() throws {
+            let store = try openStore(db)
+            let revisions: [ProducerRevision]
+            do {
+                if let producer {
+                    revisions = try store.revisions(pool: pool, name: producer)
+                } else {
+                    revisions = try store.producers(pool: pool)
+                }
+            } catch {
+                throw CommandFailure("error: \(error.message)")
+            }
+            if let producer, revisions.isEmpty { throw CommandFailure("error: no producer '\(producer)' in pool '\(pool)' of \(db)") }
+            switch format {
+            case .json:
+                print(jsonArray(revisions.map { [("pool", .string($0.pool)), ("producer", .string($0.name)), ("revision", .int($0.revision)),
+                    ("created", .string($0.createdAt)), ("by", .string($0.createdBy)), ("file", .string($0.sourceFile)),
+                    ("retired", .optional($0.retiredAt)), ("hash", .string($0.contentHash)), ("definition", .raw($0.definition))] }),
+                    terminator: "")
+            case .table, .csv:
+                print(render(["PRODUCER", "REVISION", "CREATED", "BY", "FILE", "RETIRED", "HASH"],
+                    revisions.map { [$0.name, String($0.revision), $0.createdAt, $0.createdBy, $0.sourceFile, $0.retiredAt ?? "-", $0.contentHash] },
+                    format: format), terminator: "")
+            }
+        }
+    }
+
+    struct Windows: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "When each job of a producer is desired over a time range (preview; DST transitions visible).")
+
+        @Argument(help: "The producer.")
+        var producer: String
+
+        @Option(help: "The SQLite database.")
+        var db: String
+
+        @Option(help: "Pool.")
+        var pool = "default"
+
+        @Option(help: "Start of the range: RFC 3339, or a duration meaning that long ago.")
+        var from: String
+
+        @Option(help: "End of the range (exclusive).")
+        var until: String
+
+        @Option(help: "Output format: table, json or csv.")
+        var format: OutputFormat = .table
+
+        func run() throws {
+            guard let start = parseTime(from) else { throw CommandFailure("error: --from '\(from)' is not an RFC 3339 time or a duration") }
+            guard let end = parseTime(until) else { throw CommandFailure("error: --until '\(until)' is not an RFC 3339 time or a duration") }
+            guard start < end else { throw CommandFailure("error: --from must be earlier than --until") }
+            guard end.timeIntervalSince(start) <= 366 * 86_400 else { throw CommandFailure("error: the range is limited to 366 days") }
+            let store = try openStore(db)
+            let definition: ProducerDefinition
+            do {
+                guard let current = try store.producers(pool: pool).first(where: { $0.name == producer }) else {
+                    throw CommandFailure("error: no producer '\(producer)' in pool '\(pool)' of \(db)")
+                }
+                definition = try ProducerDefinition(canonicalJSON: current.definition)
+            } catch let error as StoreError {
+                throw CommandFailure("error: \(error.message)")
+            }
+            let windows = definition.desiredIntervals(from: start, until: end)
+            switch format {
+            case .json:
+                print(jsonArray(windows.map { [("job", .string($0.job)), ("from", .string(rfc3339($0.from))), ("until", .string(rfc3339($0.until)))] }),
+                    terminator: "")
+            case .table, .csv:
+                print(render(["JOB", "FROM", "UNTIL"], windows.map { [$0.job, rfc3339($0.from), rfc3339($0.until)] }, format: format), terminator: "")
+            }
+        }
+    }
+}

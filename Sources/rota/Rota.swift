@@ -1,0 +1,133 @@
+import ArgumentParser
+import Foundation
+import RotaPlans
+import RotaStore
+
+protocol AsyncCommand {
+    func execute() async throws
+}
+
+struct Rota: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rota",
+        abstract: "Rota: a Redis-backed dedicated worker pool for long-running jobs, with a scheduler on top.",
+        subcommands: [Plan.self]
+    )
+}
+
+/// Output formats shared by the commands that list things.
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case table, json, csv
+}
+
+/// A failure already explained to the user: print the message, exit with the status.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Prints plan diagnostics (one per line, compiler style) to standard error and exits 1.
+func fail(_ error: PlanValidationError) -> ExitCode {
+    for diagnostic in error.diagnostics {
+        FileHandle.standardError.write(Data((diagnostic.description + "\n").utf8))
+    }
+    return ExitCode(1)
+}
+
+func openStore(_ path: String) throws -> PlanStore {
+    do {
+        return try PlanStore.open(path: path)
+    } catch {
+        throw CommandFailure("error: \(error.message)")
+    }
+}
+
+/// Who is acting, recorded with new revisions.
+func currentActor() -> String {
+    let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
+    return "\(user)@\(ProcessInfo.processInfo.hostName)"
+}
+
+/// Parses RFC 3339 times, or a duration meaning "that long ago" (`2h`, `1d`, `90s`).
+func parseTime(_ text: String, now: Date = Date()) -> Date? {
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    if let date = formatter.date(from: text) { return date }
+    formatter.formatOptions = [.withInternetDateTime]
+    if let date = formatter.date(from: text) { return date }
+    if let duration = parseDuration(text) {
+        return now.addingTimeInterval(-(Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18))
+    }
+    return nil
+}
+
+func rfc3339(_ date: Date) -> String {
+    let formatter = ISO8601DateFormatter()
+    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return formatter.string(from: date)
+}
+
+/// Renders rows for people (aligned columns), or as CSV.
+func render(_ header: [String], _ rows: [[String]], format: OutputFormat) -> String {
+    switch format {
+    case .csv:
+        func field(_ value: String) -> String {
+            value.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : value
+        }
+        return ([header] + rows).map { $0.map(field).joined(separator: ",") }.joined(separator: "\n") + "\n"
+    case .table, .json:
+        let widths = header.indices.map { column in ([header[column]] + rows.map { $0[column] }).map(\.count).max() ?? 0 }
+        func line(_ values: [String]) -> String {
+            values.enumerated().map { index, value in
+                index == values.count - 1 ? value : value + String(repeating: " ", count: widths[index] - value.count)
+            }.joined(separator: "  ")
+        }
+        return ([line(header)] + rows.map(line)).joined(separator: "\n") + "\n"
+    }
+}
+
+/// JSON text of an array of objects with stable key order.
+func jsonArray(_ objects: [[(String, JSONValue)]]) -> String {
+    "[" + objects.map { members in
+        "{" + members.map { "\(JSONValue.string($0.0).text):\($0.1.text)" }.joined(separator: ",") + "}"
+    }.joined(separator: ",") + "]\n"
+}
+
+enum JSONValue {
+    case string(String)
+    case int(Int)
+    case null
+    case raw(String)
+    case array([JSONValue])
+    case object([(String, JSONValue)])
+
+    static func optional(_ value: String?) -> JSONValue { value.map { .string($0) } ?? .null }
+
+    var text: String {
+        switch self {
+        case .int(let value): return String(value)
+        case .null: return "null"
+        case .raw(let text): return text
+        case .array(let items): return "[" + items.map(\.text).joined(separator: ",") + "]"
+        case .object(let members): return "{" + members.map { "\(JSONValue.string($0.0).text):\($0.1.text)" }.joined(separator: ",") + "}"
+        case .string(let value):
+            var out = "\""
+            for scalar in value.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                default:
+                    if scalar.value < 0x20 {
+                        out += String(format: "\\u%04x", scalar.value)
+                    } else {
+                        out.unicodeScalars.append(scalar)
+                    }
+                }
+            }
+            return out + "\""
+        }
+    }
+}

@@ -1,0 +1,15 @@
+import ArgumentParser
+
+// A hand-written entry point so errors print as one clear line with a non-zero status.
+// Async subcommands are dispatched through `AsyncCommand`: from a main.swift, ArgumentParser's
+// own async entry resolves to the synchronous `run()`.
+do {
+    var command = try Rota.parseAsRoot()
+    if let async = command as? any AsyncCommand {
+        try await async.execute()
+    } else {
+        try command.run()
+    }
+} catch {
+    Rota.exit(withError: error)
+}
