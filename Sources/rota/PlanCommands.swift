@@ -57,7 +57,7 @@ struct Plan: ParsableCommand {
             do {
                 results = try store.apply(files, defaultPool: pool, actor: currentActor())
             } catch {
-                throw CommandFailure("error: \(error.message)")
+                throw CommandFailure("\(error.message)")
             }
             switch format {
             case .json:
@@ -95,9 +95,9 @@ struct Plan: ParsableCommand {
                     revisions = try store.producers(pool: pool)
                 }
             } catch {
-                throw CommandFailure("error: \(error.message)")
+                throw CommandFailure("\(error.message)")
             }
-            if let producer, revisions.isEmpty { throw CommandFailure("error: no producer '\(producer)' in pool '\(pool)' of \(db)") }
+            if let producer, revisions.isEmpty { throw CommandFailure("no producer '\(producer)' in pool '\(pool)' of \(db)") }
             switch format {
             case .json:
                 print(jsonArray(revisions.map { [("pool", .string($0.pool)), ("producer", .string($0.name)), ("revision", .int($0.revision)),
@@ -135,19 +135,19 @@ struct Plan: ParsableCommand {
         var format: OutputFormat = .table
 
         func run() throws {
-            guard let start = parseTime(from) else { throw CommandFailure("error: --from '\(from)' is not an RFC 3339 time or a duration") }
-            guard let end = parseTime(until) else { throw CommandFailure("error: --until '\(until)' is not an RFC 3339 time or a duration") }
-            guard start < end else { throw CommandFailure("error: --from must be earlier than --until") }
-            guard end.timeIntervalSince(start) <= 366 * 86_400 else { throw CommandFailure("error: the range is limited to 366 days") }
+            guard let start = parseTime(from) else { throw CommandFailure("--from '\(from)' is not an RFC 3339 time or a duration") }
+            guard let end = parseTime(until) else { throw CommandFailure("--until '\(until)' is not an RFC 3339 time or a duration") }
+            guard start < end else { throw CommandFailure("--from must be earlier than --until") }
+            guard end.timeIntervalSince(start) <= 366 * 86_400 else { throw CommandFailure("the range is limited to 366 days") }
             let store = try openStore(db)
             let definition: ProducerDefinition
             do {
                 guard let current = try store.producers(pool: pool).first(where: { $0.name == producer }) else {
-                    throw CommandFailure("error: no producer '\(producer)' in pool '\(pool)' of \(db)")
+                    throw CommandFailure("no producer '\(producer)' in pool '\(pool)' of \(db)")
                 }
                 definition = try ProducerDefinition(canonicalJSON: current.definition)
             } catch let error as StoreError {
-                throw CommandFailure("error: \(error.message)")
+                throw CommandFailure("\(error.message)")
             }
             let windows = definition.desiredIntervals(from: start, until: end)
             switch format {

@@ -38,7 +38,7 @@ func openStore(_ path: String) throws -> PlanStore {
     do {
         return try PlanStore.open(path: path)
     } catch {
-        throw CommandFailure("error: \(error.message)")
+        throw CommandFailure("\(error.message)")
     }
 }
 
