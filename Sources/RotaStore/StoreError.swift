@@ -2,7 +2,7 @@
 public struct StoreError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private let name: String
-        private init(_ name: String) { self.name = name }
+        init(_ name: String) { self.name = name }
         public var description: String { name }
 
         /// The file cannot be opened or created (missing directory, permissions, read-only).

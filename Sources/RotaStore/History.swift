@@ -1,0 +1,347 @@
+import Foundation
+import GRDB
+
+/// What a round does to one job.
+public enum ActionKind: String, Sendable, Hashable, CaseIterable {
+    case start, stop, restart
+}
+
+/// How an action ended.
+public enum ActionOutcome: String, Sendable, Hashable, CaseIterable {
+    case started
+    case alreadyRunning = "already-running"
+    case stopped
+    case notFound = "not-found"
+    case failed
+}
+
+/// A planned action, recorded with the round's intent before it is applied.
+public struct PlannedAction: Sendable, Hashable {
+    public var job: String
+    public var action: ActionKind
+    public var payloadHash: String?
+
+    public init(job: String, action: ActionKind, payloadHash: String? = nil) {
+        self.job = job
+        self.action = action
+        self.payloadHash = payloadHash
+    }
+}
+
+/// An applied action and its outcome.
+public struct ActionRecord: Sendable, Hashable {
+    public var job: String
+    public var action: ActionKind
+    public var outcome: ActionOutcome
+    public var error: String?
+    public var payloadHash: String?
+    public var at: Date
+
+    public init(job: String, action: ActionKind, outcome: ActionOutcome, error: String? = nil, payloadHash: String? = nil, at: Date) {
+        self.job = job
+        self.action = action
+        self.outcome = outcome
+        self.error = error
+        self.payloadHash = payloadHash
+        self.at = at
+    }
+}
+
+/// A planning round: intent first (planned actions), outcome later (counts, error, actions).
+public struct RoundRecord: Sendable, Hashable {
+    public var roundID: String
+    public var pool: String
+    public var producer: String
+    public var revision: Int
+    public var node: String
+    /// The tick's scheduled time: the fencing token.
+    public var tick: Date
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var planned: [PlannedAction]
+    public var started = 0
+    public var stopped = 0
+    public var failed = 0
+    public var error: String?
+
+    public init(roundID: String, pool: String, producer: String, revision: Int, node: String, tick: Date, startedAt: Date,
+        planned: [PlannedAction] = []) {
+        self.roundID = roundID
+        self.pool = pool
+        self.producer = producer
+        self.revision = revision
+        self.node = node
+        self.tick = tick
+        self.startedAt = startedAt
+        self.planned = planned
+    }
+}
+
+/// Which rounds `rounds(matching:)` returns, newest first.
+public struct HistoryFilter: Sendable {
+    public var pool: String?
+    public var producer: String?
+    public var job: String?
+    public var node: String?
+    public var since: Date?
+    public var until: Date?
+    public var failedOnly = false
+    public var limit = 100
+
+    public init() {}
+}
+
+/// A job running at some instant according to the history.
+public struct RunningJob: Sendable, Hashable {
+    public var job: String
+    public var producer: String
+    /// Since when it has been running (its last start at or before the instant).
+    public var since: Date
+}
+
+/// What a prune removed (or would remove, in a dry run).
+public struct PruneReport: Sendable, Hashable {
+    public var rounds: Int
+    public var actions: Int
+
+    public init(rounds: Int, actions: Int) {
+        self.rounds = rounds
+        self.actions = actions
+    }
+}
+
+extension StoreError.Code {
+    /// A round for the same producer and tick was already recorded under another ID.
+    public static let duplicateRound = StoreError.Code("duplicateRound")
+}
+
+extension PlanStore {
+    static func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+    static func date(_ ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
+
+    /// Records a round's intent. Returns false when this round ID is already recorded (rounds arrive
+    /// from several nodes; recording is idempotent). A different round for the same producer and
+    /// tick is refused with `.duplicateRound`: two planners for one tick is a bug worth seeing.
+    @discardableResult
+    public func recordIntent(_ round: RoundRecord) throws(StoreError) -> Bool {
+        do {
+            return try database.write { db in try Self.insertIntent(db, round) }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw Self.map(error, path: path, doing: "record a round in")
+        }
+    }
+
+    private static func insertIntent(_ db: Database, _ round: RoundRecord) throws -> Bool {
+        if try Bool.fetchOne(db, sql: "SELECT 1 FROM round WHERE round_id = ?", arguments: [round.roundID]) == true {
+            return false
+        }
+        if let other = try String.fetchOne(db, sql: "SELECT round_id FROM round WHERE pool = ? AND producer = ? AND tick_ms = ?",
+            arguments: [round.pool, round.producer, ms(round.tick)])
+        {
+            throw StoreError(.duplicateRound,
+                "round \(round.roundID) of \(round.producer) at tick \(ms(round.tick)) duplicates round \(other)")
+        }
+        let intent = "[" + round.planned.map { action in
+            "{\"job\":\(jsonString(action.job)),\"action\":\"\(action.action.rawValue)\"}"
+        }.joined(separator: ",") + "]"
+        try db.cachedStatement(sql: """
+            INSERT INTO round (round_id, pool, producer, revision, node, tick_ms, started_ms, intent)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """).execute(arguments: [round.roundID, round.pool, round.producer, round.revision, round.node,
+                ms(round.tick), ms(round.startedAt), intent])
+        return true
+    }
+
+    /// Records a round's outcome and its actions. Idempotent: a round already finished is left as is.
+    public func recordOutcome(roundID: String, finishedAt: Date, actions: [ActionRecord], error: String? = nil) throws(StoreError) {
+        do {
+            try database.write { db in try Self.insertOutcome(db, roundID: roundID, finishedAt: finishedAt, actions: actions, error: error) }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw Self.map(error, path: path, doing: "record a round in")
+        }
+    }
+
+    /// Intent and outcome in one transaction: for rounds learnt from another node, already complete.
+    public func recordRound(_ round: RoundRecord, actions: [ActionRecord]) throws(StoreError) {
+        do {
+            try database.write { db in
+                _ = try Self.insertIntent(db, round)
+                try Self.insertOutcome(db, roundID: round.roundID, finishedAt: round.finishedAt ?? round.startedAt, actions: actions, error: round.error)
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw Self.map(error, path: path, doing: "record a round in")
+        }
+    }
+
+    private static func insertOutcome(_ db: Database, roundID: String, finishedAt: Date, actions: [ActionRecord], error: String?) throws {
+        guard let row = try Row.fetchOne(db, sql: "SELECT id, finished_ms FROM round WHERE round_id = ?", arguments: [roundID]) else {
+            throw StoreError(.failed, "no round \(roundID) to record an outcome for")
+        }
+        let id: Int64 = row["id"]
+        if (row["finished_ms"] as Int64?) != nil { return }
+        let insertJob = try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?) ON CONFLICT (key) DO NOTHING")
+        let findJob = try db.cachedStatement(sql: "SELECT id FROM job WHERE key = ?")
+        let insertAction = try db.cachedStatement(sql: """
+            INSERT INTO action (round, job, action, outcome, error, payload_hash, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+            """)
+        var started = 0, stopped = 0, failed = 0
+        for action in actions {
+            try insertJob.execute(arguments: [action.job])
+            guard let jobID = try Int64.fetchOne(findJob, arguments: [action.job]) else { continue }
+            try insertAction.execute(arguments: [id, jobID, action.action.rawValue, action.outcome.rawValue, action.error,
+                action.payloadHash, ms(action.at)])
+            switch action.outcome {
+            case .started: started += 1
+            case .stopped: stopped += 1
+            case .failed: failed += 1
+            case .alreadyRunning, .notFound: break
+            }
+        }
+        try db.cachedStatement(sql: "UPDATE round SET finished_ms = ?, started = ?, stopped = ?, failed = ?, error = ? WHERE id = ?")
+            .execute(arguments: [ms(finishedAt), started, stopped, failed, error, id])
+    }
+
+    /// Rounds matching `filter`, newest first.
+    public func rounds(matching filter: HistoryFilter) throws(StoreError) -> [RoundRecord] {
+        var conditions: [String] = []
+        var arguments: [any DatabaseValueConvertible] = []
+        if let pool = filter.pool { conditions.append("r.pool = ?"); arguments.append(pool) }
+        if let producer = filter.producer { conditions.append("r.producer = ?"); arguments.append(producer) }
+        if let node = filter.node { conditions.append("r.node = ?"); arguments.append(node) }
+        if let since = filter.since { conditions.append("r.started_ms >= ?"); arguments.append(Self.ms(since)) }
+        if let until = filter.until { conditions.append("r.started_ms < ?"); arguments.append(Self.ms(until)) }
+        if filter.failedOnly { conditions.append("(r.failed > 0 OR r.error IS NOT NULL)") }
+        if let job = filter.job {
+            var clause = "r.id IN (SELECT a.round FROM action a WHERE a.job = (SELECT id FROM job WHERE key = ?)"
+            arguments.append(job)
+            if let since = filter.since { clause += " AND a.at_ms >= ?"; arguments.append(Self.ms(since)) }
+            if let until = filter.until { clause += " AND a.at_ms < ?"; arguments.append(Self.ms(until)) }
+            conditions.append(clause + ")")
+        }
+        let sql = "SELECT r.* FROM round r" + (conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND "))
+            + " ORDER BY r.started_ms DESC, r.id DESC LIMIT \(max(0, filter.limit))"
+        do {
+            return try database.read { db in
+                try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map(Self.round)
+            }
+        } catch {
+            throw Self.map(error, path: path, doing: "read")
+        }
+    }
+
+    /// One round with its actions, or nil.
+    public func round(id roundID: String) throws(StoreError) -> (RoundRecord, [ActionRecord])? {
+        do {
+            return try database.read { db in
+                guard let row = try Row.fetchOne(db, sql: "SELECT * FROM round WHERE round_id = ?", arguments: [roundID]) else { return nil }
+                let actions = try Row.fetchAll(db, sql: """
+                    SELECT j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms
+                    FROM action a JOIN job j ON j.id = a.job WHERE a.round = ? ORDER BY a.rowid
+                    """, arguments: [row["id"] as Int64]).map { row in
+                    ActionRecord(job: row["key"], action: ActionKind(rawValue: row["action"]) ?? .start,
+                        outcome: ActionOutcome(rawValue: row["outcome"]) ?? .failed, error: row["error"],
+                        payloadHash: row["payload_hash"], at: Self.date(row["at_ms"]))
+                }
+                return (Self.round(row), actions)
+            }
+        } catch {
+            throw Self.map(error, path: path, doing: "read")
+        }
+    }
+
+    private static func round(_ row: Row) -> RoundRecord {
+        var round = RoundRecord(roundID: row["round_id"], pool: row["pool"], producer: row["producer"], revision: row["revision"],
+            node: row["node"], tick: date(row["tick_ms"]), startedAt: date(row["started_ms"]))
+        round.finishedAt = (row["finished_ms"] as Int64?).map(date)
+        round.started = row["started"]
+        round.stopped = row["stopped"]
+        round.failed = row["failed"]
+        round.error = row["error"]
+        if let intent = (row["intent"] as String?)?.data(using: .utf8),
+            let items = try? JSONSerialization.jsonObject(with: intent) as? [[String: String]]
+        {
+            round.planned = items.compactMap { item in
+                guard let job = item["job"], let action = item["action"].flatMap(ActionKind.init(rawValue:)) else { return nil }
+                return PlannedAction(job: job, action: action)
+            }
+        }
+        return round
+    }
+
+    /// Jobs running at `instant` according to the history: those whose last state-changing action
+    /// at or before it left them running (started or already running).
+    public func jobsRunning(at instant: Date) throws(StoreError) -> [RunningJob] {
+        let at = Self.ms(instant)
+        do {
+            return try database.read { db in
+                // One index seek per job (action_by_job), not a scan of the whole history.
+                try Row.fetchAll(db, sql: """
+                    SELECT j.key, last.at_ms, last.outcome, r.producer,
+                           (SELECT MAX(s.at_ms) FROM action s WHERE s.job = j.id AND s.at_ms <= ? AND s.outcome = 'started') AS started_ms
+                    FROM job j
+                    JOIN action last ON last.rowid = (
+                        SELECT a.rowid FROM action a
+                        WHERE a.job = j.id AND a.at_ms <= ? AND a.outcome IN ('started', 'already-running', 'stopped', 'not-found')
+                        ORDER BY a.at_ms DESC, a.rowid DESC LIMIT 1)
+                    JOIN round r ON r.id = last.round
+                    WHERE last.outcome IN ('started', 'already-running')
+                    ORDER BY j.key
+                    """, arguments: [at, at]).map { row in
+                    let since: Int64 = (row["started_ms"] as Int64?) ?? row["at_ms"]
+                    return RunningJob(job: row["key"], producer: row["producer"], since: Self.date(since))
+                }
+            }
+        } catch {
+            throw Self.map(error, path: path, doing: "read")
+        }
+    }
+
+    /// Deletes rounds (and their actions) started before `olderThan`, and/or all but the newest
+    /// `keep` rounds. With `dryRun`, only counts what would go.
+    public func prune(olderThan: Date?, keep: Int?, dryRun: Bool) throws(StoreError) -> PruneReport {
+        var conditions: [String] = []
+        var arguments: [any DatabaseValueConvertible] = []
+        if let olderThan { conditions.append("started_ms < ?"); arguments.append(Self.ms(olderThan)) }
+        if let keep {
+            conditions.append("id NOT IN (SELECT id FROM round ORDER BY started_ms DESC, id DESC LIMIT ?)")
+            arguments.append(max(0, keep))
+        }
+        guard !conditions.isEmpty else { return PruneReport(rounds: 0, actions: 0) }
+        // Both limits must allow the deletion: old enough AND beyond the newest `keep`.
+        let selection = "SELECT id FROM round WHERE " + conditions.joined(separator: " AND ")
+        do {
+            return try database.write { db in
+                let rounds = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM (\(selection))", arguments: StatementArguments(arguments)) ?? 0
+                let actions = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM action WHERE round IN (\(selection))",
+                    arguments: StatementArguments(arguments)) ?? 0
+                if !dryRun {
+                    try db.execute(sql: "DELETE FROM action WHERE round IN (\(selection))", arguments: StatementArguments(arguments))
+                    try db.execute(sql: "DELETE FROM round WHERE id IN (\(selection))", arguments: StatementArguments(arguments))
+                }
+                return PruneReport(rounds: rounds, actions: actions)
+            }
+        } catch {
+            throw Self.map(error, path: path, doing: "prune")
+        }
+    }
+}
+
+/// A JSON string literal.
+func jsonString(_ text: String) -> String {
+    var out = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        default:
+            if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
+        }
+    }
+    return out + "\""
+}
