@@ -1,0 +1,146 @@
+import ArgumentParser
+import Foundation
+import RotaPlans
+import RotaStore
+
+extension RoundRecord {
+    /// The stable JSON shape scripts rely on.
+    var json: [(String, JSONValue)] {
+        [("round", .string(roundID)), ("pool", .string(pool)), ("producer", .string(producer)), ("revision", .int(revision)),
+         ("node", .string(node)), ("tick", .string(rfc3339(tick))), ("started_at", .string(rfc3339(startedAt))),
+         ("finished_at", .optional(finishedAt.map(rfc3339))), ("started", .int(started)), ("stopped", .int(stopped)),
+         ("failed", .int(failed)), ("error", .optional(error))]
+    }
+
+    var row: [String] {
+        [roundID, producer, String(revision), node, rfc3339(tick), String(started), String(stopped), String(failed), error ?? "-"]
+    }
+
+    static let header = ["ROUND", "PRODUCER", "REV", "NODE", "TICK", "STARTED", "STOPPED", "FAILED", "ERROR"]
+}
+
+func time(_ text: String?, option: String) throws -> Date? {
+    guard let text else { return nil }
+    guard let date = parseTime(text) else {
+        throw CommandFailure("\(option) '\(text)' is not an RFC 3339 time or a duration (e.g. 2h, 1d)")
+    }
+    return date
+}
+
+struct History: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Audit the planning history: rounds, their actions, retention.",
+        subcommands: [List.self, ShowRound.self, Prune.self],
+        defaultSubcommand: List.self
+    )
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "Rounds, newest first.")
+
+        @Option(help: "The SQLite database.") var db: String
+        @Option(help: "Only this pool.") var pool: String?
+        @Option(help: "Only this producer.") var producer: String?
+        @Option(help: "Only rounds that acted on this job.") var job: String?
+        @Option(help: "Only rounds planned by this node.") var node: String?
+        @Option(help: "From this time on (RFC 3339, or a duration meaning that long ago).") var since: String?
+        @Option(help: "Before this time.") var until: String?
+        @Flag(help: "Only rounds with failures.") var failed = false
+        @Option(help: "At most this many rounds.") var limit = 100
+        @Option(help: "Output format: table, json or csv.") var format: OutputFormat = .table
+
+        func run() throws {
+            guard limit > 0 else { throw CommandFailure("--limit must be positive") }
+            var filter = HistoryFilter()
+            filter.pool = pool
+            filter.producer = producer
+            filter.job = job
+            filter.node = node
+            filter.since = try time(since, option: "--since")
+            filter.until = try time(until, option: "--until")
+            filter.failedOnly = failed
+            filter.limit = limit
+            let store = try openStore(db)
+            let rounds: [RoundRecord]
+            do { rounds = try store.rounds(matching: filter) } catch { throw CommandFailure(error.message) }
+            switch format {
+            case .json: print(jsonArray(rounds.map(\.json)), terminator: "")
+            case .table, .csv: print(render(RoundRecord.header, rounds.map(\.row), format: format), terminator: "")
+            }
+        }
+    }
+
+    struct ShowRound: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "One round and its actions.")
+
+        @Argument(help: "The round ID.") var round: String
+        @Option(help: "The SQLite database.") var db: String
+        @Option(help: "Output format: table, json or csv.") var format: OutputFormat = .table
+
+        func run() throws {
+            let store = try openStore(db)
+            let found: (RoundRecord, [ActionRecord])?
+            do { found = try store.round(id: round) } catch { throw CommandFailure(error.message) }
+            guard let (record, actions) = found else { throw CommandFailure("no round '\(round)' in \(db)") }
+            switch format {
+            case .json:
+                let items = actions.map { action -> JSONValue in
+                    .object([("job", .string(action.job)), ("action", .string(action.action.rawValue)),
+                        ("outcome", .string(action.outcome.rawValue)), ("error", .optional(action.error)), ("at", .string(rfc3339(action.at)))])
+                }
+                print(jsonArray([record.json + [("actions", .array(items))]]), terminator: "")
+            case .table, .csv:
+                print(render(RoundRecord.header, [record.row], format: format))
+                print(render(["JOB", "ACTION", "OUTCOME", "AT", "ERROR"],
+                    actions.map { [$0.job, $0.action.rawValue, $0.outcome.rawValue, rfc3339($0.at), $0.error ?? "-"] }, format: format),
+                    terminator: "")
+            }
+        }
+    }
+
+    struct Prune: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete old rounds and their actions.")
+
+        @Option(help: "The SQLite database.") var db: String
+        @Option(help: "Delete rounds started longer ago than this duration (e.g. 30d).") var olderThan: String?
+        @Option(help: "Keep at least the newest N rounds.") var keep: Int?
+        @Flag(help: "Report what would be deleted; delete nothing.") var dryRun = false
+
+        func run() throws {
+            guard olderThan != nil || keep != nil else { throw CommandFailure("give --older-than, --keep or both") }
+            if let keep, keep < 0 { throw CommandFailure("--keep must not be negative") }
+            var cutoff: Date?
+            if let olderThan {
+                guard parseDuration(olderThan) != nil, let date = parseTime(olderThan) else {
+                    throw CommandFailure("--older-than '\(olderThan)' is not a duration (e.g. 30d, 12h)")
+                }
+                cutoff = date
+            }
+            let store = try openStore(db)
+            let report: PruneReport
+            do { report = try store.prune(olderThan: cutoff, keep: keep, dryRun: dryRun) } catch { throw CommandFailure(error.message) }
+            print("\(dryRun ? "would delete" : "deleted") \(report.rounds) round(s) and \(report.actions) action(s)")
+        }
+    }
+}
+
+struct Jobs: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Jobs running at a given time, according to the history.")
+
+    @Option(help: "The SQLite database.") var db: String
+    @Option(help: "The instant (RFC 3339, or a duration meaning that long ago); now by default.") var at: String?
+    @Option(help: "Output format: table, json or csv.") var format: OutputFormat = .table
+
+    func run() throws {
+        let instant = try time(at, option: "--at") ?? Date()
+        let store = try openStore(db)
+        let jobs: [RunningJob]
+        do { jobs = try store.jobsRunning(at: instant) } catch { throw CommandFailure(error.message) }
+        switch format {
+        case .json:
+            print(jsonArray(jobs.map { [("job", .string($0.job)), ("producer", .string($0.producer)), ("since", .string(rfc3339($0.since)))] }),
+                terminator: "")
+        case .table, .csv:
+            print(render(["JOB", "PRODUCER", "SINCE"], jobs.map { [$0.job, $0.producer, rfc3339($0.since)] }, format: format), terminator: "")
+        }
+    }
+}
