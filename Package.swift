@@ -100,6 +100,7 @@ let package = Package(
         .executableTarget(
             name: "rota-bench",
             dependencies: [
+                "RotaStore",
                 "RotaRedis",
                 "RotaMap",
                 "RotaStreams",

@@ -38,7 +38,8 @@ CREATE TABLE action (
     payload_hash TEXT,
     at_ms        INTEGER NOT NULL
 );
-CREATE INDEX action_by_job ON action (job, at_ms);
+-- Covers "what did job J do, when" and "last state of J at T" without reading the table.
+CREATE INDEX action_by_job ON action (job, at_ms, outcome);
 CREATE INDEX action_by_round ON action (round);
 
 -- Audit views.

@@ -167,10 +167,20 @@ extension PlanStore {
 
     /// Intent and outcome in one transaction: for rounds learnt from another node, already complete.
     public func recordRound(_ round: RoundRecord, actions: [ActionRecord]) throws(StoreError) {
+        try recordRounds([(round, actions)])
+    }
+
+    /// Several complete rounds in one transaction: how a node catching up on the history stream
+    /// records what it missed. A write touches one index page per distinct job, so batching
+    /// rounds is what keeps catch-up fast.
+    public func recordRounds(_ rounds: [(RoundRecord, [ActionRecord])]) throws(StoreError) {
         do {
             try database.write { db in
-                _ = try Self.insertIntent(db, round)
-                try Self.insertOutcome(db, roundID: round.roundID, finishedAt: round.finishedAt ?? round.startedAt, actions: actions, error: round.error)
+                for (round, actions) in rounds {
+                    _ = try Self.insertIntent(db, round)
+                    try Self.insertOutcome(db, roundID: round.roundID, finishedAt: round.finishedAt ?? round.startedAt, actions: actions,
+                        error: round.error)
+                }
             }
         } catch let error as StoreError {
             throw error
@@ -185,15 +195,19 @@ extension PlanStore {
         }
         let id: Int64 = row["id"]
         if (row["finished_ms"] as Int64?) != nil { return }
-        let insertJob = try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?) ON CONFLICT (key) DO NOTHING")
+        let insertJob = try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?)")
         let findJob = try db.cachedStatement(sql: "SELECT id FROM job WHERE key = ?")
         let insertAction = try db.cachedStatement(sql: """
             INSERT INTO action (round, job, action, outcome, error, payload_hash, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
             """)
         var started = 0, stopped = 0, failed = 0
         for action in actions {
-            try insertJob.execute(arguments: [action.job])
-            guard let jobID = try Int64.fetchOne(findJob, arguments: [action.job]) else { continue }
+            var jobID = try Int64.fetchOne(findJob, arguments: [action.job])
+            if jobID == nil {
+                try insertJob.execute(arguments: [action.job])
+                jobID = db.lastInsertedRowID
+            }
+            guard let jobID else { continue }
             try insertAction.execute(arguments: [id, jobID, action.action.rawValue, action.outcome.rawValue, action.error,
                 action.payloadHash, ms(action.at)])
             switch action.outcome {
@@ -281,14 +295,16 @@ extension PlanStore {
         do {
             return try database.read { db in
                 // One index seek per job (action_by_job), not a scan of the whole history.
+                // Both subqueries walk action_by_job backwards from T and stop at the first match.
                 try Row.fetchAll(db, sql: """
                     SELECT j.key, last.at_ms, last.outcome, r.producer,
-                           (SELECT MAX(s.at_ms) FROM action s WHERE s.job = j.id AND s.at_ms <= ? AND s.outcome = 'started') AS started_ms
+                           (SELECT s.at_ms FROM action s WHERE s.job = j.id AND s.at_ms <= ? AND s.outcome = 'started'
+                            ORDER BY s.at_ms DESC LIMIT 1) AS started_ms
                     FROM job j
                     JOIN action last ON last.rowid = (
                         SELECT a.rowid FROM action a
                         WHERE a.job = j.id AND a.at_ms <= ? AND a.outcome IN ('started', 'already-running', 'stopped', 'not-found')
-                        ORDER BY a.at_ms DESC, a.rowid DESC LIMIT 1)
+                        ORDER BY a.at_ms DESC LIMIT 1)
                     JOIN round r ON r.id = last.round
                     WHERE last.outcome IN ('started', 'already-running')
                     ORDER BY j.key

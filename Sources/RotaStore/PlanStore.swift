@@ -77,3 +77,15 @@ public final class PlanStore: Sendable {
         }
     }
 }
+
+extension PlanStore {
+    /// Moves the write-ahead log into the main file (`wal_checkpoint(TRUNCATE)`), e.g. before
+    /// measuring or copying the file.
+    public func checkpoint() throws(StoreError) {
+        do {
+            try database.writeWithoutTransaction { db in _ = try Row.fetchAll(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        } catch {
+            throw Self.map(error, path: path, doing: "checkpoint")
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import RotaStore
+
+struct HistoryBench: ParsableCommand, AsyncBody {
+    static let configuration = CommandConfiguration(
+        commandName: "history",
+        abstract: "SQLite plan history: recording rate, audit query latency, bytes per action row."
+    )
+
+    @Flag(help: "Print one JSON object per line instead of a table.")
+    var json = false
+
+    @Option(help: "Action rows to record.")
+    var rows = 1_000_000
+
+    @Option(help: "Action rows per round.")
+    var roundSize = 100
+
+    @Option(help: "Distinct job keys.")
+    var jobs = 1_000
+
+    @Option(help: "Queries per query kind.")
+    var queries = 200
+
+    @Option(help: "Rounds per transaction (a node catching up on the history stream records in batches).")
+    var batch = 50
+
+    func run() throws {}
+
+    func body(nioExecutor: Bool) async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rota-bench-history-\(UUID().uuidString).sqlite").path
+        defer {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        }
+        let store = try PlanStore.open(path: path)
+        let rounds = max(1, rows / roundSize)
+        // The history spans the last two days, so `--since 1d` selects about half of it.
+        let now = Date()
+        let span = 2 * 86_400.0
+        let keys = (0..<jobs).map { String(format: "job/%05d", $0) }
+        let outcomes: [(ActionKind, ActionOutcome)] = [(.start, .started), (.start, .alreadyRunning), (.stop, .stopped), (.start, .alreadyRunning)]
+
+        if !json { print("recording \(rounds * roundSize) action rows in \(rounds) rounds…") }
+        let clock = ContinuousClock()
+        let started = clock.now
+        var pending: [(RoundRecord, [ActionRecord])] = []
+        for index in 0..<rounds {
+            let tick = now.addingTimeInterval(-span + span * Double(index) / Double(rounds))
+            var round = RoundRecord(roundID: "bench-\(index)", pool: "bench", producer: "producer-\(index % 10)", revision: 1,
+                node: "node-\(index % 3)", tick: tick, startedAt: tick)
+            round.finishedAt = tick.addingTimeInterval(0.05)
+            let actions = (0..<roundSize).map { offset in
+                let (kind, outcome) = outcomes[(index + offset) % outcomes.count]
+                return ActionRecord(job: keys[(index * roundSize + offset) % keys.count], action: kind, outcome: outcome,
+                    payloadHash: "0123456789abcdef", at: tick.addingTimeInterval(Double(offset) / 1000))
+            }
+            pending.append((round, actions))
+            if pending.count >= max(1, batch) || index == rounds - 1 {
+                try store.recordRounds(pending)
+                pending.removeAll(keepingCapacity: true)
+            }
+        }
+        let rate = Double(rounds * roundSize) / seconds(clock.now - started)
+
+        var jobLatencies: [Double] = []
+        var atLatencies: [Double] = []
+        for query in 0..<queries {
+            var filter = HistoryFilter()
+            filter.job = keys[(query * 7919) % keys.count]
+            filter.since = Date().addingTimeInterval(-86_400)
+            let t0 = clock.now
+            _ = try store.rounds(matching: filter)
+            jobLatencies.append(microseconds(clock.now - t0) / 1000)
+            let instant = now.addingTimeInterval(-span * Double(query % 97) / 97)
+            let t1 = clock.now
+            _ = try store.jobsRunning(at: instant)
+            atLatencies.append(microseconds(clock.now - t1) / 1000)
+        }
+        try store.checkpoint()
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let bytesPerRow = Double(size) / Double(rounds * roundSize)
+
+        // No external reference exists for these: `reference` is the target, and
+        // `ratio` ≥ 1 means the target is met (value/target for rates, target/value otherwise).
+        let rows = [
+            Measurement(suite: "history", metric: "history_rows_per_s", value: rate, unit: "rows/s", reference: 100_000, ratio: rate / 100_000),
+            Measurement(suite: "history", metric: "history_query_job_p99_ms", value: percentile(jobLatencies.sorted(), 99), unit: "ms",
+                reference: 20, ratio: 20 / percentile(jobLatencies.sorted(), 99)),
+            Measurement(suite: "history", metric: "history_query_at_p99_ms", value: percentile(atLatencies.sorted(), 99), unit: "ms",
+                reference: 20, ratio: 20 / percentile(atLatencies.sorted(), 99)),
+            Measurement(suite: "history", metric: "history_bytes_per_row", value: bytesPerRow, unit: "bytes", reference: 200,
+                ratio: 200 / bytesPerRow),
+        ]
+        if json {
+            for row in rows { print(row.json) }
+        } else {
+            printTable(rows)
+            print("(reference = the target; ratio ≥ 1 means it is met)")
+        }
+    }
+}
