@@ -29,18 +29,24 @@ CREATE TABLE job (
     key TEXT    NOT NULL UNIQUE
 );
 
+-- Clustered by round (a round's actions are one contiguous range); no foreign keys: the recorder
+-- writes rounds, jobs and actions together in one transaction, and pruning deletes actions with
+-- their rounds, so checking every row again would only slow recording down.
 CREATE TABLE action (
-    round        INTEGER NOT NULL REFERENCES round (id) ON DELETE CASCADE,
-    job          INTEGER NOT NULL REFERENCES job (id),
+    round        INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    job          INTEGER NOT NULL,
     action       TEXT    NOT NULL CHECK (action IN ('start', 'stop', 'restart')),
     outcome      TEXT    NOT NULL CHECK (outcome IN ('started', 'already-running', 'stopped', 'not-found', 'failed')),
     error        TEXT,
     payload_hash TEXT,
-    at_ms        INTEGER NOT NULL
-);
--- Covers "what did job J do, when" and "last state of J at T" without reading the table.
-CREATE INDEX action_by_job ON action (job, at_ms, outcome);
-CREATE INDEX action_by_round ON action (round);
+    at_ms        INTEGER NOT NULL,
+    PRIMARY KEY (round, seq)
+) WITHOUT ROWID;
+-- "What did job J do, when" and "last state of J at T": seek by job, walk by time.
+CREATE INDEX action_by_job ON action (job, at_ms);
+-- "Since when has J been running": its last start, in one seek.
+CREATE INDEX action_starts ON action (job, at_ms) WHERE outcome = 'started';
 
 -- Audit views.
 -- Every action on every job, with its round: `SELECT * FROM job_timeline WHERE job = 'poll/paris' ORDER BY at_ms`.

@@ -157,7 +157,10 @@ extension PlanStore {
     /// Records a round's outcome and its actions. Idempotent: a round already finished is left as is.
     public func recordOutcome(roundID: String, finishedAt: Date, actions: [ActionRecord], error: String? = nil) throws(StoreError) {
         do {
-            try database.write { db in try Self.insertOutcome(db, roundID: roundID, finishedAt: finishedAt, actions: actions, error: error) }
+            try database.write { db in
+                var jobIDs: [String: Int64] = [:]
+                try Self.insertOutcome(db, roundID: roundID, finishedAt: finishedAt, actions: actions, error: error, jobIDs: &jobIDs)
+            }
         } catch let error as StoreError {
             throw error
         } catch {
@@ -176,10 +179,11 @@ extension PlanStore {
     public func recordRounds(_ rounds: [(RoundRecord, [ActionRecord])]) throws(StoreError) {
         do {
             try database.write { db in
+                var jobIDs: [String: Int64] = [:]
                 for (round, actions) in rounds {
                     _ = try Self.insertIntent(db, round)
                     try Self.insertOutcome(db, roundID: round.roundID, finishedAt: round.finishedAt ?? round.startedAt, actions: actions,
-                        error: round.error)
+                        error: round.error, jobIDs: &jobIDs)
                 }
             }
         } catch let error as StoreError {
@@ -189,7 +193,10 @@ extension PlanStore {
         }
     }
 
-    private static func insertOutcome(_ db: Database, roundID: String, finishedAt: Date, actions: [ActionRecord], error: String?) throws {
+    /// `jobIDs` caches job-key lookups for the rest of the transaction.
+    private static func insertOutcome(
+        _ db: Database, roundID: String, finishedAt: Date, actions: [ActionRecord], error: String?, jobIDs: inout [String: Int64]
+    ) throws {
         guard let row = try Row.fetchOne(db, sql: "SELECT id, finished_ms FROM round WHERE round_id = ?", arguments: [roundID]) else {
             throw StoreError(.failed, "no round \(roundID) to record an outcome for")
         }
@@ -198,17 +205,21 @@ extension PlanStore {
         let insertJob = try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?)")
         let findJob = try db.cachedStatement(sql: "SELECT id FROM job WHERE key = ?")
         let insertAction = try db.cachedStatement(sql: """
-            INSERT INTO action (round, job, action, outcome, error, payload_hash, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO action (round, seq, job, action, outcome, error, payload_hash, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """)
         var started = 0, stopped = 0, failed = 0
-        for action in actions {
-            var jobID = try Int64.fetchOne(findJob, arguments: [action.job])
+        for (seq, action) in actions.enumerated() {
+            var jobID = jobIDs[action.job]
+            if jobID == nil {
+                jobID = try Int64.fetchOne(findJob, arguments: [action.job])
+            }
             if jobID == nil {
                 try insertJob.execute(arguments: [action.job])
                 jobID = db.lastInsertedRowID
             }
             guard let jobID else { continue }
-            try insertAction.execute(arguments: [id, jobID, action.action.rawValue, action.outcome.rawValue, action.error,
+            jobIDs[action.job] = jobID
+            try insertAction.execute(arguments: [id, seq, jobID, action.action.rawValue, action.outcome.rawValue, action.error,
                 action.payloadHash, ms(action.at)])
             switch action.outcome {
             case .started: started += 1
@@ -256,7 +267,7 @@ extension PlanStore {
                 guard let row = try Row.fetchOne(db, sql: "SELECT * FROM round WHERE round_id = ?", arguments: [roundID]) else { return nil }
                 let actions = try Row.fetchAll(db, sql: """
                     SELECT j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms
-                    FROM action a JOIN job j ON j.id = a.job WHERE a.round = ? ORDER BY a.rowid
+                    FROM action a JOIN job j ON j.id = a.job WHERE a.round = ? ORDER BY a.seq
                     """, arguments: [row["id"] as Int64]).map { row in
                     ActionRecord(job: row["key"], action: ActionKind(rawValue: row["action"]) ?? .start,
                         outcome: ActionOutcome(rawValue: row["outcome"]) ?? .failed, error: row["error"],
@@ -301,8 +312,8 @@ extension PlanStore {
                            (SELECT s.at_ms FROM action s WHERE s.job = j.id AND s.at_ms <= ? AND s.outcome = 'started'
                             ORDER BY s.at_ms DESC LIMIT 1) AS started_ms
                     FROM job j
-                    JOIN action last ON last.rowid = (
-                        SELECT a.rowid FROM action a
+                    JOIN action last ON (last.round, last.seq) = (
+                        SELECT a.round, a.seq FROM action a
                         WHERE a.job = j.id AND a.at_ms <= ? AND a.outcome IN ('started', 'already-running', 'stopped', 'not-found')
                         ORDER BY a.at_ms DESC LIMIT 1)
                     JOIN round r ON r.id = last.round

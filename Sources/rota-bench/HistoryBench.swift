@@ -39,7 +39,16 @@ struct HistoryBench: ParsableCommand, AsyncBody {
         let now = Date()
         let span = 2 * 86_400.0
         let keys = (0..<jobs).map { String(format: "job/%05d", $0) }
-        let outcomes: [(ActionKind, ActionOutcome)] = [(.start, .started), (.start, .alreadyRunning), (.stop, .stopped), (.start, .alreadyRunning)]
+        // Each job lives a realistic life: started, confirmed running round after round, now and
+        // then stopped and started again.
+        func action(occurrence: Int) -> (ActionKind, ActionOutcome) {
+            switch occurrence % 20 {
+            case 0: return (.start, .started)
+            case 19: return (.stop, .stopped)
+            default: return (.start, .alreadyRunning)
+            }
+        }
+        var occurrences = [Int](repeating: 0, count: keys.count)
 
         if !json { print("recording \(rounds * roundSize) action rows in \(rounds) rounds…") }
         let clock = ContinuousClock()
@@ -51,8 +60,10 @@ struct HistoryBench: ParsableCommand, AsyncBody {
                 node: "node-\(index % 3)", tick: tick, startedAt: tick)
             round.finishedAt = tick.addingTimeInterval(0.05)
             let actions = (0..<roundSize).map { offset in
-                let (kind, outcome) = outcomes[(index + offset) % outcomes.count]
-                return ActionRecord(job: keys[(index * roundSize + offset) % keys.count], action: kind, outcome: outcome,
+                let job = (index * roundSize + offset) % keys.count
+                let (kind, outcome) = action(occurrence: occurrences[job])
+                occurrences[job] += 1
+                return ActionRecord(job: keys[job], action: kind, outcome: outcome,
                     payloadHash: "0123456789abcdef", at: tick.addingTimeInterval(Double(offset) / 1000))
             }
             pending.append((round, actions))

@@ -131,3 +131,19 @@ private func plan(_ yaml: String, path: String = "plans/p.yaml") throws -> PlanF
         #expect(try store.apply([b], defaultPool: "demo", actor: "x").map(\.outcome) == [.unchanged])
     }
 }
+
+@Suite struct StoreSettingsTests {
+    @Test func newDatabasesUseWALAndLargePages() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rota-settings-\(UUID().uuidString).sqlite").path
+        _ = try PlanStore.open(path: path)
+        let check = Process()
+        let pipe = Pipe()
+        check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        check.arguments = ["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('PRAGMA page_size').fetchone()[0], c.execute('PRAGMA journal_mode').fetchone()[0])", path]
+        check.standardOutput = pipe
+        try check.run()
+        check.waitUntilExit()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == "16384 wal")
+    }
+}
