@@ -151,7 +151,7 @@ import Testing
             try await client.withDedicatedConnection { connection in
                 let started = ContinuousClock.now
                 let error = await caught {
-                    _ = try await connection.send(RedisCommand("BLPOP", p + "list", 5), timeout: .milliseconds(200))
+                    _ = try await connection.send(RedisCommand("BLPOP", p + "list", 60), timeout: .milliseconds(200))
                 }
                 #expect((error as? RedisError)?.code == .timeout)
                 #expect(ContinuousClock.now - started < .seconds(3))
