@@ -145,6 +145,12 @@ swiftSettings: strict
             dependencies: ["RotaStore", "RotaPlans", "RotaMigrations", "RotaTestSupport"],
             swiftSettings: strict
         ),
+        // Runs the built `rota` binary (it must be built first: `swift build --build-tests` builds it).
+        .testTarget(
+            name: "RotaCLITests",
+            dependencies: ["RotaTestSupport", "rota"],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "RotaPlansTests",
             dependencies: ["RotaPlans"],

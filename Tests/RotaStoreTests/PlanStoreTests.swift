@@ -147,3 +147,67 @@ private func plan(_ yaml: String, path: String = "plans/p.yaml") throws -> PlanF
         #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == "16384 wal")
     }
 }
+
+@Suite struct StoreUpgradeAndLockTests {
+    private func python(_ script: String, _ arguments: [String]) throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script] + arguments
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    @Test func anOldDatabaseIsMigratedAndKeepsItsData() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rota-old-\(UUID().uuidString).sqlite").path
+        // A database as the first release left it: only 0001 applied, one producer stored.
+        let first = try #require(try RotaMigrations.all().first)
+        let script = """
+            import sqlite3, sys
+            c = sqlite3.connect(sys.argv[1])
+            c.executescript(sys.argv[2])
+            c.execute("CREATE TABLE grdb_migrations (identifier TEXT NOT NULL PRIMARY KEY)")
+            c.execute("INSERT INTO grdb_migrations VALUES (?)", (sys.argv[3],))
+            c.execute("INSERT INTO producer (id, pool, name, current_revision) VALUES (1, 'demo', 'old', 1)")
+            c.execute("INSERT INTO producer_revision VALUES (1, 1, '{}', 'h', 'f.yaml', '2026-01-01T00:00:00.000Z', 'me')")
+            c.commit()
+            """
+        #expect(try python(script, [path, first.sql, first.identifier]) == 0)
+        let store = try PlanStore.open(path: path)
+        #expect(try store.appliedMigrations() == (try RotaMigrations.all().map(\.identifier)))
+        #expect(try store.producers(pool: "demo").map(\.name) == ["old"])
+        #expect(try store.recordIntent(RoundRecord(roundID: "r", pool: "demo", producer: "old", revision: 1, node: "n",
+            tick: Date(timeIntervalSince1970: 1), startedAt: Date(timeIntervalSince1970: 1))))
+    }
+
+    @Test func aLockedDatabaseFailsClearlyAfterTheBusyTimeout() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rota-locked-\(UUID().uuidString).sqlite").path
+        _ = try PlanStore.open(path: path)
+        let ready = FileManager.default.temporaryDirectory.appendingPathComponent("rota-locked-\(UUID().uuidString).ready").path
+        // Another process holds the write lock for a while.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        holder.arguments = ["python3", "-c", """
+            import sqlite3, sys, time
+            c = sqlite3.connect(sys.argv[1], isolation_level=None)
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("INSERT INTO job (key) VALUES ('held')")
+            open(sys.argv[2], 'w').close()
+            time.sleep(3)
+            c.execute("ROLLBACK")
+            """, path, ready]
+        try holder.run()
+        defer { holder.waitUntilExit() }
+        try await eventually("the other process holds the lock") { FileManager.default.fileExists(atPath: ready) }
+        do {
+            // Opening checks migrations under the write lock, so it may be the step that waits.
+            let store = try PlanStore.open(path: path, busyTimeout: .milliseconds(200))
+            try store.recordIntent(RoundRecord(roundID: "r", pool: "p", producer: "x", revision: 1, node: "n",
+                tick: Date(timeIntervalSince1970: 1), startedAt: Date(timeIntervalSince1970: 1)))
+            Issue.record("wrote through another process's lock")
+        } catch {
+            #expect(error.code == .busy)
+            #expect(error.message.contains("locked"))
+        }
+    }
+}
