@@ -61,7 +61,7 @@ public final class RedisServer: Sendable {
 
     /// Starts the server and returns when it accepts connections. Restarting after ``kill()`` or
     /// ``stop(removeDirectory:)`` reuses the same port and directory (and data, with AOF on).
-    public func start(timeout: Duration = .seconds(10)) async throws {
+    public func start(timeout: Duration = .seconds(30)) async throws {
         if port != 0 { return try await launch(timeout: timeout) }
         // First start: another process may grab the probed port before redis binds it; try a few.
         var lastError: (any Error)?

@@ -149,12 +149,17 @@ import Testing
         try await withRedis { _, client in
             let p = testPrefix()
             try await client.withDedicatedConnection { connection in
+                // Connected first, so the BLPOP is written rather than expiring in the queue.
+                _ = try await connection.send("PING")
                 let started = ContinuousClock.now
                 let error = await caught {
                     _ = try await connection.send(RedisCommand("BLPOP", p + "list", 60), timeout: .milliseconds(200))
                 }
                 #expect((error as? RedisError)?.code == .timeout)
-                #expect(ContinuousClock.now - started < .seconds(3))
+                #expect(ContinuousClock.now - started < .seconds(20))  // far below the server's 60 s
+                try await eventually("the BLPOP blocks on the server") {
+                    try await infoField(client, section: "clients", field: "blocked_clients") == 1
+                }
                 // The BLPOP is still blocked on the server; queue an ECHO behind it, then release it.
                 async let echo = connection.send("ECHO", "mine")
                 try await eventually("the ECHO is queued behind BLPOP") { await connection.pendingCount() >= 2 }

@@ -184,20 +184,26 @@ private func plan(_ yaml: String, path: String = "plans/p.yaml") throws -> PlanF
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("rota-locked-\(UUID().uuidString).sqlite").path
         _ = try PlanStore.open(path: path)
         let ready = FileManager.default.temporaryDirectory.appendingPathComponent("rota-locked-\(UUID().uuidString).ready").path
+        let release = ready + ".release"
         // Another process holds the write lock for a while.
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         holder.arguments = ["python3", "-c", """
-            import sqlite3, sys, time
+            import os, sqlite3, sys, time
             c = sqlite3.connect(sys.argv[1], isolation_level=None)
             c.execute("BEGIN IMMEDIATE")
             c.execute("INSERT INTO job (key) VALUES ('held')")
             open(sys.argv[2], 'w').close()
-            time.sleep(3)
+            deadline = time.time() + 30
+            while time.time() < deadline and not os.path.exists(sys.argv[3]):
+                time.sleep(0.01)
             c.execute("ROLLBACK")
-            """, path, ready]
+            """, path, ready, release]
         try holder.run()
-        defer { holder.waitUntilExit() }
+        defer {
+            FileManager.default.createFile(atPath: release, contents: nil)
+            holder.waitUntilExit()
+        }
         try await eventually("the other process holds the lock") { FileManager.default.fileExists(atPath: ready) }
         do {
             // Opening checks migrations under the write lock, so it may be the step that waits.

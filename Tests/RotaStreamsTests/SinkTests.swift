@@ -122,13 +122,15 @@ private func fast(_ start: StreamStart = .oldest, grace: Duration = .seconds(5))
         try await withEnv { env in
             let stream = try env.stream("s")
             let started = ContinuousClock.now
-            try await StreamSink.withSink(name: "sink", streams: [stream], options: .init(start: .oldest)) { sink in
+            var options = StreamSink.Options(start: .oldest)
+            options.blockDuration = .seconds(60)
+            try await StreamSink.withSink(name: "sink", streams: [stream], options: options) { sink in
                 try await stream.add(name: "event", payload: "payload".bytes)
                 let event = try await expectEvent(sink.events)
                 try await sink.ack(event)
             }
-            // The default 5 s block does not delay stopping: cancellation ends the read at once.
-            #expect(ContinuousClock.now - started < .seconds(2))
+            // A 60 s block does not delay stopping: cancellation ends the read at once.
+            #expect(ContinuousClock.now - started < .seconds(20))
             #expect(try await env.exists(stream.key))
             try await stream.destroy()
             try await eventually("the stream is gone") { try await !env.exists(stream.key) }
