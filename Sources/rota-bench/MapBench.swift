@@ -10,14 +10,7 @@ struct MapBench: ParsableCommand, AsyncBody {
         abstract: "Replicated map propagation and write throughput, beside raw Redis pub/sub and HSET."
     )
 
-    @Option(help: "Server to measure (redis://…); a private redis-server is started when omitted.")
-    var redis: String?
-
-    @Flag(help: "Print one JSON object per line instead of a table.")
-    var json = false
-
-    @Option(help: "Rounds; medians are reported.")
-    var rounds = 3
+    @OptionGroup var common: BenchOptions
 
     @Option(help: "Propagation samples per round.")
     var samples = 2_000
@@ -28,11 +21,7 @@ struct MapBench: ParsableCommand, AsyncBody {
     func run() throws {}
 
     func body(nioExecutor: Bool) async throws {
-        if let redis {
-            try await measure(try RedisConfiguration(url: redis))
-        } else {
-            try await RedisServer.withServer { server in try await measure(server.configuration) }
-        }
+        try await common.withServer { configuration in try await measure(configuration) }
     }
 
     private func measure(_ configuration: RedisConfiguration) async throws {
@@ -48,8 +37,8 @@ struct MapBench: ParsableCommand, AsyncBody {
                     try await ReplicatedMap.withMap("bench", keySpace: space, client: observerClient) { observer in
                         var p50: [Double] = [], p99: [Double] = [], refP50: [Double] = [], refP99: [Double] = []
                         var rate: [Double] = [], refRate: [Double] = []
-                        for round in 1...max(1, rounds) {
-                            if !json { print("round \(round)/\(rounds)…") }
+                        for round in 1...max(1, common.rounds) {
+                            if !common.json { print("round \(round)/\(common.rounds)…") }
                             let map = try await propagation(writer: writer, observer: observer)
                             p50.append(percentile(map, 50))
                             p99.append(percentile(map, 99))
@@ -72,7 +61,7 @@ struct MapBench: ParsableCommand, AsyncBody {
                             Measurement(suite: "map", metric: "map_writes_per_s", value: median(rate), unit: "ops/s",
                                 reference: median(refRate), ratio: median(rate) / median(refRate)),
                         ]
-                        if json {
+                        if common.json {
                             for row in rows { print(row.json) }
                         } else {
                             printTable(rows)

@@ -9,14 +9,7 @@ struct RedisBench: ParsableCommand, AsyncBody {
         abstract: "Redis client throughput and latency, beside redis-benchmark against the same server."
     )
 
-    @Option(help: "Server to measure (redis://…); a private redis-server is started when omitted.")
-    var redis: String?
-
-    @Flag(help: "Print one JSON object per line instead of a table.")
-    var json = false
-
-    @Option(help: "Rounds per metric; each round runs ours and the reference back to back, medians are reported.")
-    var rounds = 3
+    @OptionGroup var common: BenchOptions
 
     @Option(help: "PINGs per sequential round.")
     var sequentialCount = 20_000
@@ -30,14 +23,7 @@ struct RedisBench: ParsableCommand, AsyncBody {
     func run() throws {}
 
     func body(nioExecutor: Bool) async throws {
-        if let redis {
-            let configuration = try RedisConfiguration(url: redis)
-            try await measure(configuration)
-        } else {
-            try await RedisServer.withServer { server in
-                try await measure(server.configuration)
-            }
-        }
+        try await common.withServer { configuration in try await measure(configuration) }
     }
 
     private func measure(_ configuration: RedisConfiguration) async throws {
@@ -53,8 +39,8 @@ struct RedisBench: ParsableCommand, AsyncBody {
             var concurrent: [Double] = []
             var floor: [Double] = []
             var hop50: [Double] = [], hop99: [Double] = []
-            for round in 1...max(1, rounds) {
-                if !json { print("round \(round)/\(rounds)…") }
+            for round in 1...max(1, common.rounds) {
+                if !common.json { print("round \(round)/\(common.rounds)…") }
                 let (rate, latencies) = try await sequential(client)
                 seq.append(rate)
                 p50.append(percentile(latencies, 50))
@@ -101,7 +87,7 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 // Context for ping_sequential: a bare NIO handler, no client layers (see TransportFloor.swift).
                 rows.insert(throughput("ping_sequential_nio_floor", floor, seqRef), at: 1)
             }
-            if json {
+            if common.json {
                 for row in rows { print(row.json) }
             } else {
                 printTable(rows)

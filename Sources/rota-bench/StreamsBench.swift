@@ -18,14 +18,7 @@ struct StreamsBench: ParsableCommand, AsyncBody {
         abstract: "Stream sink latency and throughput, beside raw XADD/XREADGROUP on plain connections."
     )
 
-    @Option(help: "Server to measure (redis://…); a private redis-server is started when omitted.")
-    var redis: String?
-
-    @Flag(help: "Print one JSON object per line instead of a table.")
-    var json = false
-
-    @Option(help: "Rounds per metric; medians are reported.")
-    var rounds = 3
+    @OptionGroup var common: BenchOptions
 
     @Option(help: "Hops (one event at a time) measured per round, for the latencies.")
     var hops = 2_000
@@ -39,11 +32,7 @@ struct StreamsBench: ParsableCommand, AsyncBody {
     func run() throws {}
 
     func body(nioExecutor: Bool) async throws {
-        if let redis {
-            try await measure(try RedisConfiguration(url: redis))
-        } else {
-            try await RedisServer.withServer { server in try await measure(server.configuration) }
-        }
+        try await common.withServer { configuration in try await measure(configuration) }
     }
 
     private func measure(_ configuration: RedisConfiguration) async throws {
@@ -51,8 +40,8 @@ struct StreamsBench: ParsableCommand, AsyncBody {
             let space = try RedisKeySpace("bench\(UInt32.random(in: 0...UInt32.max))")
             var sink50: [Double] = [], sink99: [Double] = [], raw50: [Double] = [], raw99: [Double] = []
             var sinkRate: [Double] = [], rawRate: [Double] = [], deliver50: [Double] = []
-            for round in 1...max(1, rounds) {
-                if !json { print("round \(round)/\(rounds)…") }
+            for round in 1...max(1, common.rounds) {
+                if !common.json { print("round \(round)/\(common.rounds)…") }
                 let raw = try await rawHops(client, space: space)
                 raw50.append(percentile(raw, 50))
                 raw99.append(percentile(raw, 99))
@@ -79,7 +68,7 @@ struct StreamsBench: ParsableCommand, AsyncBody {
                     suite: "streams", metric: "sink_events_per_s", value: rate, unit: "events/s", reference: rawReference,
                     ratio: rate / rawReference),
             ]
-            if json {
+            if common.json {
                 for row in rows { print(row.json) }
             } else {
                 printTable(rows)

@@ -1,0 +1,24 @@
+import ArgumentParser
+import RotaRedis
+import RotaRedisServer
+
+/// Options every Redis-backed benchmark takes, and the server they run against.
+struct BenchOptions: ParsableArguments {
+    @Option(help: "Server to measure (redis://…); a private redis-server is started when omitted.")
+    var redis: String?
+
+    @Flag(help: "Print one JSON object per line instead of a table.")
+    var json = false
+
+    @Option(help: "Rounds per metric; medians are reported.")
+    var rounds = 3
+
+    /// Runs `body` against `--redis`, or against a private server started for the run.
+    func withServer(_ body: (RedisConfiguration) async throws -> Void) async throws {
+        if let redis {
+            try await body(try RedisConfiguration(url: redis))
+        } else {
+            try await RedisServer.withServer { server in try await body(server.configuration) }
+        }
+    }
+}
