@@ -24,7 +24,7 @@ struct HistoryBench: ParsableCommand, AsyncBody {
     var queries = 200
 
     @Option(help: "Rounds per transaction (a node catching up on the history stream records in batches).")
-    var batch = 50
+    var batch = 1_000
 
     func run() throws {}
 
