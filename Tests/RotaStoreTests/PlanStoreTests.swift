@@ -201,7 +201,7 @@ private func plan(_ yaml: String, path: String = "plans/p.yaml") throws -> PlanF
             """, path, ready, release]
         try holder.run()
         defer {
-            FileManager.default.createFile(atPath: release, contents: nil)
+            _ = FileManager.default.createFile(atPath: release, contents: nil)
             holder.waitUntilExit()
         }
         try await eventually("the other process holds the lock") { FileManager.default.fileExists(atPath: ready) }
