@@ -4,27 +4,36 @@ import RotaRedis
 /// publishes a change message carrying the new revision — all in one atomic step, so replicas can
 /// apply changes in revision order and detect any gap.
 ///
-/// Reserved fields: `=rev` (revision), `=kind` (kind of the last change), `=cleared` (revision of the
-/// last reset or destroy, so a replica that missed it while disconnected still reports a reset).
+/// Reserved fields: `=rev` (revision), `=cleared` (revision of the last reset or destroy, so a replica
+/// that missed it while disconnected still reports a reset) and `=kind`, written by reset and destroy
+/// only (the tombstone says `destroy`); set and delete skip it, every write is one command cheaper.
 ///
 /// KEYS[1] = content hash, KEYS[2] = updates channel. Change messages:
 /// `set:` pack(key) pack(value) pack(rev) · `del:` pack(key) pack(rev) · `reset:`rev · `destroy:`rev,
 /// where pack(x) is a 4-byte little-endian length followed by the bytes of x.
 enum MapScripts {
-    static let prelude = """
+    // Each script carries only the helpers it uses: Lua creates every local function on every call.
+    static let pack = """
         local function pack(x) return struct.pack('<I4', string.len(x)) .. x end
+
+        """
+    static let commitSet = pack + """
         local function commit_set(k, v)
           local rev = redis.call('HINCRBY', KEYS[1], '=rev', 1)
-          redis.call('HSET', KEYS[1], '=kind', 'set')
           redis.call('PUBLISH', KEYS[2], 'set:' .. pack(k) .. pack(v) .. pack(tostring(rev)))
           return rev
         end
+
+        """
+    static let commitDel = """
         local function commit_del(k)
           local rev = redis.call('HINCRBY', KEYS[1], '=rev', 1)
-          redis.call('HSET', KEYS[1], '=kind', 'del')
           redis.call('PUBLISH', KEYS[2], 'del:' .. pack(k) .. pack(tostring(rev)))
           return rev
         end
+
+        """
+    static let commitClear = """
         local function commit_clear(kind)
           local rev = redis.call('HINCRBY', KEYS[1], '=rev', 1)
           redis.call('DEL', KEYS[1])
@@ -32,6 +41,9 @@ enum MapScripts {
           redis.call('PUBLISH', KEYS[2], kind .. ':' .. tostring(rev))
           return rev
         end
+
+        """
+    static let lists = """
         local function decode_list(v)
           if v == false or v == nil or v == '' then return {} end
           local ok, decoded = pcall(cjson.decode, v)
@@ -48,7 +60,7 @@ enum MapScripts {
         """
 
     /// ARGV: key, value → {existed 0/1, old value or "", rev}
-    static let set = RedisScript(prelude + """
+    static let set = RedisScript(commitSet + """
         local old = redis.call('HGET', KEYS[1], ARGV[1])
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         local rev = commit_set(ARGV[1], ARGV[2])
@@ -57,7 +69,7 @@ enum MapScripts {
         """)
 
     /// ARGV: key, value → 1 if written
-    static let setIfAbsent = RedisScript(prelude + """
+    static let setIfAbsent = RedisScript(commitSet + """
         if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         commit_set(ARGV[1], ARGV[2])
@@ -65,7 +77,7 @@ enum MapScripts {
         """)
 
     /// ARGV: key, test, value → {existed 0/1, previous or "", updated 0/1}
-    static let testAndSet = RedisScript(prelude + """
+    static let testAndSet = RedisScript(commitSet + """
         local old = redis.call('HGET', KEYS[1], ARGV[1])
         if old == false then return {0, '', 0} end
         if old ~= ARGV[2] then return {1, old, 0} end
@@ -75,14 +87,14 @@ enum MapScripts {
         """)
 
     /// ARGV: key, delta → new value (string)
-    static let increment = RedisScript(prelude + """
+    static let increment = RedisScript(commitSet + """
         local value = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
         commit_set(ARGV[1], tostring(value))
         return tostring(value)
         """)
 
     /// ARGV: key, unique 0/1, items... → {changed 0/1, encoded list or ""}
-    static let append = RedisScript(prelude + """
+    static let append = RedisScript(commitSet + lists + """
         local current = redis.call('HGET', KEYS[1], ARGV[1])
         local list = decode_list(current)
         local unique = ARGV[2] == '1'
@@ -107,7 +119,7 @@ enum MapScripts {
         """)
 
     /// ARGV: key, items... → {removed 0/1, existed 0/1, encoded remainder or ""}
-    static let removeValues = RedisScript(prelude + """
+    static let removeValues = RedisScript(commitSet + commitDel + lists + """
         local current = redis.call('HGET', KEYS[1], ARGV[1])
         if current == false then return {0, 0, ''} end
         local drop = {}
@@ -130,7 +142,7 @@ enum MapScripts {
         """)
 
     /// ARGV: key → {existed 0/1, previous or ""}; deleting a missing key changes nothing.
-    static let delete = RedisScript(prelude + """
+    static let delete = RedisScript(pack + commitDel + """
         local old = redis.call('HGET', KEYS[1], ARGV[1])
         if old == false then return {0, ''} end
         redis.call('HDEL', KEYS[1], ARGV[1])
@@ -139,7 +151,7 @@ enum MapScripts {
         """)
 
     /// ARGV: key, test → {existed 0/1, previous or "", deleted 0/1}
-    static let testAndDelete = RedisScript(prelude + """
+    static let testAndDelete = RedisScript(pack + commitDel + """
         local old = redis.call('HGET', KEYS[1], ARGV[1])
         if old == false then return {0, '', 0} end
         if old ~= ARGV[2] then return {1, old, 0} end
@@ -149,12 +161,12 @@ enum MapScripts {
         """)
 
     /// ARGV: kind ("reset" or "destroy") → rev
-    static let clear = RedisScript(prelude + """
+    static let clear = RedisScript(commitClear + """
         return commit_clear(ARGV[1])
         """)
 
     /// ARGV: n, k1..kn, t1..tn → 1 if cleared
-    static let testAndReset = RedisScript(prelude + """
+    static let testAndReset = RedisScript(commitClear + """
         local n = tonumber(ARGV[1])
         for i = 1, n do
           local value = redis.call('HGET', KEYS[1], ARGV[1 + i])

@@ -282,7 +282,6 @@ public final class ReplicatedMap: Sendable {
     private func install(snapshot reply: RedisValue) {
         var content: [String: [UInt8]] = [:]
         var revision: Int64 = 0
-        var lastKind = "set"
         var clearedAt: Int64 = 0
         let items = reply.array ?? []
         var index = 0
@@ -291,7 +290,7 @@ public final class ReplicatedMap: Sendable {
             let value = items[index + 1].bytes ?? []
             switch field {
             case "=rev": revision = Int64(String(decoding: value, as: UTF8.self)) ?? 0
-            case "=kind": lastKind = String(decoding: value, as: UTF8.self)
+            case "=kind": break  // tombstone marker; `=cleared` carries what a resync needs
             case "=cleared": clearedAt = Int64(String(decoding: value, as: UTF8.self)) ?? 0
             default: content[field] = value
             }
@@ -328,7 +327,7 @@ public final class ReplicatedMap: Sendable {
                     // Cleared since we last looked (or the hash was deleted or expired under us).
                     kind = .reset
                 } else {
-                    kind = lastKind == "del" ? .delete : .change
+                    kind = .change  // upgraded to .delete below if keys vanished
                 }
                 if old.keys.contains(where: { content[$0] == nil }), let current = kind, current < .delete { kind = .delete }
                 if let replayed { kind = max(kind ?? replayed, replayed) }

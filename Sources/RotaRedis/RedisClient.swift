@@ -110,15 +110,15 @@ public final class RedisClient: Service, Sendable {
 
     /// Runs a Lua script by SHA, loading it again if the server lost it (NOSCRIPT).
     public func evaluate(_ script: RedisScript, keys: [any RedisArgument] = [], arguments: [any RedisArgument] = []) async throws -> RedisValue {
-        let tail: [any RedisArgument] = [keys.count] + keys + arguments
+        let command: [any RedisArgument] = ["EVALSHA", script.sha1, keys.count] + keys + arguments
         do {
-            return try await send(RedisCommand(arguments: ["EVALSHA", script.sha1] + tail))
+            return try await connection.send(arguments: command, timeout: nil)
         } catch let error as RedisError where error.serverErrorPrefix == "NOSCRIPT" {
             let loaded = try await send("SCRIPT", "LOAD", script.source)
             guard loaded.string == script.sha1 else {
                 throw RedisError(.protocolError, "SCRIPT LOAD returned \(loaded), expected \(script.sha1)")
             }
-            return try await send(RedisCommand(arguments: ["EVALSHA", script.sha1] + tail))
+            return try await connection.send(arguments: command, timeout: nil)
         }
     }
 
