@@ -441,11 +441,4 @@ public final class RedisConnection: Sendable {
         for entry in queue { entry.slot?.resolve(.failure(error)) }
         channel?.close(promise: nil)
     }
-
-    /// Closes the current channel (if any) as if the network had dropped it; ``run()`` reconnects.
-    /// Tests use this; so does the client when a connection is found wedged.
-    public func dropConnection() {
-        let channel = state.withLock { $0.channel }
-        channel?.close(promise: nil)
-    }
 }
