@@ -160,7 +160,8 @@ struct StreamsBench: ParsableCommand, AsyncBody {
     }
 
     /// Fills a stream with `burst` events in pipelined batches while `instances` sinks of one name
-    /// consume them, acking each. Events/s from the first XADD to the last ack.
+    /// consume them, acking each (up to 64 acks in flight per instance). Events/s from the first
+    /// XADD to the last ack.
     private func sinkThroughput(_ client: RedisClient, space: RedisKeySpace) async throws -> Double {
         let stream = try RedisStream(name: "sink-burst-\(UUID().uuidString)", keySpace: space, client: client, options: .init(maxLength: 0))
         let options = StreamSink.Options(blockDuration: .seconds(1), start: .newest, ackGracePeriod: .seconds(60))
@@ -172,9 +173,22 @@ struct StreamsBench: ParsableCommand, AsyncBody {
             for sink in sinks {
                 group.addTask { try await sink.run() }
                 group.addTask {
-                    for try await event in sink.events {
-                        try await sink.ack(event)
-                        if acked.increment() == total { doneContinuation.finish() }
+                    // Acks are awaited, but up to 64 at a time per instance: a consumer keeps
+                    // taking events while earlier acks are on the wire, as a real one would.
+                    try await withThrowingTaskGroup(of: Void.self) { acks in
+                        var outstanding = 0
+                        for try await event in sink.events {
+                            if outstanding == 64 {
+                                try await acks.next()
+                                outstanding -= 1
+                            }
+                            outstanding += 1
+                            acks.addTask {
+                                try await sink.ack(event)
+                                if acked.increment() == total { doneContinuation.finish() }
+                            }
+                        }
+                        try await acks.waitForAll()
                     }
                 }
             }
