@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "RotaRedisServer", targets: ["RotaRedisServer"]),
         .library(name: "RotaMap", targets: ["RotaMap"]),
         .library(name: "RotaStreams", targets: ["RotaStreams"]),
+        .library(name: "Rota", targets: ["Rota"]),
         .executable(name: "rota", targets: ["rota"]),
         .executable(name: "rota-bench", targets: ["rota-bench"]),
     ],
@@ -56,6 +57,18 @@ let package = Package(
         .target(
             name: "RotaStreams",
             dependencies: ["RotaRedis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        // The dedicated worker pool: nodes, workers, dispatch, routing, rebalancing, requeue.
+        .target(
+            name: "Rota",
+            dependencies: [
+                "RotaRedis",
+                "RotaMap",
+                "RotaStreams",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict
         ),
         // Starts private redis-server processes: for tests, benchmarks and `rota run` without --redis.
@@ -138,6 +151,14 @@ swiftSettings: strict
         .testTarget(
             name: "RotaStreamsTests",
             dependencies: ["RotaStreams", "RotaRedis", "RotaRedisServer", "RotaTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RotaTests",
+            dependencies: [
+                "Rota", "RotaMap", "RotaStreams", "RotaRedis", "RotaRedisServer", "RotaTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

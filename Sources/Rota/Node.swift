@@ -1,0 +1,564 @@
+import Foundation
+import Logging
+import RotaMap
+import RotaRedis
+import RotaStreams
+import ServiceLifecycle
+import Synchronization
+
+/// A process's membership in a pool: it dispatches, stops and notifies jobs and — unless it is
+/// client-only — routes the pool's events and hosts workers.
+///
+/// The initializer does no I/O. ``run()`` joins the pool and runs the node's background duties
+/// until ``close()`` or ``shutdown()`` completes (or graceful shutdown, which closes the node);
+/// ``waitUntilReady()`` returns once the node has joined. ``withNode(pool:client:options:_:)``
+/// does both for scoped use. Cancelling ``run()`` stops everything at once without leaving the
+/// pool — to peers it looks like a crash, and they recover the node's jobs.
+public final class Node: Service, Sendable {
+    /// Unique per node and per run.
+    public let id: String
+    public let pool: String
+    public let options: Options
+
+    let client: RedisClient
+    let keySpace: RedisKeySpace
+    let logger: Logger
+    let maps: PoolMaps
+    let poolStream: RedisStream
+    let inbox: RedisStream
+    let inboxReader: StreamReader
+    let sink: StreamSink?
+    let loops = LoopGroup()
+    let readyLatch = Latch()
+    let closedLatch = Latch()
+    /// Dispatch results by pool event ID: the error text, "" for success.
+    let results = Rendezvous<String>()
+    let rebalanceLock = AsyncLock()
+    let rebalanceRequests: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
+    let spawner: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
+    let state = Mutex(NodeState())
+
+    /// Events older than this are acknowledged and dropped when routed.
+    static let maxEventAge: Duration = .seconds(120)
+
+    /// Validates the pool name and options; does no I/O.
+    ///
+    /// - Parameters:
+    ///   - pool: 1–128 characters, none of `{ } * ? [ ]`, space or `:`.
+    ///   - client: must be running (it is usually a service of the same group).
+    public init(pool: String, client: RedisClient, options: Options = Options()) throws(PoolError) {
+        do {
+            keySpace = try RedisKeySpace(pool)
+        } catch {
+            throw PoolError(.invalidArgument, "invalid pool name: \(error.message)", underlying: error)
+        }
+        guard options.workerTTL > .zero, options.ackGracePeriod > .zero, options.jobSinkBlockDuration > .zero,
+              options.workerShutdownTTL > .zero, options.maxQueuedJobs >= 0
+        else {
+            throw PoolError(.invalidArgument, "pool options: durations must be positive and maxQueuedJobs not negative")
+        }
+        self.id = newIdentifier()
+        self.pool = pool
+        self.options = options
+        self.client = client
+        var logger = options.logger
+        logger[metadataKey: "pool"] = "\(pool)"
+        logger[metadataKey: "node"] = "\(id)"
+        self.logger = logger
+        do {
+            maps = try PoolMaps(keySpace: keySpace, client: client, logger: logger)
+            poolStream = try RedisStream(name: "pool", keySpace: keySpace, client: client, options: .init(maxLength: options.maxQueuedJobs))
+            inbox = try RedisStream(name: Self.inboxName(ofNode: id), keySpace: keySpace, client: client)
+            inboxReader = try StreamReader(
+                stream: inbox,
+                options: .init(blockDuration: options.jobSinkBlockDuration, start: .oldest),
+                logger: logger
+            )
+            if options.clientOnly {
+                sink = nil
+            } else {
+                // Start at the oldest entry, not `$`: dispatches made before the first routing node
+                // created the group must still be delivered.
+                sink = try StreamSink(
+                    name: "events",
+                    stream: poolStream,
+                    options: .init(blockDuration: options.jobSinkBlockDuration, start: .oldest, ackGracePeriod: options.ackGracePeriod),
+                    logger: logger
+                )
+            }
+        } catch let error as ReplicatedMapError {
+            throw PoolError(.invalidArgument, error.message, underlying: error)
+        } catch let error as RedisError {
+            throw PoolError(.invalidArgument, error.message, underlying: error)
+        } catch {
+            throw PoolError(.invalidArgument, "\(error)", underlying: error)
+        }
+        rebalanceRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        spawner = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
+    }
+
+    /// Runs a node for the duration of `body` (which starts once the node joined the pool), then
+    /// closes it.
+    public static func withNode<R: Sendable>(
+        pool: String,
+        client: RedisClient,
+        options: Options = Options(),
+        _ body: @Sendable (Node) async throws -> R
+    ) async throws -> R {
+        let node = try Node(pool: pool, client: client, options: options)
+        return try await withThrowingTaskGroup(of: Void.self, returning: R.self) { group in
+            group.addTask { try await node.run() }
+            do {
+                try await node.waitUntilReady()
+                let result = try await body(node)
+                try await node.close()
+                try await group.waitForAll()
+                return result
+            } catch {
+                try? await node.close()
+                group.cancelAll()
+                throw error
+            }
+        }
+    }
+
+    static func inboxName(ofNode node: String) -> String { "node-\(node)" }
+    static func inboxName(ofWorker worker: String) -> String { "worker-\(worker)" }
+
+    // MARK: Lifecycle
+
+    /// Joins the pool and serves until the node is closed or shut down. Throws if joining fails
+    /// (for example ``PoolError/Code/shuttingDown``). Call once.
+    public func run() async throws {
+        let start = state.withLock { state -> Bool in
+            guard state.phase == .created else { return false }
+            state.phase = .joining
+            return true
+        }
+        guard start else { throw PoolError(.invalidArgument, "Node.run() may only be called once") }
+        defer {
+            // A crash (cancellation) or a failed join: whatever waits must not wait forever.
+            let error = PoolError(.closed, "node \(id) stopped")
+            readyLatch.open(.failure(error))
+            results.fail(with: error)
+            state.withLock { state in
+                if state.phase != .closed { state.phase = .closed }
+            }
+            spawner.continuation.finish()
+            closedLatch.open()
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            for map in maps.joined(clientOnly: options.clientOnly) {
+                group.addTask { try await map.run() }
+            }
+            group.addTask {
+                do {
+                    try await self.join()
+                } catch {
+                    self.readyLatch.open(.failure(error))
+                    throw error
+                }
+                await self.loops.run(self.nodeLoops() + [{ await self.becomeReady() }])
+            }
+            group.addTask {
+                // Graceful shutdown of the service group closes the node: its jobs move to others.
+                try? await gracefulShutdown()
+                if !Task.isCancelled { try? await self.close() }
+            }
+            for await task in spawner.stream {
+                group.addTask { await task() }
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Returns once the node has joined the pool; throws if joining failed.
+    public func waitUntilReady() async throws {
+        try await readyLatch.wait()
+    }
+
+    /// Runs `task` as a child of ``run()``'s task group; false if the node is no longer running.
+    @discardableResult
+    func spawn(_ task: @escaping @Sendable () async -> Void) -> Bool {
+        if case .enqueued = spawner.continuation.yield(task) { return true }
+        return false
+    }
+
+    private func join() async throws {
+        let joined = maps.joined(clientOnly: options.clientOnly)
+        for map in joined { try await map.waitUntilReady() }
+        if let requester = maps.shutdown.string("shutdown") {
+            throw PoolError(.shuttingDown, "pool \(pool) is shutting down (requested by node \(requester))")
+        }
+        do {
+            try await maps.nodeKeepAlive.set(id, String(nowNanos()))
+            // The owner creates its inbox; everyone else appends with NOMKSTREAM, so a late writer
+            // never resurrects the inbox of a node that is gone.
+            try await inbox.add(name: "i", payload: Array(id.utf8))
+        } catch {
+            throw PoolError(.redis, "joining pool \(pool): \(error)", underlying: error)
+        }
+    }
+
+    /// Runs beside the node's loops: the node is ready once its inbox reader and pool sink are.
+    private func becomeReady() async {
+        do {
+            try await inboxReader.ready()
+            try await sink?.ready()
+        } catch {
+            readyLatch.open(.failure(PoolError(.redis, "joining pool \(pool): \(error)", underlying: error)))
+            return
+        }
+        state.withLock { state in
+            if state.phase == .joining { state.phase = .running }
+        }
+        readyLatch.open()
+        logger.debug("node joined", metadata: ["clientOnly": "\(options.clientOnly)"])
+    }
+
+    /// Closed means the node no longer dispatches, routes or hosts workers.
+    public var isClosed: Bool { state.withLock { $0.phase >= .closing } }
+
+    /// True once this node took part in a pool shutdown.
+    public var isShutdown: Bool { state.withLock { $0.shutdown } }
+
+    func checkOpen() throws(PoolError) {
+        let phase = state.withLock { $0.phase }
+        switch phase {
+        case .running: return
+        case .created, .joining: throw PoolError(.notRunning, "node \(id) has not joined pool \(pool) yet")
+        case .closing, .closed: throw PoolError(.closed, "node \(id) of pool \(pool) is closed")
+        }
+    }
+
+    /// Leaves the pool: stops this node's workers and hands their jobs to workers on other nodes;
+    /// the rest of the pool keeps running. Safe to call twice, and on client-only nodes.
+    public func close() async throws {
+        let proceed = state.withLock { state -> Bool in
+            switch state.phase {
+            case .created:
+                state.phase = .closed
+                return false
+            case .joining, .running:
+                state.phase = .closing
+                return true
+            case .closing, .closed:
+                return false
+            }
+        }
+        guard proceed else {
+            if state.withLock({ $0.phase }) == .closed && !closedLatch.isOpen {
+                closedLatch.open()
+                spawner.continuation.finish()
+            }
+            await closedLatch.settle()
+            return
+        }
+        logger.debug("closing node")
+        let workers = localWorkers
+        // Stop the workers and then the node's loops first, so nothing new reaches workers whose
+        // jobs are being handed over.
+        await withDiscardingTaskGroup { group in
+            for worker in workers { group.addTask { await worker.stopLoops() } }
+        }
+        await loops.stop()
+        await withDiscardingTaskGroup { group in
+            for worker in workers {
+                group.addTask {
+                    await self.requeueJobs(of: worker)
+                    await self.removeFromMaps(worker)
+                }
+            }
+        }
+        await finishClosing(shutdown: false)
+    }
+
+    /// The last steps of close and shutdown: leave the maps, drop the inbox, let ``run()`` return.
+    func finishClosing(shutdown: Bool) async {
+        state.withLock { $0.workers = [:] }
+        for map in maps.all { map.close() }
+        do {
+            try await client.send("DEL", inbox.key)
+        } catch {
+            logger.warning("could not delete the node inbox", metadata: ["error": "\(error)"])
+        }
+        results.fail(with: PoolError(.closed, "node \(id) of pool \(pool) closed"))
+        state.withLock { state in
+            state.phase = .closed
+            if shutdown { state.shutdown = true }
+        }
+        spawner.continuation.finish()
+        closedLatch.open()
+        logger.debug("node closed", metadata: ["shutdown": "\(shutdown)"])
+    }
+
+    /// Stops the whole pool: every node stops all its jobs and leaves, and the pool's Redis state
+    /// is removed (map tombstones aside), so the name can be used again. Returns once this node is
+    /// done and the other nodes' workers are gone (or after the worker shutdown TTL).
+    /// Not available on client-only nodes; a no-op on a node that is already closing.
+    public func shutdown() async throws {
+        guard !options.clientOnly else {
+            throw PoolError(.clientOnly, "node \(id) is client-only: only routing nodes can shut the pool down")
+        }
+        let phase = state.withLock { $0.phase }
+        switch phase {
+        case .closing, .closed: return
+        case .created, .joining: throw PoolError(.notRunning, "node \(id) has not joined pool \(pool) yet")
+        case .running: break
+        }
+        do {
+            _ = try await maps.shutdown.set("shutdown", id)
+        } catch {
+            throw PoolError(.redis, "could not request the shutdown of pool \(pool)", underlying: error)
+        }
+        // Our own watcher reacts like every other node's; start it right away anyway.
+        spawn { await self.handlePoolShutdown() }
+        await closedLatch.settle()
+        await waitForOtherWorkers()
+        await destroyPoolState()
+    }
+
+    /// Shutdown handling, on every node: stop every local job for good, then leave.
+    func handlePoolShutdown() async {
+        let proceed = state.withLock { state -> Bool in
+            guard state.phase == .running || state.phase == .joining else { return false }
+            state.phase = .closing
+            return true
+        }
+        guard proceed else { return }
+        logger.info("pool is shutting down; stopping every local job")
+        let workers = localWorkers
+        await withDiscardingTaskGroup { group in
+            for worker in workers {
+                group.addTask {
+                    await worker.stopLoops()
+                    await worker.stopAllJobs()
+                }
+            }
+        }
+        await loops.stop()
+        await withDiscardingTaskGroup { group in
+            for worker in workers { group.addTask { await self.removeFromMaps(worker) } }
+        }
+        await finishClosing(shutdown: true)
+    }
+
+    /// Waits (up to the worker shutdown TTL) until no live worker of another node is registered.
+    private func waitForOtherWorkers() async {
+        let deadline = ContinuousClock.now + options.workerShutdownTTL
+        while ContinuousClock.now < deadline {
+            do {
+                let registry = try await hashContent(maps.workers.contentKey)
+                let keepAlives = try await hashContent(maps.workerKeepAlive.contentKey)
+                let now = nowNanos()
+                let live = registry.keys.filter { worker in
+                    guard let seen = keepAlives[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }) else { return false }
+                    return now - seen <= options.workerTTL.nanoseconds
+                }
+                if live.isEmpty { return }
+            } catch {
+                logger.warning("shutdown: reading the worker registry failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: min(.milliseconds(50), options.workerTTL / 4))
+        }
+        logger.warning("shutdown: other nodes' workers did not leave within the worker shutdown TTL")
+    }
+
+    private func destroyPoolState() async {
+        for map in maps.all {
+            do {
+                try await map.destroy()
+            } catch {
+                logger.error("shutdown: destroying map \(map.name) failed", metadata: ["error": "\(error)"])
+            }
+        }
+        do {
+            try await poolStream.destroy()
+            try await client.send("DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"))
+        } catch {
+            logger.error("shutdown: deleting the pool stream failed", metadata: ["error": "\(error)"])
+        }
+        logger.info("pool shut down")
+    }
+
+    // MARK: Workers
+
+    /// Adds a worker that runs jobs with `handler`. It takes jobs as soon as this returns (and the
+    /// jobs whose hash now points at it move over from other workers).
+    public func addWorker(_ handler: any JobHandler) async throws -> Worker {
+        guard !options.clientOnly else {
+            throw PoolError(.clientOnly, "node \(id) is client-only: it cannot host workers")
+        }
+        try checkOpen()
+        let workerID = newIdentifier()
+        let createdAt = nowNanos()
+        let worker = try Worker(id: workerID, createdAtNanos: createdAt, handler: handler, node: self)
+        do {
+            try await worker.inbox.add(name: "i", payload: Envelope(sender: id, payload: Array(workerID.utf8)).encoded())
+            // Keep-alive first: the registry entry is what peers react to, and a worker must be
+            // active (alive) from the moment they see it.
+            try await maps.workerKeepAlive.setAndWait(workerID, String(nowNanos()))
+        } catch {
+            throw PoolError(.redis, "adding a worker: \(error)", underlying: error)
+        }
+        let registered = state.withLock { state -> Bool in
+            guard state.phase == .running else { return false }
+            state.workers[workerID] = worker
+            return true
+        }
+        guard registered, spawn({ await worker.run() }) else {
+            _ = try? await maps.workerKeepAlive.delete(workerID)
+            throw PoolError(.closed, "node \(id) of pool \(pool) is closed")
+        }
+        do {
+            try await worker.reader.ready()
+            try await maps.workers.setAndWait(workerID, String(createdAt))
+            worker.markRegistered()
+        } catch {
+            await removeWorker(worker)
+            throw PoolError(.redis, "adding a worker: \(error)", underlying: error)
+        }
+        logger.debug("worker added", metadata: ["worker": "\(workerID)"])
+        return worker
+    }
+
+    /// Stops a worker, hands its jobs to the other workers and removes it from the pool.
+    public func removeWorker(_ worker: Worker) async {
+        guard state.withLock({ $0.workers[worker.id] }) != nil else { return }
+        await worker.stopLoops()
+        await requeueJobs(of: worker)
+        await removeFromMaps(worker)
+        state.withLock { _ = $0.workers.removeValue(forKey: worker.id) }
+    }
+
+    /// The workers this node hosts.
+    public var localWorkers: [Worker] {
+        state.withLock { Array($0.workers.values) }.sorted { ($0.createdAtNanos, $0.id) < ($1.createdAtNanos, $1.id) }
+    }
+
+    func localWorker(_ id: String) -> Worker? { state.withLock { $0.workers[id] } }
+
+    // MARK: Queries
+
+    /// The keys of the jobs running in the pool (from the ownership registry).
+    public func jobKeys() async throws -> [String] {
+        if options.clientOnly {
+            return try await hashContent(maps.owners.contentKey).keys.sorted()
+        }
+        return maps.owners.keys.sorted()
+    }
+
+    /// The payload of a running job: nil when the job does not exist, empty when it has none.
+    public func jobPayload(_ key: String) async throws -> [UInt8]? {
+        if options.clientOnly {
+            let reply = try await client.send("HGET", maps.payloads.contentKey, key)
+            return reply.isNull ? nil : (reply.bytes ?? [])
+        }
+        return maps.payloads.get(key)
+    }
+
+    /// Every worker registered in the pool, on any node (workers being retired are left out).
+    public func poolWorkers() async throws -> [WorkerInfo] {
+        let registry = options.clientOnly ? try await hashContent(maps.workers.contentKey) : maps.workers.snapshot
+        return registry.compactMap { id, value -> WorkerInfo? in
+            guard let nanos = Int64(String(decoding: value, as: UTF8.self)) else { return nil }
+            return WorkerInfo(id: id, createdAt: dateFromNanos(nanos))
+        }.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+    }
+
+    func hashContent(_ key: String) async throws -> [String: [UInt8]] {
+        let items = try await client.send("HGETALL", key).array ?? []
+        var content: [String: [UInt8]] = [:]
+        var index = 0
+        while index + 1 < items.count {
+            if let field = items[index].string, !field.hasPrefix("=") { content[field] = items[index + 1].bytes ?? [] }
+            index += 2
+        }
+        return content
+    }
+}
+
+/// The mutable part of a node, behind its `Mutex`.
+struct NodeState {
+    enum Phase: Int, Comparable {
+        case created, joining, running, closing, closed
+        static func < (lhs: Phase, rhs: Phase) -> Bool { lhs.rawValue < rhs.rawValue }
+    }
+
+    var phase = Phase.created
+    var shutdown = false
+    var workers: [String: Worker] = [:]
+    /// Pool events forwarded to a worker inbox and not yet acknowledged by the worker.
+    var routed: [RoutedKey: StreamEvent] = [:]
+    var lastRoutedCollection = ContinuousClock.now
+    /// Worker acks read before the forwarding task recorded the event (see ``Rendezvous``).
+    var earlyAcks: [RoutedKey: (ack: AckRecord, at: ContinuousClock.Instant)] = [:]
+    /// When each ownerless payload was first seen (orphan recovery).
+    var orphansSeen: [String: ContinuousClock.Instant] = [:]
+}
+
+struct RoutedKey: Hashable {
+    let worker: String
+    let inboxEventID: String
+}
+
+/// The replicated maps of a pool.
+struct PoolMaps: Sendable {
+    let shutdown: ReplicatedMap
+    let nodeKeepAlive: ReplicatedMap
+    let workers: ReplicatedMap
+    let workerKeepAlive: ReplicatedMap
+    let cleanup: ReplicatedMap
+    /// Job key → worker ID. One entry per job, so an ownership change costs O(1), whatever the
+    /// number of jobs (the reference kept a JSON list per worker, rewritten on every change).
+    let owners: ReplicatedMap
+    let payloads: ReplicatedMap
+    let pending: ReplicatedMap
+
+    init(keySpace: RedisKeySpace, client: RedisClient, logger: Logger) throws {
+        func map(_ name: String) throws -> ReplicatedMap {
+            try ReplicatedMap(name, keySpace: keySpace, client: client, logger: logger)
+        }
+        shutdown = try map("shutdown")
+        nodeKeepAlive = try map("node-keepalive")
+        workers = try map("workers")
+        workerKeepAlive = try map("worker-keepalive")
+        cleanup = try map("cleanup")
+        owners = try map("owners")
+        payloads = try map("job-payloads")
+        pending = try map("pending-jobs")
+    }
+
+    var all: [ReplicatedMap] { [shutdown, nodeKeepAlive, workers, workerKeepAlive, cleanup, owners, payloads, pending] }
+
+    /// Client-only nodes replicate only what they need to join and to expire dead nodes.
+    func joined(clientOnly: Bool) -> [ReplicatedMap] { clientOnly ? [shutdown, nodeKeepAlive] : all }
+}
+
+// MARK: Time and identifiers
+
+func nowNanos() -> Int64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
+}
+
+func dateFromNanos(_ nanos: Int64) -> Date {
+    Date(timeIntervalSince1970: Double(nanos / 1_000_000_000) + Double(nanos % 1_000_000_000) / 1e9)
+}
+
+/// A unique, roughly time-ordered ID (milliseconds then randomness), usable in keys and names.
+func newIdentifier() -> String {
+    let millis = UInt64(nowNanos() / 1_000_000)
+    let random = UInt64.random(in: 0...UInt64.max)
+    let head = String(millis, radix: 36)
+    let tail = String(random, radix: 36)
+    return head + String(repeating: "0", count: max(0, 13 - tail.count)) + tail
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

@@ -1,0 +1,329 @@
+import Foundation
+import Logging
+import RotaMap
+import RotaRedis
+import RotaStreams
+
+extension Node {
+    /// The node's background duties, run by ``LoopGroup`` until close.
+    func nodeLoops() -> [@Sendable () async -> Void] {
+        let ttl = options.workerTTL
+        var loops: [@Sendable () async -> Void] = [
+            { [inboxReader, logger] in
+                do { try await inboxReader.run() } catch { logger.error("node inbox reader failed", metadata: ["error": "\(error)"]) }
+            },
+            { await self.nodeEventsLoop() },
+            { await self.every(ttl / 2) { await self.keepNodeAlive() } },
+            { await self.every(ttl) { await self.removeInactiveNodes() } },
+        ]
+        guard let sink, !options.clientOnly else { return loops }
+        loops += [
+            { [logger] in
+                do { try await sink.run() } catch { logger.error("pool sink failed", metadata: ["error": "\(error)"]) }
+            },
+            { await self.poolEventsLoop() },
+            { await self.watchWorkers() },
+            { await self.watchShutdown() },
+            { await self.every(ttl) { await self.cleanUpInactiveWorkers() } },
+            { await self.every(self.options.ackGracePeriod) { await self.removeStalePendingGuards() } },
+        ]
+        return loops
+    }
+
+    func every(_ period: Duration, _ body: @Sendable () async -> Void) async {
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: period)
+            } catch {
+                return
+            }
+            await body()
+        }
+    }
+
+    // MARK: Keep-alive and dead nodes
+
+    func keepNodeAlive() async {
+        do {
+            try await maps.nodeKeepAlive.set(id, String(nowNanos()))
+            // Peers delete the inbox of a node they believe dead; a node that was only paused
+            // re-creates it, or it could never receive acks and results again.
+            if try await client.send("EXISTS", inbox.key).int == 0 {
+                logger.warning("node inbox was deleted by a peer; re-creating it")
+                try await inbox.add(name: "i", payload: Array(id.utf8))
+            }
+        } catch {
+            logger.warning("node keep-alive failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Deletes the inbox and keep-alive of nodes silent for longer than the worker TTL.
+    func removeInactiveNodes() async {
+        let now = nowNanos()
+        let ttl = options.workerTTL.nanoseconds
+        for (node, value) in maps.nodeKeepAlive.snapshot where node != id {
+            if let seen = Int64(String(decoding: value, as: UTF8.self)), now - seen <= ttl { continue }
+            do {
+                try await client.send("DEL", keySpace.key("stream", Self.inboxName(ofNode: node)))
+                _ = try await maps.nodeKeepAlive.testAndDelete(node, test: value)
+                logger.info("removed an inactive node", metadata: ["inactive": "\(node)"])
+            } catch {
+                logger.warning("could not remove an inactive node", metadata: ["inactive": "\(node)", "error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: Worker set changes
+
+    private func watchWorkers() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await _ in self.maps.workers.changes() { await self.rebalance() }
+            }
+            group.addTask {
+                for await _ in self.rebalanceRequests.stream { await self.rebalance() }
+            }
+        }
+    }
+
+    /// Stops local workers that peers evicted, then moves local jobs whose hash target changed.
+    func rebalance() async {
+        await rebalanceLock.withLock {
+            guard state.withLock({ $0.phase == .running }) else { return }
+            let registry = maps.workers.snapshot
+            for worker in localWorkers where worker.isRegistered && !worker.isStopped && registry[worker.id] == nil {
+                await evict(worker)
+            }
+            let active = activeWorkers()
+            guard !active.isEmpty else { return }
+            for worker in localWorkers where !worker.isStopped {
+                await worker.rebalance(active: active)
+            }
+        }
+    }
+
+    /// A peer decided this worker was dead and requeued its jobs: stop running them here (they run
+    /// elsewhere now), then finish removing the worker.
+    private func evict(_ worker: Worker) async {
+        logger.warning("worker was evicted by a peer; stopping its jobs here", metadata: ["worker": "\(worker.id)"])
+        await worker.stopLoops()
+        await worker.stopJobsLocally()
+        await removeFromMaps(worker)
+        state.withLock { _ = $0.workers.removeValue(forKey: worker.id) }
+    }
+
+    private func watchShutdown() async {
+        for await _ in maps.shutdown.changes() {
+            // Only a request counts: the destroy that ends a shutdown notifies too.
+            if maps.shutdown.string("shutdown") != nil {
+                spawn { await self.handlePoolShutdown() }
+                return
+            }
+        }
+    }
+
+    // MARK: Requeue and removal
+
+    /// Appends requeued start events for `jobs`, at most 64 at a time; returns those that failed.
+    func requeueAll(_ jobs: [Job]) async -> [Job] {
+        var failed: [Job] = []
+        await withTaskGroup(of: Job?.self) { group in
+            var iterator = jobs.makeIterator()
+            func addNext() -> Bool {
+                guard let job = iterator.next() else { return false }
+                group.addTask {
+                    let record = JobRecord(key: job.key, dispatcher: job.dispatcherID, payload: job.payload, createdAt: job.createdAt, requeued: true)
+                    do {
+                        _ = try await self.requeue(record)
+                        return nil
+                    } catch {
+                        self.logger.warning("requeue failed", metadata: ["job": "\(job.key)", "error": "\(error)"])
+                        return job
+                    }
+                }
+                return true
+            }
+            for _ in 0..<64 where !addNext() { break }
+            while let result = await group.next() {
+                if let result { failed.append(result) }
+                _ = addNext()
+            }
+        }
+        return failed
+    }
+
+    /// Close and RemoveWorker: retire the (stopped) worker, requeue its jobs for the others and
+    /// stop them here. Ownership and payloads are left alone until the new owners take over, so
+    /// the jobs stay recoverable if this process dies halfway.
+    func requeueJobs(of worker: Worker) async {
+        let jobs = worker.jobs
+        guard !jobs.isEmpty else { return }
+        do {
+            let (previous, updated) = try await maps.workers.testAndSet(worker.id, test: String(worker.createdAtNanos), "-")
+            if !updated {
+                if previous == Array("-".utf8) { return }
+                // It must never be picked as a target again, whatever the entry held.
+                try await maps.workers.set(worker.id, "-")
+            }
+        } catch {
+            logger.warning("could not mark the worker as retiring", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
+        }
+        let deadline = ContinuousClock.now + options.workerTTL
+        var remaining = jobs
+        while !remaining.isEmpty {
+            let failed = await requeueAll(remaining)
+            let failedKeys = Set(failed.map(\.key))
+            for job in remaining where !failedKeys.contains(job.key) {
+                await stopLocally(job, on: worker)
+            }
+            remaining = failed
+            if remaining.isEmpty || ContinuousClock.now >= deadline { break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        for job in remaining {
+            // Its payload stays: orphan recovery restarts it once Redis takes writes again.
+            logger.error("could not requeue a job; stopping it here, orphan recovery will restart it", metadata: ["job": "\(job.key)"])
+            await stopLocally(job, on: worker)
+        }
+    }
+
+    private func stopLocally(_ job: Job, on worker: Worker) async {
+        do {
+            try await worker.handler.stop(key: job.key)
+        } catch {
+            logger.warning("stop handler failed", metadata: ["job": "\(job.key)", "error": "\(error)"])
+        }
+        worker.forget(job.key)
+    }
+
+    func removeFromMaps(_ worker: Worker) async {
+        await removeWorkerEntries(worker.id)
+    }
+
+    /// Removes a worker from the registry, keep-alives, cleanup locks and ownership (payloads
+    /// stay), and deletes its inbox.
+    func removeWorkerEntries(_ workerID: String) async {
+        do {
+            _ = try await client.evaluate(
+                PoolScripts.removeWorker,
+                keys: [
+                    maps.workers.contentKey, maps.workers.channel,
+                    maps.workerKeepAlive.contentKey, maps.workerKeepAlive.channel,
+                    maps.cleanup.contentKey, maps.cleanup.channel,
+                    maps.owners.contentKey, maps.owners.channel,
+                ],
+                arguments: [workerID]
+            )
+            try await client.send("DEL", keySpace.key("stream", Self.inboxName(ofWorker: workerID)))
+        } catch {
+            logger.warning("could not remove a worker from the pool maps", metadata: ["worker": "\(workerID)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Dead workers and orphans
+
+    /// Finds workers that own jobs or are registered but are not active, and cleans them up
+    /// (requeue their jobs, remove them); then recovers orphaned payloads.
+    func cleanUpInactiveWorkers() async {
+        guard state.withLock({ $0.phase == .running }) else { return }
+        var owned: [String: [String]] = [:]
+        for (key, worker) in maps.owners.snapshot {
+            owned[String(decoding: worker, as: UTF8.self), default: []].append(key)
+        }
+        let registry = maps.workers.snapshot
+        let keepAlives = maps.workerKeepAlive.snapshot
+        let active = Set(activeWorkers())
+        let now = nowNanos()
+        let ttl = options.workerTTL.nanoseconds
+        for worker in Set(owned.keys).union(registry.keys) where !active.contains(worker) {
+            if let local = localWorker(worker), !local.isStopped { continue }
+            // Retiring workers with a live keep-alive are being handed over by their own node.
+            if registry[worker] == Array("-".utf8),
+               let seen = keepAlives[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }), now - seen <= ttl {
+                continue
+            }
+            await cleanUp(worker: worker, keys: owned[worker] ?? [])
+        }
+        await requeueOrphans()
+    }
+
+    /// Cleans up one inactive worker under a cleanup lock (which also keeps it out of the active
+    /// set on every node).
+    func cleanUp(worker: String, keys: [String]) async {
+        let now = nowNanos()
+        do {
+            if let lock = maps.cleanup.get(worker) {
+                if let since = Int64(String(decoding: lock, as: UTF8.self)), now - since < options.workerTTL.nanoseconds { return }
+                // A stale lock: its holder died mid-cleanup.
+                guard try await maps.cleanup.testAndDelete(worker, test: lock).deleted else { return }
+            }
+            guard try await maps.cleanup.setIfAbsent(worker, String(now)) else { return }
+        } catch {
+            logger.warning("could not lock an inactive worker for cleanup", metadata: ["worker": "\(worker)", "error": "\(error)"])
+            return
+        }
+        logger.info("cleaning up an inactive worker", metadata: ["inactive": "\(worker)", "jobs": "\(keys.count)"])
+        // Entries without a payload are stale (the job was stopped): they go with the worker below.
+        var requeued: [Job] = []
+        for key in keys where maps.owners.string(key) == worker {
+            if let payload = maps.payloads.get(key) {
+                requeued.append(Job(key: key, payload: payload, createdAt: Date(), isRequeued: true, dispatcherID: id, workerID: ""))
+            }
+        }
+        let failed = await requeueAll(requeued)
+        guard failed.isEmpty else {
+            // Keep the lock: a later sweep retries once it is stale.
+            logger.warning("cleanup incomplete; will retry", metadata: ["inactive": "\(worker)", "failed": "\(failed.count)"])
+            return
+        }
+        await removeWorkerEntries(worker)
+    }
+
+    /// Payloads that no worker owns for longer than the grace period are requeued: the last
+    /// resort when everything else failed (cascading failures, a handoff whose event was lost).
+    func requeueOrphans() async {
+        let grace = max(options.workerTTL * 2, options.ackGracePeriod)
+        let now = ContinuousClock.now
+        let payloads = maps.payloads.snapshot
+        var due: [Job] = []
+        state.withLock { state in
+            var seen: [String: ContinuousClock.Instant] = [:]
+            for (key, payload) in payloads where maps.owners.get(key) == nil {
+                let first = state.orphansSeen[key] ?? now
+                if now - first >= grace {
+                    due.append(Job(key: key, payload: payload, createdAt: Date(), isRequeued: true, dispatcherID: id, workerID: ""))
+                } else {
+                    seen[key] = first
+                }
+            }
+            state.orphansSeen = seen
+        }
+        guard !due.isEmpty else { return }
+        logger.warning("requeuing orphaned jobs", metadata: ["count": "\(due.count)"])
+        let failed = await requeueAll(due)
+        if !failed.isEmpty {
+            // Try again at the next sweep rather than after another grace period.
+            state.withLock { state in
+                for job in failed { state.orphansSeen[job.key] = now - grace }
+            }
+        }
+    }
+
+    /// Deletes pending-dispatch guards whose time is past (compare-and-delete; malformed guards are
+    /// reported, never removed).
+    func removeStalePendingGuards() async {
+        let now = nowNanos()
+        for (key, value) in maps.pending.snapshot {
+            guard let until = Int64(String(decoding: value, as: UTF8.self)) else {
+                logger.error("malformed pending guard left alone", metadata: ["job": "\(key)", "value": "\(String(decoding: value, as: UTF8.self))"])
+                continue
+            }
+            guard until < now else { continue }
+            do {
+                _ = try await maps.pending.testAndDelete(key, test: value)
+            } catch {
+                logger.warning("could not remove a stale pending guard", metadata: ["job": "\(key)", "error": "\(error)"])
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+import Logging
+
+extension Node {
+    /// How a node takes part in its pool. The defaults are the reference pool's documented ones.
+    public struct Options: Sendable {
+        /// How long an event may stay unacknowledged before it is delivered again. Dispatches wait
+        /// twice this for a start result; pending-dispatch guards last twice this.
+        public var ackGracePeriod: Duration = .seconds(20)
+        /// A client-only node dispatches, stops and notifies, but routes nothing and hosts no workers.
+        public var clientOnly = false
+        /// How long a read of the pool stream or the node inbox blocks in Redis.
+        public var jobSinkBlockDuration: Duration = .seconds(5)
+        /// Approximate cap of the pool stream (`XADD MAXLEN ~`). It trims old entries; it does not
+        /// refuse dispatches.
+        public var maxQueuedJobs = 1000
+        /// The longest one attempt to requeue a closing worker's jobs waits.
+        public var workerShutdownTTL: Duration = .seconds(120)
+        /// Liveness window of workers and nodes: keep-alives every half of it, dead-worker and
+        /// dead-node sweeps every period.
+        public var workerTTL: Duration = .seconds(10)
+        /// Picks a job's worker among the active ones. Replace it to pin jobs in tests.
+        public var hasher: any JobHasher = JumpHasher()
+        public var logger = Logger(label: "rota.pool", factory: { _ in SwiftLogNoOpLogHandler() })
+
+        public init() {}
+    }
+}

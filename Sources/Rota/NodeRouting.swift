@@ -1,0 +1,344 @@
+import Foundation
+import Logging
+import RotaMap
+import RotaRedis
+import RotaStreams
+
+/// Where a pool event goes.
+enum RouteDecision: Equatable, Sendable {
+    case worker(String)
+    /// The job exists (its payload is in Redis) but no active worker owns it: a handoff or a
+    /// recovery is under way. Leave the event unacknowledged so it comes back later.
+    case awaitingOwner
+    /// The job does not exist: acknowledge and drop (stopping an unknown job is a no-op).
+    case notFound
+    /// No active worker: leave unacknowledged.
+    case noWorkers
+}
+
+/// The outcome of the admission script.
+enum Claim: Equatable, Sendable {
+    case claimed(token: String)
+    case exists
+    case pending(until: String)
+    case malformed(String)
+}
+
+extension Node {
+    // MARK: Dispatch, stop, notify
+
+    /// Starts a job on one worker of the pool and returns once that worker's start handler ran.
+    ///
+    /// Admission is atomic in Redis: while the job runs, or while another dispatch of the same key
+    /// is in progress (from any node), this throws ``PoolError/Code/jobExists``. A failing start
+    /// handler's error text comes back as ``PoolError/Code/startFailed``; no start within twice the
+    /// ack grace period throws ``PoolError/Code/timeout`` (the job may still start later).
+    public func dispatch(key: String, payload: [UInt8] = []) async throws {
+        try checkOpen()
+        try Self.validate(key: key)
+        let token: String
+        switch try await claim(key) {
+        case .claimed(let claimed): token = claimed
+        case .exists: throw PoolError(.jobExists, "job \(key) already exists")
+        case .pending(let until): throw PoolError(.jobExists, "job \(key) is already being dispatched (pending until \(until))")
+        case .malformed(let value):
+            throw PoolError(.malformedPendingGuard, "job \(key): malformed pending guard '\(value)' in \(maps.pending.contentKey); it is left untouched")
+        }
+        let outcome: Result<String, any Error>
+        do {
+            let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false)
+            guard let eventID = try await poolStream.add(name: "j", payload: record.encoded()) else {
+                throw PoolError(.redis, "dispatching \(key): XADD returned no ID")
+            }
+            outcome = .success(try await waitForResult(eventID, key: key))
+        } catch {
+            outcome = .failure(error)
+        }
+        // Always give the guard back, even when the caller is cancelled: it must not block the key
+        // for the whole guard lifetime. Compare-and-delete: a newer dispatcher's guard stays.
+        if Task.isCancelled {
+            spawn { _ = try? await self.release(key, token: token) }
+        } else {
+            do {
+                _ = try await release(key, token: token)
+            } catch {
+                logger.warning("could not release the pending guard", metadata: ["job": "\(key)", "error": "\(error)"])
+            }
+        }
+        switch outcome {
+        case .success(let failure) where failure.isEmpty: return
+        case .success(let failure): throw PoolError(.startFailed, failure)
+        case .failure(let error as PoolError): throw error
+        case .failure(let error as CancellationError): throw error
+        case .failure(let error): throw PoolError(.redis, "dispatching \(key): \(error)", underlying: error)
+        }
+    }
+
+    private func waitForResult(_ eventID: String, key: String) async throws -> String {
+        let timeout = options.ackGracePeriod * 2
+        return try await withThrowingTaskGroup(of: String?.self) { group in
+            group.addTask { try await self.results.wait(eventID) }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let result = first else {
+                throw PoolError(.timeout, "job \(key) timed out: no worker started it within \(timeout)")
+            }
+            return result
+        }
+    }
+
+    /// Asks the worker running `key` to stop it. Returns once the request is queued; stopping a job
+    /// that does not exist is a no-op.
+    public func stop(key: String) async throws {
+        try checkOpen()
+        try await append("s", JobKeyRecord(key: key).encoded(), what: "stopping \(key)")
+    }
+
+    /// Sends `payload` to the worker running `key` (to its ``NotificationHandler``). Returns once the
+    /// notification is queued.
+    public func notify(key: String, payload: [UInt8]) async throws {
+        try checkOpen()
+        try await append("n", NotificationRecord(key: key, payload: payload).encoded(), what: "notifying \(key)")
+    }
+
+    private func append(_ name: String, _ payload: [UInt8], what: String) async throws {
+        do {
+            try await poolStream.add(name: name, payload: payload)
+        } catch {
+            throw PoolError(.redis, "\(what): \(error)", underlying: error)
+        }
+    }
+
+    static func validate(key: String) throws(PoolError) {
+        guard !key.isEmpty else { throw PoolError(.invalidArgument, "job keys must not be empty") }
+        guard !key.contains("=") else { throw PoolError(.invalidArgument, "job key '\(key)' contains '=' (reserved)") }
+    }
+
+    /// Atomic admission in Redis (never the local replicas, which may be behind).
+    func claim(_ key: String) async throws -> Claim {
+        let now = nowNanos()
+        let until = now + (options.ackGracePeriod * 2).nanoseconds
+        let reply: RedisValue
+        do {
+            reply = try await client.evaluate(
+                PoolScripts.claimDispatch,
+                keys: [maps.payloads.contentKey, maps.pending.contentKey, maps.pending.channel],
+                arguments: [key, String(now), String(until)]
+            )
+        } catch {
+            throw PoolError(.redis, "admitting \(key): \(error)", underlying: error)
+        }
+        let items = reply.array ?? []
+        let value = items.count > 1 ? items[1].string ?? "" : ""
+        switch items.first?.int {
+        case 1: return .claimed(token: value)
+        case 2: return .pending(until: value)
+        case 3: return .exists
+        case 4: return .malformed(value)
+        default: throw PoolError(.redis, "admitting \(key): unexpected reply \(reply)")
+        }
+    }
+
+    /// Removes the pending guard of `key` if it still holds `token`.
+    func release(_ key: String, token: String) async throws -> Bool {
+        let reply = try await client.evaluate(
+            PoolScripts.releaseDispatch,
+            keys: [maps.pending.contentKey, maps.pending.channel],
+            arguments: [key, token]
+        )
+        return reply.int == 1
+    }
+
+    /// Appends a start event that bypasses admission (handoffs and recoveries: the job exists).
+    @discardableResult
+    func requeue(_ record: JobRecord) async throws -> String? {
+        var record = record
+        record.requeued = true
+        return try await poolStream.add(name: "j", payload: record.encoded())
+    }
+
+    // MARK: Routing (pool events → worker inboxes)
+
+    func poolEventsLoop() async {
+        guard let sink else { return }
+        do {
+            for try await event in sink.events {
+                await route(event)
+            }
+        } catch {
+            if !Task.isCancelled { logger.error("pool event loop ended", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    func route(_ event: StreamEvent) async {
+        guard let sink else { return }
+        if Date().timeIntervalSince(event.createdAt) > Double(Self.maxEventAge.components.seconds) {
+            logger.info("dropping a stale pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
+            _ = try? await sink.ack(event)
+            return
+        }
+        guard let key = JobKeyRecord.key(fromEventPayload: event.payload), ["j", "s", "n"].contains(event.name) else {
+            logger.error("dropping a malformed pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
+            _ = try? await sink.ack(event)
+            return
+        }
+        let decision = await routeDecision(eventName: event.name, key: key)
+        let target: String
+        switch decision {
+        case .worker(let worker):
+            target = worker
+        case .notFound:
+            _ = try? await sink.ack(event)
+            return
+        case .awaitingOwner, .noWorkers:
+            // Left pending: the sink delivers it again after the ack grace period.
+            logger.debug("event left for later", metadata: ["event": "\(event.id)", "job": "\(key)", "reason": "\(decision)"])
+            return
+        }
+        let envelope = Envelope(sender: id, payload: event.payload)
+        do {
+            let workerInbox = try RedisStream(name: Self.inboxName(ofWorker: target), keySpace: keySpace, client: client)
+            guard let inboxID = try await workerInbox.add(name: event.name, payload: envelope.encoded(), onlyIfExists: true) else {
+                logger.info("worker inbox is gone; event left for later", metadata: ["worker": "\(target)", "job": "\(key)"])
+                return
+            }
+            let routedKey = RoutedKey(worker: target, inboxEventID: inboxID)
+            let early = state.withLock { state -> AckRecord? in
+                if let early = state.earlyAcks.removeValue(forKey: routedKey) { return early.ack }
+                state.routed[routedKey] = event
+                return nil
+            }
+            if let early { await complete(event, ack: early) }
+        } catch {
+            logger.warning("forwarding a pool event failed; it will be delivered again", metadata: ["job": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    /// The routing decision for an event: starts go to the hash target among active workers;
+    /// stops and notifications go to the job's current owner.
+    func routeDecision(eventName: String, key: String) async -> RouteDecision {
+        let active = activeWorkers()
+        if eventName == "j" {
+            guard !active.isEmpty else { return .noWorkers }
+            return .worker(active[options.hasher.bucket(for: key, buckets: active.count)])
+        }
+        if let owner = maps.owners.string(key), active.contains(owner) {
+            return .worker(owner)
+        }
+        // No active owner: Redis (not the replica) says whether the job exists at all.
+        do {
+            let exists = try await client.send("HEXISTS", maps.payloads.contentKey, key).int == 1
+            return exists ? .awaitingOwner : .notFound
+        } catch {
+            return .awaitingOwner
+        }
+    }
+
+    /// Workers that may receive jobs, in hash-bucket order: registered (not retiring), not being
+    /// cleaned up, and alive (keep-alive within the worker TTL). Ordered by creation time, then ID,
+    /// so every node computes the same order.
+    func activeWorkers() -> [String] {
+        let registry = maps.workers.snapshot
+        guard !registry.isEmpty else { return [] }
+        let keepAlives = maps.workerKeepAlive.snapshot
+        let locks = maps.cleanup.snapshot
+        let now = nowNanos()
+        let ttl = options.workerTTL.nanoseconds
+        var active: [(created: Int64, id: String)] = []
+        for (worker, value) in registry {
+            guard let created = Int64(String(decoding: value, as: UTF8.self)) else { continue }
+            if let lock = locks[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }), now - lock < ttl { continue }
+            guard let seen = keepAlives[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }), now - seen <= ttl else { continue }
+            active.append((created, worker))
+        }
+        return active.sorted { ($0.created, $0.id) < ($1.created, $1.id) }.map(\.id)
+    }
+
+    // MARK: Node inbox (acks from workers, results for dispatchers)
+
+    func nodeEventsLoop() async {
+        do {
+            for try await event in inboxReader.events {
+                switch event.name {
+                case "a":
+                    guard let envelope = Envelope(decoding: event.payload), let ack = AckRecord(decoding: envelope.payload) else {
+                        logger.error("ignoring a malformed worker ack", metadata: ["event": "\(event.id)"])
+                        continue
+                    }
+                    await handleAck(from: envelope.sender, ack)
+                case "d":
+                    guard let result = AckRecord(decoding: event.payload) else {
+                        logger.error("ignoring a malformed dispatch result", metadata: ["event": "\(event.id)"])
+                        continue
+                    }
+                    results.deliver(result.eventID, result.error)
+                default:
+                    continue
+                }
+            }
+        } catch {
+            if !Task.isCancelled { logger.error("node inbox loop ended", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    /// A worker acknowledged an event this node forwarded to it.
+    func handleAck(from worker: String, _ ack: AckRecord) async {
+        let routedKey = RoutedKey(worker: worker, inboxEventID: ack.eventID)
+        let event = state.withLock { state -> StreamEvent? in
+            if let event = state.routed.removeValue(forKey: routedKey) { return event }
+            // Not recorded (yet): the forwarding task may not have run since its XADD returned.
+            // Kept for a while; an ack for an event never routed here is harmless.
+            let now = ContinuousClock.now
+            state.earlyAcks[routedKey] = (ack, now)
+            if state.earlyAcks.count > 10_000 {
+                state.earlyAcks = state.earlyAcks.filter { now - $0.value.at < Self.maxEventAge }
+            }
+            return nil
+        }
+        guard let event else {
+            logger.debug("ack for an event this node does not know", metadata: ["worker": "\(worker)", "event": "\(ack.eventID)"])
+            return
+        }
+        await complete(event, ack: ack)
+    }
+
+    /// Sends the start result to the dispatcher, acknowledges the pool event and forgets stale
+    /// routed entries.
+    func complete(_ event: StreamEvent, ack: AckRecord) async {
+        if !ack.error.isEmpty {
+            logger.info("worker reported an error", metadata: ["event": "\(event.id)", "name": "\(event.name)", "error": "\(ack.error)"])
+        }
+        if event.name == "j", let job = JobRecord(decoding: event.payload), !job.requeued {
+            do {
+                let dispatcherInbox = try RedisStream(name: Self.inboxName(ofNode: job.dispatcher), keySpace: keySpace, client: client)
+                try await dispatcherInbox.add(name: "d", payload: AckRecord(eventID: event.id, error: ack.error).encoded(), onlyIfExists: true)
+            } catch {
+                logger.warning("could not return a dispatch result", metadata: ["job": "\(job.key)", "error": "\(error)"])
+            }
+        }
+        do {
+            _ = try await sink?.ack(event)
+        } catch {
+            logger.warning("could not acknowledge a pool event", metadata: ["event": "\(event.id)", "error": "\(error)"])
+        }
+        collectStaleRoutedEvents()
+    }
+
+    /// Routed entries whose pool event is older than the maximum age will never be acked usefully.
+    func collectStaleRoutedEvents() {
+        let cutoff = Date().addingTimeInterval(-Double(Self.maxEventAge.components.seconds))
+        let now = ContinuousClock.now
+        state.withLock { state in
+            // A full scan per ack would be quadratic under load: large tables are scanned once a second.
+            guard state.routed.count > 0, state.routed.count < 1000 || now - state.lastRoutedCollection > .seconds(1) else { return }
+            state.lastRoutedCollection = now
+            state.routed = state.routed.filter { $0.value.createdAt >= cutoff }
+        }
+    }
+
+    /// Number of forwarded events awaiting a worker ack (a test seam).
+    var routedCount: Int { state.withLock { $0.routed.count } }
+}

@@ -1,0 +1,104 @@
+import RotaRedis
+
+/// Lua scripts that change several of a pool's replicated maps in one atomic step.
+///
+/// They follow the replicated-map commit protocol exactly (bump `=rev` by one per change, publish
+/// `set:`/`del:` with the new revision), so every replica of those maps stays consistent with them.
+/// Every key is in the pool's hash-tagged key space: the scripts stay valid on Redis Cluster.
+enum PoolScripts {
+    static let helpers = """
+        local function pack(x) return struct.pack('<I4', string.len(x)) .. x end
+        local function mset(h, c, k, v)
+          redis.call('HSET', h, k, v)
+          local rev = redis.call('HINCRBY', h, '=rev', 1)
+          redis.call('PUBLISH', c, 'set:' .. pack(k) .. pack(v) .. pack(tostring(rev)))
+        end
+        local function mdel(h, c, k)
+          if redis.call('HDEL', h, k) == 0 then return false end
+          local rev = redis.call('HINCRBY', h, '=rev', 1)
+          redis.call('PUBLISH', c, 'del:' .. pack(k) .. pack(tostring(rev)))
+          return true
+        end
+        -- Decimal timestamps compare as numbers: a longer digit string is larger.
+        local function newer_or_equal(a, b)
+          if string.len(a) ~= string.len(b) then return string.len(a) > string.len(b) end
+          return a >= b
+        end
+
+        """
+
+    /// Atomic admission of a fresh dispatch.
+    /// KEYS: payloads hash, pending hash, pending channel. ARGV: key, now nanos, pending-until nanos.
+    /// → {1, token} claimed · {2, guard} another dispatch is pending · {3, ""} the job exists ·
+    ///   {4, guard} the guard is malformed (left untouched).
+    static let claimDispatch = RedisScript(helpers + """
+        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {3, ''} end
+        local guard = redis.call('HGET', KEYS[2], ARGV[1])
+        if guard then
+          if not string.match(guard, '^%d+$') then return {4, guard} end
+          if newer_or_equal(guard, ARGV[2]) then return {2, guard} end
+        end
+        mset(KEYS[2], KEYS[3], ARGV[1], ARGV[3])
+        return {1, ARGV[3]}
+        """)
+
+    /// Compare-and-delete of a pending guard: never removes a guard a newer dispatch took over.
+    /// KEYS: pending hash, pending channel. ARGV: key, token. → 1 removed, 0 not ours.
+    static let releaseDispatch = RedisScript(helpers + """
+        if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+        mdel(KEYS[1], KEYS[2], ARGV[1])
+        return 1
+        """)
+
+    /// A worker records that it runs jobs: owner and durable payload, written only when different.
+    /// KEYS: owners hash, owners channel, payloads hash, payloads channel.
+    /// ARGV: worker ID, then key, payload pairs. → the number of jobs.
+    static let recordStart = RedisScript(helpers + """
+        local n = 0
+        for i = 2, #ARGV, 2 do
+          local k, p = ARGV[i], ARGV[i + 1]
+          if redis.call('HGET', KEYS[1], k) ~= ARGV[1] then mset(KEYS[1], KEYS[2], k, ARGV[1]) end
+          if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
+          n = n + 1
+        end
+        return n
+        """)
+
+    /// A worker gives jobs up: ownership is removed where it still names this worker; the payload
+    /// is deleted only for jobs that end (stop, failed fresh start), kept for handoffs.
+    /// KEYS: owners hash, owners channel, payloads hash, payloads channel.
+    /// ARGV: worker ID, "1" to delete payloads / "0" to keep them, keys…
+    /// → the number of ownership entries removed.
+    static let release = RedisScript(helpers + """
+        local n = 0
+        for i = 3, #ARGV do
+          local k = ARGV[i]
+          if redis.call('HGET', KEYS[1], k) == ARGV[1] then
+            mdel(KEYS[1], KEYS[2], k)
+            n = n + 1
+          end
+          if ARGV[2] == '1' then mdel(KEYS[3], KEYS[4], k) end
+        end
+        return n
+        """)
+
+    /// Removes a worker from the registry, keep-alives, cleanup locks and every ownership entry that
+    /// still names it. Payloads stay (deleting them raced with requeues and lost jobs).
+    /// KEYS: workers h/c, worker keep-alive h/c, cleanup h/c, owners h/c. ARGV: worker ID.
+    /// → the number of ownership entries removed.
+    static let removeWorker = RedisScript(helpers + """
+        local w = ARGV[1]
+        mdel(KEYS[1], KEYS[2], w)
+        mdel(KEYS[3], KEYS[4], w)
+        mdel(KEYS[5], KEYS[6], w)
+        local all = redis.call('HGETALL', KEYS[7])
+        local n = 0
+        for i = 1, #all, 2 do
+          if all[i + 1] == w and string.sub(all[i], 1, 1) ~= '=' then
+            mdel(KEYS[7], KEYS[8], all[i])
+            n = n + 1
+          end
+        end
+        return n
+        """)
+}

@@ -1,0 +1,321 @@
+import Foundation
+import Logging
+import RotaRedis
+import RotaStreams
+import Synchronization
+
+/// A job host inside a node. Created by ``Node/addWorker(_:)``; the pool routes jobs to it by
+/// consistent hashing and it runs them with its ``JobHandler``.
+///
+/// Events reach a worker through its own inbox stream and are handled one at a time, in order.
+public final class Worker: Sendable {
+    public let id: String
+    /// When the worker joined; workers are ordered by it for hashing.
+    public let createdAt: Date
+    let createdAtNanos: Int64
+    let handler: any JobHandler
+    let node: Node
+    let inbox: RedisStream
+    let reader: StreamReader
+    let loops = LoopGroup()
+    /// Event handling and rebalancing take turns: a job is never released half started.
+    let serial = AsyncLock()
+    let logger: Logger
+
+    private struct State {
+        var jobs: [String: Job] = [:]
+        var stopped = false
+        var registered = false
+    }
+
+    private let state = Mutex(State())
+
+    init(id: String, createdAtNanos: Int64, handler: any JobHandler, node: Node) throws {
+        self.id = id
+        self.createdAtNanos = createdAtNanos
+        self.createdAt = dateFromNanos(createdAtNanos)
+        self.handler = handler
+        self.node = node
+        var logger = node.logger
+        logger[metadataKey: "worker"] = "\(id)"
+        self.logger = logger
+        inbox = try RedisStream(name: Node.inboxName(ofWorker: id), keySpace: node.keySpace, client: node.client)
+        // Half the worker TTL, so a stopped worker notices quickly.
+        reader = try StreamReader(
+            stream: inbox,
+            options: .init(blockDuration: node.options.workerTTL / 2, start: .oldest),
+            logger: logger
+        )
+    }
+
+    /// The jobs this worker runs, sorted by key.
+    public var jobs: [Job] {
+        state.withLock { Array($0.jobs.values) }.sorted { $0.key < $1.key }
+    }
+
+    public var isStopped: Bool { state.withLock { $0.stopped } }
+
+    var isRegistered: Bool { state.withLock { $0.registered } }
+
+    func markRegistered() { state.withLock { $0.registered = true } }
+
+    func localJob(_ key: String) -> Job? { state.withLock { $0.jobs[key] } }
+
+    func forget(_ key: String) { state.withLock { _ = $0.jobs.removeValue(forKey: key) } }
+
+    // MARK: Loops
+
+    /// Runs the worker's loops (a child task of the node's ``Node/run()``) until ``stopLoops()``.
+    func run() async {
+        await loops.run([
+            { [reader, logger] in
+                do { try await reader.run() } catch { logger.error("worker inbox reader failed", metadata: ["error": "\(error)"]) }
+            },
+            { await self.eventLoop() },
+            { await self.keepAliveLoop() },
+        ])
+    }
+
+    /// Stops reading events and keeping alive; jobs are not stopped here. Idempotent.
+    func stopLoops() async {
+        state.withLock { $0.stopped = true }
+        await loops.stop()
+    }
+
+    private func keepAliveLoop() async {
+        let period = node.options.workerTTL / 2
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: period)
+            } catch {
+                return
+            }
+            guard !isStopped else { return }
+            do {
+                try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
+            } catch {
+                logger.warning("worker keep-alive failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    private func eventLoop() async {
+        do {
+            for try await event in reader.events {
+                await serial.withLock { await self.handle(event) }
+            }
+        } catch {
+            if !Task.isCancelled { logger.error("worker event loop ended", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    /// Handles one inbox event and acknowledges it to the routing node, unless the outcome is
+    /// "requeue" (then the routing node leaves the pool event pending, to be delivered again).
+    func handle(_ event: StreamEvent) async {
+        guard event.name != "i" else { return }
+        guard let envelope = Envelope(decoding: event.payload) else {
+            logger.error("ignoring a malformed inbox event", metadata: ["event": "\(event.id)"])
+            return
+        }
+        let outcome: Result<Void, any Error>
+        switch event.name {
+        case "j":
+            guard let record = JobRecord(decoding: envelope.payload) else {
+                outcome = .failure(PoolError(.invalidArgument, "malformed job record"))
+                break
+            }
+            outcome = await Result(catching: { try await self.start(record) })
+        case "s":
+            guard let key = JobKeyRecord.key(fromEventPayload: envelope.payload) else {
+                outcome = .failure(PoolError(.invalidArgument, "malformed stop record"))
+                break
+            }
+            outcome = await Result(catching: { try await self.stop(key) })
+        case "n":
+            guard let record = NotificationRecord(decoding: envelope.payload) else {
+                outcome = .failure(PoolError(.invalidArgument, "malformed notification record"))
+                break
+            }
+            outcome = await Result(catching: { try await self.notify(record) })
+        default:
+            logger.warning("ignoring an unknown inbox event", metadata: ["name": "\(event.name)"])
+            return
+        }
+        var errorText = ""
+        if case .failure(let error) = outcome {
+            if let poolError = error as? PoolError, poolError.code == .requeue { return }
+            errorText = (error as? PoolError)?.message ?? "\(error)"
+        }
+        let ack = Envelope(sender: id, payload: AckRecord(eventID: event.id, error: errorText).encoded())
+        do {
+            let routerInbox = try RedisStream(name: Node.inboxName(ofNode: envelope.sender), keySpace: node.keySpace, client: node.client)
+            // NOMKSTREAM: a routing node that is gone gets nothing; its event is delivered again.
+            try await routerInbox.add(name: "a", payload: ack.encoded(), onlyIfExists: true)
+        } catch {
+            logger.warning("could not acknowledge an event", metadata: ["event": "\(event.id)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Job events
+
+    /// Starts a job: ownership and payload first (so the job can be recovered if this process
+    /// dies), then the handler. A failed fresh start leaves no trace; a failed requeued start
+    /// keeps the payload, so the job is recovered later rather than lost.
+    func start(_ record: JobRecord) async throws {
+        guard !isStopped else { throw PoolError(.workerStopped, "worker stopped") }
+        let job = Job(
+            key: record.key, payload: record.payload, createdAt: record.createdAt,
+            isRequeued: record.requeued, dispatcherID: record.dispatcher, workerID: id
+        )
+        let repeated = localJob(record.key).map { $0.payload == record.payload } ?? false
+        do {
+            try await recordStart([job])
+        } catch {
+            logger.warning("could not record a job start; requeuing", metadata: ["job": "\(record.key)", "error": "\(error)"])
+            throw PoolError.requeue
+        }
+        // A repeated delivery of a job this worker already runs with the same payload: the
+        // ownership is confirmed above, the handler is not started twice.
+        if repeated { return }
+        do {
+            try await handler.start(job)
+        } catch {
+            forget(record.key)
+            do {
+                try await releaseOwnership([record.key], deletePayloads: !record.requeued)
+            } catch {
+                logger.warning("could not undo a failed start", metadata: ["job": "\(record.key)", "error": "\(error)"])
+            }
+            throw error
+        }
+        state.withLock { $0.jobs[record.key] = job }
+        // The worker set may have changed while this start was in flight.
+        node.rebalanceRequests.continuation.yield()
+    }
+
+    func stop(_ key: String) async throws {
+        guard localJob(key) != nil else { throw PoolError.requeue }
+        try await handler.stop(key: key)
+        forget(key)
+        try await releaseOwnership([key], deletePayloads: true)
+    }
+
+    func notify(_ record: NotificationRecord) async throws {
+        guard !isStopped else { return }
+        guard localJob(record.key) != nil else { throw PoolError.requeue }
+        guard let notifiable = handler as? any NotificationHandler else {
+            logger.error(
+                "worker does not implement NotificationHandler; ignoring the notification",
+                metadata: ["job": "\(record.key)"]
+            )
+            return
+        }
+        try await notifiable.handleNotification(key: record.key, payload: record.payload)
+    }
+
+    func recordStart(_ jobs: [Job]) async throws {
+        let maps = node.maps
+        var arguments: [any RedisArgument] = [id]
+        for job in jobs { arguments += [job.key, job.payload] }
+        _ = try await node.client.evaluate(
+            PoolScripts.recordStart,
+            keys: [maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel],
+            arguments: arguments
+        )
+    }
+
+    func releaseOwnership(_ keys: [String], deletePayloads: Bool) async throws {
+        guard !keys.isEmpty else { return }
+        let maps = node.maps
+        _ = try await node.client.evaluate(
+            PoolScripts.release,
+            keys: [maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel],
+            arguments: [id, deletePayloads ? "1" : "0"] + keys
+        )
+    }
+
+    // MARK: Handoffs
+
+    /// Moves the jobs whose hash target is another active worker: each is stopped here and its
+    /// ownership released before the start event for the new owner is appended, so a job never
+    /// runs on both. The payload stays throughout.
+    func rebalance(active: [String]) async {
+        await serial.withLock {
+            guard !isStopped, active.contains(id) else { return }
+            let hasher = node.options.hasher
+            let moving = jobs.filter { active[hasher.bucket(for: $0.key, buckets: active.count)] != id }
+            guard !moving.isEmpty else { return }
+            logger.debug("rebalancing", metadata: ["moving": "\(moving.count)"])
+            var released: [Job] = []
+            for job in moving {
+                do {
+                    try await handler.stop(key: job.key)
+                    forget(job.key)
+                    released.append(job)
+                } catch {
+                    logger.warning("stop handler failed; the job stays here", metadata: ["job": "\(job.key)", "error": "\(error)"])
+                }
+            }
+            do {
+                try await releaseOwnership(released.map(\.key), deletePayloads: false)
+            } catch {
+                // The requeued start overwrites the ownership anyway.
+                logger.warning("could not release ownership", metadata: ["error": "\(error)"])
+            }
+            let failed = await node.requeueAll(released)
+            for job in failed {
+                // Nowhere else to go: run it here again rather than lose it.
+                do {
+                    try await recordStart([job])
+                    try await handler.start(job)
+                    state.withLock { $0.jobs[job.key] = job }
+                } catch {
+                    logger.error("could not restart a job after a failed handoff; orphan recovery will", metadata: ["job": "\(job.key)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// Shutdown: stops every local job for good (ownership and payload removed).
+    func stopAllJobs() async {
+        let current = jobs
+        var stopped: [String] = []
+        for job in current {
+            do {
+                try await handler.stop(key: job.key)
+            } catch {
+                logger.warning("stop handler failed during shutdown", metadata: ["job": "\(job.key)", "error": "\(error)"])
+            }
+            forget(job.key)
+            stopped.append(job.key)
+        }
+        do {
+            try await releaseOwnership(stopped, deletePayloads: true)
+        } catch {
+            logger.error("could not remove stopped jobs from the pool", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Stops every local job without touching the pool's maps (the worker was evicted: its jobs
+    /// already belong to others).
+    func stopJobsLocally() async {
+        for job in jobs {
+            do {
+                try await handler.stop(key: job.key)
+            } catch {
+                logger.warning("stop handler failed", metadata: ["job": "\(job.key)", "error": "\(error)"])
+            }
+            forget(job.key)
+        }
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
+    }
+}
