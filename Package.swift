@@ -110,6 +110,12 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // A pool node in its own process: crash tests kill it, `rota-bench pool` runs its nodes in it.
+        .executableTarget(
+            name: "rota-pool-node",
+            dependencies: ["Rota", "RotaRedis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "rota-bench",
             dependencies: [
