@@ -91,7 +91,8 @@ extension Node {
         await rebalanceLock.withLock {
             guard state.withLock({ $0.phase == .running }) else { return }
             let registry = maps.workers.snapshot
-            for worker in localWorkers where worker.isRegistered && !worker.isStopped && registry[worker.id] == nil {
+            // Stopped ones too: a worker that died silently is forgotten once a peer removed it.
+            for worker in localWorkers where worker.isRegistered && registry[worker.id] == nil {
                 await evict(worker)
             }
             let active = activeWorkers()
