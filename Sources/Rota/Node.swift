@@ -148,14 +148,24 @@ public final class Node: Service, Sendable {
             closedLatch.open()
         }
         try await withThrowingDiscardingTaskGroup { group in
+            // A failing child cancels the group's children, not this task: ending the spawner is
+            // what lets the loop below (and so run()) end.
             for map in maps.joined(clientOnly: options.clientOnly) {
-                group.addTask { try await map.run() }
+                group.addTask {
+                    do {
+                        try await map.run()
+                    } catch {
+                        self.spawner.continuation.finish()
+                        throw error
+                    }
+                }
             }
             group.addTask {
                 do {
                     try await self.join()
                 } catch {
                     self.readyLatch.open(.failure(error))
+                    self.spawner.continuation.finish()
                     throw error
                 }
                 await self.loops.run(self.nodeLoops() + [{ await self.becomeReady() }])
