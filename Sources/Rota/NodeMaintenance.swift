@@ -78,11 +78,27 @@ extension Node {
     private func watchWorkers() async {
         await withDiscardingTaskGroup { group in
             group.addTask {
-                for await _ in self.maps.workers.changes() { await self.rebalance() }
+                for await change in self.maps.workers.changes() {
+                    if change == .reset { await self.restoreLostState() }
+                    await self.rebalance()
+                }
             }
             group.addTask {
                 for await _ in self.rebalanceRequests.stream { await self.rebalance() }
             }
+        }
+    }
+
+    /// The worker registry went back in time or was emptied while the pool runs (the pool never
+    /// resets it; only shutdown destroys it, and then this node is closing): Redis lost the pool's
+    /// state — restarted without persistence, failed over to a stale replica, flushed. What this
+    /// node knows to be true locally is registered again: its inbox, its workers, their jobs.
+    func restoreLostState() async {
+        guard state.withLock({ $0.phase == .running }) else { return }
+        logger.warning("the worker registry was reset (Redis restarted or flushed?); registering local workers and jobs again")
+        await keepNodeAlive()
+        for worker in localWorkers where worker.isRegistered && !worker.isStopped {
+            await worker.registerAgain()
         }
     }
 

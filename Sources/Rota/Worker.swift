@@ -93,8 +93,34 @@ public final class Worker: Sendable {
             guard !isStopped else { return }
             do {
                 try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
+                try await ensureInbox()
             } catch {
                 logger.warning("worker keep-alive failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Routing nodes append with NOMKSTREAM; if Redis lost the inbox, only its owner brings it back.
+    private func ensureInbox() async throws {
+        if try await node.client.send("EXISTS", inbox.key).int == 0 {
+            logger.warning("worker inbox is missing; re-creating it")
+            try await inbox.add(name: "i", payload: Envelope(sender: node.id, payload: Array(id.utf8)).encoded())
+        }
+    }
+
+    /// After Redis lost the pool's state: registry entry, keep-alive, inbox and the ownership and
+    /// payloads of every job this worker runs, as they are here.
+    func registerAgain() async {
+        await serial.withLock {
+            do {
+                try await ensureInbox()
+                try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
+                try await node.maps.workers.setAndWait(id, String(createdAtNanos))
+                let running = jobs
+                if !running.isEmpty { try await recordStart(running) }
+                logger.info("worker registered again", metadata: ["jobs": "\(running.count)"])
+            } catch {
+                logger.error("could not register the worker again", metadata: ["error": "\(error)"])
             }
         }
     }

@@ -165,3 +165,42 @@ struct LifecycleTests {
         }
     }
 }
+
+@Suite("Pool: Redis restarts", .serialized, .timeLimit(.minutes(3)))
+struct RedisRestartTests {
+    @Test("Redis restarted empty: workers register again and every job runs exactly once")
+    func emptyRestart() async throws {
+        try await withPool { pool in
+            let node = try await pool.start().node
+            let handlers = [RecordingHandler(), RecordingHandler()]
+            var workers: [Worker] = []
+            for handler in handlers { workers.append(try await node.addWorker(handler)) }
+            let keys = (0..<10).map { "job-\($0)" }
+            for key in keys { try await node.dispatch(key: key, payload: bytes("payload-\(key)")) }
+            try await pool.server.restart()  // no persistence: Redis comes back empty
+            try await eventually("ownership and payloads are back in Redis", timeout: .seconds(20)) {
+                let owners = try await node.hashContent(node.maps.owners.contentKey)
+                let payloads = try await node.hashContent(node.maps.payloads.contentKey)
+                return Set(owners.keys) == Set(keys) && keys.allSatisfy { payloads[$0] == bytes("payload-\($0)") }
+            }
+            // Each job runs exactly once, on the worker the registry names.
+            let running = handlers.flatMap(\.runningKeys)
+            #expect(running.count == keys.count && Set(running) == Set(keys))
+            let owners = try await node.hashContent(node.maps.owners.contentKey)
+            for (index, handler) in handlers.enumerated() {
+                for key in handler.runningKeys { #expect(owners[key] == bytes(workers[index].id)) }
+            }
+            // And the pool takes new work (once the pool stream's group is back).
+            try await eventually("a new dispatch succeeds", timeout: .seconds(20)) {
+                do {
+                    try await node.dispatch(key: "after-restart")
+                    return true
+                } catch let error as PoolError where error.code == .jobExists {
+                    return true
+                }
+            }
+            #expect(handlers.flatMap(\.runningKeys).count == keys.count + 1)
+            try await node.shutdown()
+        }
+    }
+}
