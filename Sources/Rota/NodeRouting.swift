@@ -36,8 +36,10 @@ extension Node {
     public func dispatch(key: String, payload: [UInt8] = []) async throws {
         try checkOpen()
         try Self.validate(key: key)
+        let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false)
+        let (claim, eventID) = try await claimAndAppend(record)
         let token: String
-        switch try await claim(key) {
+        switch claim {
         case .claimed(let claimed): token = claimed
         case .exists: throw PoolError(.jobExists, "job \(key) already exists")
         case .pending(let until): throw PoolError(.jobExists, "job \(key) is already being dispatched (pending until \(until))")
@@ -46,10 +48,7 @@ extension Node {
         }
         let outcome: Result<String, any Error>
         do {
-            let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false)
-            guard let eventID = try await poolStream.add(name: "j", payload: record.encoded()) else {
-                throw PoolError(.redis, "dispatching \(key): XADD returned no ID")
-            }
+            guard let eventID else { throw PoolError(.redis, "dispatching \(key): the admission script returned no event ID") }
             outcome = .success(try await waitForResult(eventID, key: key))
         } catch {
             outcome = .failure(error)
@@ -139,6 +138,31 @@ extension Node {
         case 3: return .exists
         case 4: return .malformed(value)
         default: throw PoolError(.redis, "admitting \(key): unexpected reply \(reply)")
+        }
+    }
+
+    /// Admission and the start event in one round trip (see ``PoolScripts/claimAndAppend``).
+    func claimAndAppend(_ record: JobRecord) async throws -> (Claim, String?) {
+        let now = nowNanos()
+        let until = now + (options.ackGracePeriod * 2).nanoseconds
+        let reply: RedisValue
+        do {
+            reply = try await client.evaluate(
+                PoolScripts.claimAndAppend,
+                keys: [maps.payloads.contentKey, maps.pending.contentKey, maps.pending.channel, poolStream.key],
+                arguments: [record.key, String(now), String(until), options.maxQueuedJobs, record.encoded()]
+            )
+        } catch {
+            throw PoolError(.redis, "dispatching \(record.key): \(error)", underlying: error)
+        }
+        let items = reply.array ?? []
+        let value = items.count > 1 ? items[1].string ?? "" : ""
+        switch items.first?.int {
+        case 1: return (.claimed(token: value), items.count > 2 ? items[2].string : nil)
+        case 2: return (.pending(until: value), nil)
+        case 3: return (.exists, nil)
+        case 4: return (.malformed(value), nil)
+        default: throw PoolError(.redis, "dispatching \(record.key): unexpected reply \(reply)")
         }
     }
 
@@ -311,6 +335,8 @@ extension Node {
         if !ack.error.isEmpty {
             logger.info("worker reported an error", metadata: ["event": "\(event.id)", "name": "\(event.name)", "error": "\(ack.error)"])
         }
+        // The result and the acknowledgement go out together (one write, one round trip).
+        async let acknowledged: Void = acknowledge(event)
         if event.name == "j", let job = JobRecord(decoding: event.payload), !job.requeued {
             do {
                 let dispatcherInbox = try RedisStream(name: Self.inboxName(ofNode: job.dispatcher), keySpace: keySpace, client: client)
@@ -319,12 +345,16 @@ extension Node {
                 logger.warning("could not return a dispatch result", metadata: ["job": "\(job.key)", "error": "\(error)"])
             }
         }
+        await acknowledged
+        collectStaleRoutedEvents()
+    }
+
+    private func acknowledge(_ event: StreamEvent) async {
         do {
             _ = try await sink?.ack(event)
         } catch {
             logger.warning("could not acknowledge a pool event", metadata: ["event": "\(event.id)", "error": "\(error)"])
         }
-        collectStaleRoutedEvents()
     }
 
     /// Routed entries whose pool event is older than the maximum age will never be acked usefully.

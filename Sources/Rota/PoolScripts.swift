@@ -42,6 +42,29 @@ enum PoolScripts {
         return {1, ARGV[3]}
         """)
 
+    /// Admission and the start event in one round trip: like ``claimDispatch``, and when the
+    /// claim succeeds the job record is appended to the pool stream in the same atomic step, so a
+    /// claimed guard never exists without its event.
+    /// KEYS: payloads hash, pending hash, pending channel, pool stream.
+    /// ARGV: key, now nanos, pending-until nanos, max stream length (0: no cap), job record.
+    /// → as claimDispatch, and {1, token, event ID} when claimed.
+    static let claimAndAppend = RedisScript(helpers + """
+        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {3, ''} end
+        local guard = redis.call('HGET', KEYS[2], ARGV[1])
+        if guard then
+          if not string.match(guard, '^%d+$') then return {4, guard} end
+          if newer_or_equal(guard, ARGV[2]) then return {2, guard} end
+        end
+        mset(KEYS[2], KEYS[3], ARGV[1], ARGV[3])
+        local id
+        if ARGV[4] == '0' then
+          id = redis.call('XADD', KEYS[4], '*', 'n', 'j', 'p', ARGV[5])
+        else
+          id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'n', 'j', 'p', ARGV[5])
+        end
+        return {1, ARGV[3], id}
+        """)
+
     /// Compare-and-delete of a pending guard: never removes a guard a newer dispatch took over.
     /// KEYS: pending hash, pending channel. ARGV: key, token. → 1 removed, 0 not ours.
     static let releaseDispatch = RedisScript(helpers + """
