@@ -94,11 +94,13 @@ extension Node {
     /// state — restarted without persistence, failed over to a stale replica, flushed. What this
     /// node knows to be true locally is registered again: its inbox, its workers, their jobs.
     func restoreLostState() async {
-        guard state.withLock({ $0.phase == .running }) else { return }
-        logger.warning("the worker registry was reset (Redis restarted or flushed?); registering local workers and jobs again")
-        await keepNodeAlive()
-        for worker in localWorkers where worker.isRegistered && !worker.isStopped {
-            await worker.registerAgain()
+        await rebalanceLock.withLock {
+            guard state.withLock({ $0.phase == .running }) else { return }
+            logger.warning("the worker registry was reset (Redis restarted or flushed?); registering local workers and jobs again")
+            await keepNodeAlive()
+            for worker in localWorkers where worker.isRegistered && !worker.isStopped {
+                await worker.registerAgain()
+            }
         }
     }
 
@@ -107,9 +109,16 @@ extension Node {
         await rebalanceLock.withLock {
             guard state.withLock({ $0.phase == .running }) else { return }
             let registry = maps.workers.snapshot
-            // Stopped ones too: a worker that died silently is forgotten once a peer removed it.
             for worker in localWorkers where worker.isRegistered && registry[worker.id] == nil {
-                await evict(worker)
+                if worker.isStopped || worker.mayHaveBeenEvicted {
+                    // A peer removed it (stopped ones too: a worker that died silently is
+                    // forgotten once a peer cleaned it up).
+                    await evict(worker)
+                } else {
+                    // Its keep-alive is fresh, so no peer can have cleaned it up: Redis lost the
+                    // entry (a restart without persistence, a flush). Put it back.
+                    await worker.registerAgain()
+                }
             }
             let active = activeWorkers()
             guard !active.isEmpty else { return }

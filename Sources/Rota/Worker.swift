@@ -26,6 +26,11 @@ public final class Worker: Sendable {
         var jobs: [String: Job] = [:]
         var stopped = false
         var registered = false
+        /// The last keep-alive Redis accepted. Peers clean a worker up only once its keep-alive is
+        /// older than the worker TTL, so before that a missing registry entry means Redis lost it.
+        var lastKeepAlive = ContinuousClock.now
+        /// Test seam: a frozen process writes no keep-alives.
+        var keepAliveSuspended = false
     }
 
     private let state = Mutex(State())
@@ -61,6 +66,15 @@ public final class Worker: Sendable {
 
     func localJob(_ key: String) -> Job? { state.withLock { $0.jobs[key] } }
 
+    /// True when peers may have decided this worker is dead: no keep-alive for a worker TTL.
+    var mayHaveBeenEvicted: Bool {
+        let last = state.withLock { $0.lastKeepAlive }
+        return ContinuousClock.now - last > node.options.workerTTL
+    }
+
+    /// Test seam: stop writing keep-alives, as a frozen process would.
+    func suspendKeepAlive() { state.withLock { $0.keepAliveSuspended = true } }
+
     func forget(_ key: String) { state.withLock { _ = $0.jobs.removeValue(forKey: key) } }
 
     // MARK: Loops
@@ -91,8 +105,11 @@ public final class Worker: Sendable {
                 return
             }
             guard !isStopped else { return }
+            if state.withLock({ $0.keepAliveSuspended }) { continue }
             do {
+                let attempted = ContinuousClock.now
                 try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
+                state.withLock { $0.lastKeepAlive = attempted }
                 try await ensureInbox()
             } catch {
                 logger.warning("worker keep-alive failed", metadata: ["error": "\(error)"])
@@ -112,9 +129,12 @@ public final class Worker: Sendable {
     /// payloads of every job this worker runs, as they are here.
     func registerAgain() async {
         await serial.withLock {
+            guard !isStopped else { return }
             do {
                 try await ensureInbox()
+                let attempted = ContinuousClock.now
                 try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
+                state.withLock { $0.lastKeepAlive = attempted }
                 try await node.maps.workers.setAndWait(id, String(createdAtNanos))
                 let running = jobs
                 if !running.isEmpty { try await recordStart(running) }
@@ -215,8 +235,12 @@ public final class Worker: Sendable {
             throw error
         }
         state.withLock { $0.jobs[record.key] = job }
-        // The worker set may have changed while this start was in flight.
-        node.rebalanceRequests.continuation.yield()
+        // The worker set may have changed while this start was in flight: if this job's target
+        // is now another worker, a rebalance moves it (checking this one job, not all of them).
+        let active = node.activeWorkers()
+        if !active.isEmpty, active[node.options.hasher.bucket(for: record.key, buckets: active.count)] != id {
+            node.rebalanceRequests.continuation.yield()
+        }
     }
 
     func stop(_ key: String) async throws {
@@ -269,7 +293,7 @@ public final class Worker: Sendable {
         await serial.withLock {
             guard !isStopped, active.contains(id) else { return }
             let hasher = node.options.hasher
-            let moving = jobs.filter { active[hasher.bucket(for: $0.key, buckets: active.count)] != id }
+            let moving = state.withLock { Array($0.jobs.values) }.filter { active[hasher.bucket(for: $0.key, buckets: active.count)] != id }
             guard !moving.isEmpty else { return }
             logger.debug("rebalancing", metadata: ["moving": "\(moving.count)"])
             var released: [Job] = []
