@@ -119,6 +119,7 @@ let package = Package(
         .executableTarget(
             name: "rota-bench",
             dependencies: [
+                "Rota",
                 "RotaStore",
                 "RotaRedis",
                 "RotaMap",

@@ -1,0 +1,1022 @@
+import ArgumentParser
+import Foundation
+import Rota
+import RotaRedis
+import RotaRedisServer
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The dedicated worker pool, end to end: a client-only dispatcher node in this process, routing
+/// nodes with their workers in `rota-pool-node` child processes (found next to this executable).
+///
+/// Phases, each on a fresh pool:
+/// 1. Latency: 2 quiet children × 2 workers; `--rounds` rounds of `--dispatches` sequential
+///    dispatches (after `--warmup` ones), each round beside the reference measured just before it:
+///    one Redis stream hop (XADD on one connection → a blocked XREAD on another). Ratios are
+///    value / reference: LOWER IS BETTER (target: p50 ratio ≤ 8). `INFO commandstats` before and
+///    after each round gives the server commands per dispatch (scripts' inner commands included).
+/// 2. Burst: 2 children × 2 workers, not quiet (their start/stop lines say where each job runs);
+///    `--jobs` dispatches, `--concurrency` in flight, until every dispatch returned. Jobs/s counts
+///    successful dispatches only; failures are in `errors`. Then the children's VmRSS with the pool
+///    holding the jobs.
+/// 3. Rebalance: `add-worker` on the second child; the time until every job whose jump-hash bucket
+///    among 5 workers is the new one runs there, once, with no key running on two workers, and the
+///    start/stop lines have been quiet for `--settle-ms`.
+///
+/// Then the pool is shut down (`shutdown` on one child, `close` on the other). Children are killed
+/// on any error. `--profile` adds per-command call counts, CPU use per process and a rebalance
+/// timeline (to stderr with `--json`, to stdout otherwise).
+struct PoolBench: ParsableCommand, AsyncBody {
+    static let configuration = CommandConfiguration(
+        commandName: "pool",
+        abstract: "Worker pool dispatch latency, commands per dispatch, burst throughput, rebalance time and node memory."
+    )
+
+    @OptionGroup var common: BenchOptions
+
+    @Option(help: "Sequential dispatches measured per round (latency and commands per dispatch).")
+    var dispatches = 2_000
+
+    @Option(help: "Sequential dispatches before the first measured round.")
+    var warmup = 100
+
+    @Option(help: "Reference stream hops measured per round.")
+    var hops = 2_000
+
+    @Option(help: "Jobs dispatched in the burst (the pool then holds them for the rebalance).")
+    var jobs = 10_000
+
+    @Option(help: "Burst dispatches in flight at once.")
+    var concurrency = 256
+
+    @Option(help: "Rebalance: quiet time (no start/stop line) that ends it, in milliseconds.")
+    var settleMs = 500
+
+    @Option(help: "Rebalance: give up after this many seconds.")
+    var rebalanceTimeout = 60
+
+    @Option(help: "Path of rota-pool-node (default: next to this executable).")
+    var poolNode: String?
+
+    @Flag(help: "Also print where the time goes: commands per job, CPU per process, the rebalance timeline.")
+    var profile = false
+
+    func run() throws {}
+
+    func body(nioExecutor: Bool) async throws {
+        guard dispatches > 0, warmup >= 0, hops > 0, jobs > 0, concurrency > 0, settleMs >= 0, rebalanceTimeout > 0 else {
+            throw ValidationError("counts must be positive")
+        }
+        // A child that died must not kill the bench when a command is written to its stdin.
+        signal(SIGPIPE, SIG_IGN)
+        let executable = try poolNodeExecutable()
+        if let redis = common.redis {
+            try await measure(url: redis, configuration: try RedisConfiguration(url: redis), executable: executable)
+        } else {
+            try await RedisServer.withServer { server in
+                try await measure(url: server.url, configuration: server.configuration, executable: executable)
+            }
+        }
+    }
+
+    private func poolNodeExecutable() throws -> String {
+        if let poolNode {
+            guard FileManager.default.isExecutableFile(atPath: poolNode) else { throw ValidationError("--pool-node: \(poolNode) is not executable") }
+            return poolNode
+        }
+        let own = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? Bundle.main.executablePath ?? CommandLine.arguments[0]
+        let candidate = URL(fileURLWithPath: own).deletingLastPathComponent().appendingPathComponent("rota-pool-node").path
+        guard FileManager.default.isExecutableFile(atPath: candidate) else {
+            throw ValidationError("rota-pool-node not found next to rota-bench (\(candidate)); build it: swift build -c release --product rota-pool-node")
+        }
+        return candidate
+    }
+
+    private func measure(url: String, configuration: RedisConfiguration, executable: String) async throws {
+        let notes = ProfileNotes(enabled: profile, toStandardError: common.json)
+        try await RedisClient.withClient(configuration) { client in
+            let latency = try await latencyPhase(url: url, client: client, executable: executable, notes: notes)
+            let burst = try await burstAndRebalance(url: url, client: client, executable: executable, notes: notes)
+            let rows = latency + burst
+            if common.json {
+                for row in rows { print(row.json) }
+            } else {
+                printTable(rows.map(\.measurement))
+                for row in rows where !row.extra.isEmpty {
+                    print("\(row.measurement.metric): " + row.extra.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
+                }
+                print("dispatch ratios: value / stream_hop reference, lower is better (target p50 ≤ 8).")
+            }
+            notes.flush()
+        }
+    }
+
+    // MARK: Phase 1: sequential dispatch latency
+
+    private func latencyPhase(url: String, client: RedisClient, executable: String, notes: ProfileNotes) async throws -> [PoolRow] {
+        let pool = "bench-pool-\(UInt32.random(in: 0...UInt32.max))"
+        let children = ChildSet()
+        do {
+            try await children.launch(executable: executable, url: url, pool: pool, nodes: 2, workersPerNode: 2, quiet: true, placement: nil)
+            let rounds = max(1, common.rounds)
+            let (warmup, dispatches, hops, json) = (self.warmup, self.dispatches, self.hops, common.json)
+            let results = try await Node.withNode(pool: pool, client: client, options: clientOnlyOptions()) { node in
+                for index in 0..<warmup { try await node.dispatch(key: "warm-\(index)") }
+                var perRound: [(latencies: [Double], hops: [Double], commands: [String: CommandStat])] = []
+                for round in 1...rounds {
+                    if !json { print("pool: latency round \(round)/\(rounds)…") }
+                    let reference = try await streamHops(client, count: hops)
+                    let before = try await commandStats(client)
+                    var latencies: [Double] = []
+                    latencies.reserveCapacity(dispatches)
+                    let clock = ContinuousClock()
+                    for index in 0..<dispatches {
+                        let start = clock.now
+                        try await node.dispatch(key: "seq-\(round)-\(index)")
+                        latencies.append(microseconds(clock.now - start))
+                    }
+                    let after = try await commandStats(client)
+                    perRound.append((latencies.sorted(), reference, CommandStat.delta(after, before)))
+                }
+                return perRound
+            }
+            try await children.shutdownPool()
+            let p50 = median(results.map { percentile($0.latencies, 50) })
+            let p99 = median(results.map { percentile($0.latencies, 99) })
+            let hop50 = median(results.map { percentile($0.hops, 50) })
+            let hop99 = median(results.map { percentile($0.hops, 99) })
+            // The INFO that read "before" is counted in "after".
+            let perDispatch = median(results.map { Double(CommandStat.totalCalls($0.commands) - 1) / Double(dispatches) })
+            notes.add("commands per sequential dispatch (last round, all server commands incl. script internals and background loops):")
+            if let last = results.last { notes.addCommandTable(last.commands, per: Double(dispatches), unit: "dispatch") }
+            return [
+                PoolRow(
+                    Measurement(suite: "pool", metric: "dispatch_p50", value: p50, unit: "us", reference: hop50, ratio: p50 / hop50),
+                    extra: [("reference_metric", jsonString("stream_hop_p50")), ("target", jsonString("ratio<=8")), ("met", "\(p50 / hop50 <= 8)")]
+                ),
+                PoolRow(
+                    Measurement(suite: "pool", metric: "dispatch_p99", value: p99, unit: "us", reference: hop99, ratio: p99 / hop99),
+                    extra: [("reference_metric", jsonString("stream_hop_p99"))]
+                ),
+                PoolRow(
+                    Measurement(suite: "pool", metric: "commands_per_dispatch", value: perDispatch, unit: "commands", reference: nil, ratio: nil),
+                    extra: [("dispatches", "\(dispatches)")]
+                ),
+            ]
+        } catch {
+            await children.killAll()
+            throw error
+        }
+    }
+
+    // MARK: Phases 2 and 3: burst, memory, rebalance
+
+    private func burstAndRebalance(url: String, client: RedisClient, executable: String, notes: ProfileNotes) async throws -> [PoolRow] {
+        let pool = "bench-pool-\(UInt32.random(in: 0...UInt32.max))"
+        let placement = Placement()
+        let children = ChildSet()
+        do {
+            try await children.launch(executable: executable, url: url, pool: pool, nodes: 2, workersPerNode: 2, quiet: false, placement: placement)
+            let originals = children.workers
+            if !common.json { print("pool: burst of \(jobs) jobs, \(concurrency) in flight…") }
+
+            // Burst.
+            let (total, concurrency) = (jobs, self.concurrency)
+            let tally = DispatchTally()
+            let commandsBefore = try await commandStats(client)
+            let cpuBefore = try await cpuSnapshot(client, children)
+            let elapsed = try await Node.withNode(pool: pool, client: client, options: clientOnlyOptions()) { node in
+                let clock = ContinuousClock()
+                let start = clock.now
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    // A dead child would leave its dispatches waiting for their timeout: stop at once.
+                    group.addTask {
+                        while !Task.isCancelled {
+                            if let dead = children.exited() { throw BenchError("\(dead) exited during the burst") }
+                            try? await Task.sleep(for: .milliseconds(100))
+                        }
+                    }
+                    var next = 0
+                    while next < min(concurrency, total) {
+                        let key = burstKey(next)
+                        next += 1
+                        group.addTask { await tally.dispatch(node, key: key) }
+                    }
+                    var returned = 0
+                    while returned < total {
+                        try await group.next()
+                        returned += 1
+                        if next < total {
+                            let key = burstKey(next)
+                            next += 1
+                            group.addTask { await tally.dispatch(node, key: key) }
+                        }
+                    }
+                    group.cancelAll()
+                }
+                return clock.now - start
+            }
+            let cpuAfter = try await cpuSnapshot(client, children)
+            let commandsAfter = try await commandStats(client)
+            let (succeeded, errors) = tally.counts
+            let rate = Double(succeeded) / seconds(elapsed)
+            notes.add("burst: \(succeeded) ok, \(tally.summary) in \(format3(seconds(elapsed))) s")
+            notes.addCPU(cpuBefore, cpuAfter, wall: elapsed, children: children)
+            notes.addCommandTable(CommandStat.delta(commandsAfter, commandsBefore), per: Double(max(1, succeeded)), unit: "job")
+
+            // The start lines trail the dispatch results by a pipe read at most.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while placement.runningKeys < succeeded && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let running = placement.runningKeys
+            let rss = children.all.map { rssMegabytes(pid: $0.pid) }
+            let burstRows = [
+                PoolRow(
+                    Measurement(suite: "pool", metric: "burst_jobs_per_s", value: rate, unit: "jobs/s", reference: nil, ratio: nil),
+                    extra: [
+                        ("errors", "\(errors)"), ("error_codes", jsonString(tally.summary)), ("jobs", "\(total)"),
+                        ("concurrency", "\(concurrency)"), ("started_seen", "\(running)"),
+                        ("target", jsonString(">=5000")), ("met", "\(rate >= 5000 && errors == 0)"),
+                    ]
+                ),
+                PoolRow(
+                    Measurement(suite: "pool", metric: "node_rss_mb_10k_jobs", value: rss.max() ?? .nan, unit: "MB", reference: nil, ratio: nil),
+                    extra: [
+                        ("jobs_held", "\(running)"), ("rss_mb_per_child", "[" + rss.map(format3).joined(separator: ",") + "]"),
+                        ("target", jsonString("<=100")), ("met", "\((rss.max() ?? .infinity) <= 100)"),
+                    ]
+                ),
+            ]
+
+            // Rebalance.
+            if !common.json { print("pool: rebalance (add-worker) with \(running) jobs…") }
+            let keys = placement.keys
+            let hasher = JumpHasher()
+            let misplaced = keys.filter { key in placement.workers(of: key) != [originals[hasher.bucket(for: key, buckets: originals.count)]] }.count
+            let expected = Set(keys.filter { hasher.bucket(for: $0, buckets: originals.count + 1) == originals.count })
+            let rebalanceCommandsBefore = try await commandStats(client)
+            let rebalanceCPUBefore = try await cpuSnapshot(client, children)
+            let target = children.all[children.all.count - 1]
+            let clock = ContinuousClock()
+            let start = clock.now
+            placement.watch(expected: expected, originals: Set(originals))
+            async let added = target.command("add-worker", timeout: .seconds(rebalanceTimeout))
+            let settle = Duration.milliseconds(settleMs)
+            let giveUp = start + .seconds(rebalanceTimeout)
+            var outcome = placement.progress
+            while clock.now < giveUp {
+                outcome = placement.progress
+                if let done = outcome.doneAt, clock.now - max(done, outcome.lastLine ?? done) >= settle { break }
+                if let dead = children.exited() { throw BenchError("\(dead) exited during the rebalance") }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let addedLines = try await added
+            let newWorker = addedLines.first { $0.hasPrefix("worker ") }.map { String($0.dropFirst("worker ".count)) } ?? "?"
+            outcome = placement.progress
+            let rebalanceCPUAfter = try await cpuSnapshot(client, children)
+            let rebalanceCommandsAfter = try await commandStats(client)
+            let completed = outcome.doneAt != nil
+            let rebalance = completed ? seconds(outcome.doneAt! - start) : seconds(clock.now - start)
+            func ms(_ instant: ContinuousClock.Instant?) -> String { instant.map { format3(seconds($0 - start) * 1000) } ?? "null" }
+            notes.add("rebalance timeline (ms after add-worker): first stop \(ms(outcome.firstStop)), last stop \(ms(outcome.lastStop)), "
+                + "first start on new worker \(ms(outcome.firstNewStart)), last \(ms(outcome.lastNewStart)), done \(ms(outcome.doneAt))")
+            var histogram: [Int: Int] = [:]
+            for instant in outcome.newStarts { histogram[Int(seconds(instant - start) * 4), default: 0] += 1 }
+            notes.add("  starts on the new worker per 250 ms (bucket start in ms: count): "
+                + histogram.sorted { $0.key < $1.key }.map { "\($0.key * 250):\($0.value)" }.joined(separator: " "))
+            notes.addCPU(rebalanceCPUBefore, rebalanceCPUAfter, wall: clock.now - start, children: children)
+            notes.addCommandTable(CommandStat.delta(rebalanceCommandsAfter, rebalanceCommandsBefore), per: Double(max(1, expected.count)), unit: "moved job")
+            let rebalanceRow = PoolRow(
+                Measurement(suite: "pool", metric: "rebalance_s", value: rebalance, unit: "s", reference: nil, ratio: nil),
+                extra: [
+                    ("completed", "\(completed)"), ("jobs_held", "\(keys.count)"), ("expected_moved", "\(expected.count)"),
+                    ("moved_ok", "\(outcome.good)"), ("on_new_worker", "\(placement.count(on: newWorker))"),
+                    ("unexpected_moved", "\(outcome.unexpected)"), ("running_twice", "\(outcome.doubles)"),
+                    ("running_nowhere", "\(outcome.empty)"), ("overlap_max_seen", "\(outcome.maxDoubles)"),
+                    ("misplaced_before", "\(misplaced)"),
+                    ("first_stop_ms", ms(outcome.firstStop)), ("last_new_start_ms", ms(outcome.lastNewStart)),
+                    ("target", jsonString("<=2")), ("met", "\(completed && rebalance <= 2)"),
+                ]
+            )
+            if !common.json { print("pool: shutting the pool down…") }
+            try await children.shutdownPool()
+            return burstRows + [rebalanceRow]
+        } catch {
+            await children.killAll()
+            throw error
+        }
+    }
+
+    private func clientOnlyOptions() -> Node.Options {
+        var options = Node.Options()
+        options.clientOnly = true
+        return options
+    }
+
+    // MARK: References and probes
+
+    /// The reference hop: XADD on the shared connections → a reader blocked in XREAD (no group) on
+    /// a dedicated connection, as `rota-bench streams` measures its raw hop. µs, sorted.
+    private func streamHops(_ client: RedisClient, count: Int) async throws -> [Double] {
+        let key = "rota-bench:pool-hop:\(UUID().uuidString)"
+        guard let first = try await client.send("XADD", key, "*", "t", "0").string else {
+            throw BenchError("XADD returned no ID")
+        }
+        let (ready, readyContinuation) = AsyncStream.makeStream(of: Void.self)
+        let results = try await withThrowingTaskGroup(of: [Double].self) { group in
+            group.addTask {
+                try await client.withDedicatedConnection { connection in
+                    var results: [Double] = []
+                    results.reserveCapacity(count)
+                    var cursor = first
+                    readyContinuation.yield()
+                    while results.count < count {
+                        let reply = try await connection.send(RedisCommand("XREAD", "COUNT", 1, "BLOCK", 0, "STREAMS", key, cursor), timeout: .seconds(30))
+                        let received = monotonicNanoseconds()
+                        guard let entry = reply.array?.first?.array?.last?.array?.first?.array, let id = entry.first?.string,
+                            let sent = entry.last?.array?.last?.string.flatMap(UInt64.init)
+                        else { throw BenchError("unexpected XREAD reply \(reply)") }
+                        cursor = id
+                        results.append(Double(received &- sent) / 1000)
+                        readyContinuation.yield()
+                    }
+                    readyContinuation.finish()
+                    return results
+                }
+            }
+            var iterator = ready.makeAsyncIterator()
+            for _ in 0..<count {
+                guard await iterator.next() != nil else { break }
+                // Let the reader's next XREAD reach the server and block there.
+                try await Task.sleep(for: .microseconds(500))
+                try await client.send("XADD", key, "*", "t", String(monotonicNanoseconds()))
+            }
+            return try await group.next() ?? []
+        }
+        try await client.send("DEL", key)
+        return results.sorted()
+    }
+
+    private func commandStats(_ client: RedisClient) async throws -> [String: CommandStat] {
+        guard let text = try await client.send("INFO", "commandstats").string else { throw BenchError("INFO commandstats returned no text") }
+        return CommandStat.parse(text)
+    }
+
+    private func cpuSnapshot(_ client: RedisClient, _ children: ChildSet) async throws -> CPUSnapshot {
+        let info = try await client.send("INFO", "cpu").string ?? ""
+        var redis = 0.0
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("used_cpu_sys:") || line.hasPrefix("used_cpu_user:") {
+            redis += Double(line.split(separator: ":").last.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? "") ?? 0
+        }
+        return CPUSnapshot(bench: cpuSeconds(pid: getpid()), children: children.all.map { cpuSeconds(pid: $0.pid) }, redis: redis)
+    }
+}
+
+private func burstKey(_ index: Int) -> String { "burst-\(index)" }
+
+// MARK: - Rows
+
+struct PoolRow {
+    let measurement: Measurement
+    /// Extra JSON fields: name and an already-encoded JSON value.
+    let extra: [(String, String)]
+
+    init(_ measurement: Measurement, extra: [(String, String)] = []) {
+        self.measurement = measurement
+        self.extra = extra
+    }
+
+    var json: String {
+        var text = measurement.json
+        guard !extra.isEmpty, text.hasSuffix("}") else { return text }
+        text.removeLast()
+        for (name, value) in extra { text += ",\"\(name)\":\(value)" }
+        return text + "}"
+    }
+}
+
+func jsonString(_ text: String) -> String {
+    var escaped = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": escaped += "\\\""
+        case "\\": escaped += "\\\\"
+        case "\n": escaped += "\\n"
+        case _ where scalar.value < 0x20: escaped += String(format: "\\u%04x", scalar.value)
+        default: escaped.unicodeScalars.append(scalar)
+        }
+    }
+    return escaped + "\""
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+// MARK: - Burst dispatches
+
+/// Successful and failed dispatches of the burst, by error code.
+final class DispatchTally: Sendable {
+    private struct State {
+        var succeeded = 0
+        var failures: [String: (count: Int, first: String)] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    func dispatch(_ node: Node, key: String) async {
+        do {
+            try await node.dispatch(key: key)
+            state.withLock { $0.succeeded += 1 }
+        } catch {
+            let code = (error as? PoolError).map { "\($0.code)" } ?? "\(type(of: error))"
+            state.withLock { state in
+                let previous = state.failures[code]
+                state.failures[code] = ((previous?.count ?? 0) + 1, previous?.first ?? "\(error)")
+            }
+        }
+    }
+
+    var counts: (succeeded: Int, failed: Int) {
+        state.withLock { ($0.succeeded, $0.failures.values.reduce(0) { $0 + $1.count }) }
+    }
+
+    /// "code×count (first message)", or "none".
+    var summary: String {
+        state.withLock { state in
+            guard !state.failures.isEmpty else { return "none" }
+            return state.failures.sorted { $0.key < $1.key }.map { "\($0.key)×\($0.value.count) (\($0.value.first))" }.joined(separator: "; ")
+        }
+    }
+}
+
+// MARK: - Where each job runs, from the children's start/stop lines
+
+/// Tracks, per job key, the workers currently running it (from `start`/`stop` lines), and during a
+/// rebalance whether every key that must move runs on the new worker only.
+final class Placement: Sendable {
+    struct Progress: Sendable {
+        /// Expected keys running exactly once, on a worker that is not one of the originals.
+        var good = 0
+        /// Keys running on two workers or more right now, and the most seen at once.
+        var doubles = 0
+        var maxDoubles = 0
+        /// Keys that ran once and run nowhere now.
+        var empty = 0
+        /// Keys outside the expected set that started on a new worker.
+        var unexpected = 0
+        var doneAt: ContinuousClock.Instant?
+        var lastLine: ContinuousClock.Instant?
+        var firstStop: ContinuousClock.Instant?
+        var lastStop: ContinuousClock.Instant?
+        var firstNewStart: ContinuousClock.Instant?
+        var lastNewStart: ContinuousClock.Instant?
+        /// When each start on a new worker was read (for the profile's histogram).
+        var newStarts: [ContinuousClock.Instant] = []
+    }
+
+    private struct Watch {
+        let expected: Set<String>
+        let originals: Set<String>
+        var unexpected: Set<String> = []
+    }
+
+    private struct State {
+        var running: [String: [String]] = [:]
+        var perWorker: [String: Int] = [:]
+        var watch: Watch?
+        var progress = Progress()
+    }
+
+    private let state = Mutex(State())
+
+    func record(start: Bool, worker: String, key: String, at now: ContinuousClock.Instant) {
+        state.withLock { state in
+            let known = state.running[key]
+            let before = known ?? []
+            var after = before
+            if start {
+                guard !before.contains(worker) else { return }
+                after.append(worker)
+                state.perWorker[worker, default: 0] += 1
+            } else {
+                guard let index = before.firstIndex(of: worker) else { return }
+                after.remove(at: index)
+                state.perWorker[worker, default: 0] -= 1
+            }
+            state.running[key] = after
+            if before.count < 2 && after.count >= 2 { state.progress.doubles += 1 }
+            if before.count >= 2 && after.count < 2 { state.progress.doubles -= 1 }
+            // `empty` counts keys that ran and run nowhere now (a key seen for the first time was not counted).
+            if !before.isEmpty && after.isEmpty { state.progress.empty += 1 }
+            if known != nil && before.isEmpty && !after.isEmpty { state.progress.empty -= 1 }
+            guard var watch = state.watch else { return }
+            state.progress.lastLine = now
+            state.progress.maxDoubles = max(state.progress.maxDoubles, state.progress.doubles)
+            func good(_ workers: [String]) -> Bool { workers.count == 1 && !watch.originals.contains(workers[0]) }
+            if watch.expected.contains(key) {
+                state.progress.good += (good(after) ? 1 : 0) - (good(before) ? 1 : 0)
+            }
+            if start {
+                if !watch.originals.contains(worker) {
+                    if state.progress.firstNewStart == nil { state.progress.firstNewStart = now }
+                    state.progress.lastNewStart = now
+                    state.progress.newStarts.append(now)
+                    if !watch.expected.contains(key) {
+                        watch.unexpected.insert(key)
+                        state.progress.unexpected = watch.unexpected.count
+                    }
+                }
+            } else {
+                if state.progress.firstStop == nil { state.progress.firstStop = now }
+                state.progress.lastStop = now
+            }
+            state.watch = watch
+            let done = state.progress.good == watch.expected.count && state.progress.doubles == 0 && state.progress.empty == 0
+            if !done {
+                state.progress.doneAt = nil
+            } else if state.progress.doneAt == nil {
+                state.progress.doneAt = now
+            }
+        }
+    }
+
+    /// Starts watching a rebalance: `expected` keys must end up on a worker outside `originals`.
+    func watch(expected: Set<String>, originals: Set<String>) {
+        state.withLock { state in
+            var progress = Progress()
+            progress.doubles = state.progress.doubles
+            progress.maxDoubles = state.progress.doubles
+            progress.empty = state.progress.empty
+            progress.good = 0
+            for key in expected {
+                if let workers = state.running[key], workers.count == 1, !originals.contains(workers[0]) { progress.good += 1 }
+            }
+            // Nothing to move: done from the start (no line may ever come).
+            if progress.good == expected.count && progress.doubles == 0 && progress.empty == 0 { progress.doneAt = .now }
+            state.progress = progress
+            state.watch = Watch(expected: expected, originals: originals)
+        }
+    }
+
+    var progress: Progress { state.withLock { $0.progress } }
+
+    /// Keys running on at least one worker.
+    var runningKeys: Int { state.withLock { state in state.running.values.reduce(0) { $0 + ($1.isEmpty ? 0 : 1) } } }
+
+    /// Keys running on at least one worker.
+    var keys: [String] { state.withLock { state in state.running.filter { !$0.value.isEmpty }.map(\.key) } }
+
+    func workers(of key: String) -> [String] { state.withLock { $0.running[key] ?? [] } }
+
+    func count(on worker: String) -> Int { state.withLock { $0.perWorker[worker] ?? 0 } }
+}
+
+// MARK: - Child processes
+
+/// The children of one pool, in launch order (which is their workers' creation order).
+final class ChildSet: Sendable {
+    private let children = Mutex<[PoolChild]>([])
+
+    var all: [PoolChild] { children.withLock { $0 } }
+
+    /// Every worker, in creation order: the first child's, then the second's…
+    var workers: [String] { all.flatMap(\.workers) }
+
+    /// Starts the children one after the other, each once the previous one is ready, so that the
+    /// workers' creation order is the children's order.
+    func launch(executable: String, url: String, pool: String, nodes: Int, workersPerNode: Int, quiet: Bool, placement: Placement?) async throws {
+        for index in 0..<nodes {
+            var arguments = ["--redis", url, "--pool", pool, "--workers", String(workersPerNode)]
+            if quiet { arguments.append("--quiet") }
+            let name = "rota-pool-node \(Character(UnicodeScalar(UInt8(65 + index % 26))))"
+            let child = try PoolChild.spawn(name: name, executable: executable, arguments: arguments, placement: placement)
+            children.withLock { $0.append(child) }
+            try await child.waitUntilReady(timeout: .seconds(30))
+        }
+    }
+
+    /// The name of a child that exited, if any did.
+    func exited() -> String? {
+        all.first { $0.hasExited }.map { "\($0.name) (pid \($0.pid), status \($0.exitStatus.map(String.init) ?? "?"))" }
+    }
+
+    /// `shutdown` on the first child, `close` on the others, then end of input for all; children
+    /// still running after 30 s are killed.
+    func shutdownPool() async throws {
+        let children = all
+        guard let first = children.first else { return }
+        do {
+            _ = try await first.command("shutdown", timeout: .seconds(150))
+            for child in children.dropFirst() { _ = try await child.command("close", timeout: .seconds(60)) }
+        } catch {
+            await killAll()
+            throw error
+        }
+        for child in children { child.closeInput() }
+        var stuck: [String] = []
+        for child in children where !(await child.waitForExit(timeout: .seconds(30))) {
+            stuck.append(child.name)
+            await child.kill()
+        }
+        if !stuck.isEmpty { throw BenchError("\(stuck.joined(separator: ", ")) did not exit after the pool shutdown; killed") }
+    }
+
+    func killAll() async {
+        for child in all { await child.kill() }
+    }
+}
+
+/// One `rota-pool-node` process, driven over its stdin and read line by line on a thread of its
+/// own. Start/stop lines go to the ``Placement``; every other line to ``control``.
+final class PoolChild: Sendable {
+    let name: String
+    let pid: pid_t
+    private let input: Mutex<Int32>
+    private let control = LineQueue()
+    private let sent = Mutex(0)
+    private let status = Mutex<Int32?>(nil)
+    private let ready = Mutex<(node: String, workers: [String])?>(nil)
+
+    private init(name: String, pid: pid_t, input: Int32) {
+        self.name = name
+        self.pid = pid
+        self.input = Mutex(input)
+    }
+
+    var workers: [String] { ready.withLock { $0?.workers ?? [] } }
+
+    /// Spawns with an empty signal mask and default handlers (the caller's threads block signals)
+    /// and pipes on stdin and stdout; stderr is inherited.
+    static func spawn(name: String, executable: String, arguments: [String], placement: Placement?) throws -> PoolChild {
+        var inPipe: [Int32] = [-1, -1]
+        var outPipe: [Int32] = [-1, -1]
+        // Close-on-exec: no child may inherit another child's pipes (its stdin would never end).
+        // Children are spawned one at a time, so nothing spawns between pipe() and fcntl().
+        guard pipe(&inPipe) == 0 else { throw BenchError("pipe: \(String(cString: strerror(errno)))") }
+        guard pipe(&outPipe) == 0 else {
+            let error = errno
+            close(inPipe[0])
+            close(inPipe[1])
+            throw BenchError("pipe: \(String(cString: strerror(error)))")
+        }
+        for fd in inPipe + outPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var child: pid_t = 0
+        let result = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        close(inPipe[0])
+        close(outPipe[1])
+        guard result == 0 else {
+            close(inPipe[1])
+            close(outPipe[0])
+            throw BenchError("cannot start \(executable): \(String(cString: strerror(result)))")
+        }
+        let process = PoolChild(name: name, pid: child, input: inPipe[1])
+        process.startReading(outPipe[0], placement: placement)
+        return process
+    }
+
+    private func startReading(_ fd: Int32, placement: Placement?) {
+        let control = self.control
+        let thread = Thread {
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            var pending: [UInt8] = []
+            while true {
+                let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { break }
+                let now = ContinuousClock.now
+                pending.append(contentsOf: chunk[0..<count])
+                var lineStart = 0
+                for index in pending.indices where pending[index] == UInt8(ascii: "\n") {
+                    Self.handle(pending[lineStart..<index], at: now, placement: placement, control: control)
+                    lineStart = index + 1
+                }
+                pending.removeFirst(lineStart)
+            }
+            close(fd)
+            control.finish()
+        }
+        thread.start()
+    }
+
+    private static func handle(_ bytes: ArraySlice<UInt8>, at now: ContinuousClock.Instant, placement: Placement?, control: LineQueue) {
+        let line = String(decoding: bytes, as: UTF8.self)
+        let isStart = line.hasPrefix("start "), isStop = line.hasPrefix("stop ")
+        guard isStart || isStop else {
+            control.push(line)
+            return
+        }
+        let parts = line.split(separator: " ", maxSplits: 2)
+        guard parts.count == 3, let placement else { return }
+        placement.record(start: isStart, worker: String(parts[1]), key: String(parts[2]), at: now)
+    }
+
+    func waitUntilReady(timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            guard let line = await control.next(until: deadline) else {
+                throw BenchError("\(name) did not report ready within \(timeout)\(exitNote())")
+            }
+            let parts = line.split(separator: " ").map(String.init)
+            if parts.first == "ready", parts.count >= 2 {
+                ready.withLock { $0 = (parts[1], Array(parts.dropFirst(2))) }
+                return
+            }
+        }
+    }
+
+    /// Sends a command line and waits for its `result` line; returns the lines printed before it.
+    func command(_ text: String, timeout: Duration) async throws -> [String] {
+        let number = sent.withLock { count -> Int in
+            count += 1
+            return count
+        }
+        try write(text + "\n")
+        let deadline = ContinuousClock.now + timeout
+        let prefix = "result \(number) "
+        var lines: [String] = []
+        while true {
+            guard let line = await control.next(until: deadline) else {
+                throw BenchError("\(name): no result for '\(text)' within \(timeout)\(exitNote())")
+            }
+            guard line.hasPrefix(prefix) else {
+                lines.append(line)
+                continue
+            }
+            let outcome = line.dropFirst(prefix.count)
+            guard outcome == "ok" else { throw BenchError("\(name): '\(text)' failed: \(outcome)") }
+            return lines
+        }
+    }
+
+    private func write(_ text: String) throws {
+        try input.withLock { fd in
+            guard fd >= 0 else { throw BenchError("\(name): input already closed") }
+            var bytes = Array(text.utf8)[...]
+            while !bytes.isEmpty {
+                let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw BenchError("\(name): writing a command failed: \(String(cString: strerror(errno)))\(exitNote())")
+                }
+                bytes = bytes.dropFirst(written)
+            }
+        }
+    }
+
+    /// End of input: the node closes and the process exits.
+    func closeInput() {
+        input.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
+
+    /// The exit status once the process has exited (reaping it), nil while it runs.
+    var exitStatus: Int32? {
+        status.withLock { status in
+            if let status { return status }
+            var raw: Int32 = 0
+            let result = waitpid(pid, &raw, WNOHANG)
+            if result == pid {
+                status = raw
+            } else if result < 0 {
+                status = -1
+            }
+            return status
+        }
+    }
+
+    var hasExited: Bool { exitStatus != nil }
+
+    func waitForExit(timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while !hasExited {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return true
+    }
+
+    /// SIGKILL, then waits until the process is gone.
+    func kill() async {
+        closeInput()
+        guard !hasExited else { return }
+        _ = Glibc.kill(pid, SIGKILL)
+        _ = await waitForExit(timeout: .seconds(10))
+    }
+
+    private func exitNote() -> String {
+        exitStatus.map { "; it exited (wait status \($0))" } ?? ""
+    }
+}
+
+/// Lines handed from a reading thread to one async consumer at a time.
+final class LineQueue: Sendable {
+    private struct State {
+        var lines: [String] = []
+        var head = 0
+        var finished = false
+        var waiter: CheckedContinuation<String?, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func push(_ line: String) {
+        let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return waiter
+            }
+            state.lines.append(line)
+            return nil
+        }
+        waiter?.resume(returning: line)
+    }
+
+    func finish() {
+        let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    /// The next line; nil once the input ended (or the task is cancelled).
+    func next() async -> String? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
+                let now: String?? = state.withLock { state in
+                    if state.head < state.lines.count {
+                        defer {
+                            state.head += 1
+                            if state.head == state.lines.count {
+                                state.lines.removeAll(keepingCapacity: true)
+                                state.head = 0
+                            }
+                        }
+                        return .some(state.lines[state.head])
+                    }
+                    if state.finished || Task.isCancelled { return .some(nil) }
+                    state.waiter = continuation
+                    return nil
+                }
+                if let now { continuation.resume(returning: now) }
+            }
+        } onCancel: {
+            state.withLock { state -> CheckedContinuation<String?, Never>? in
+                defer { state.waiter = nil }
+                return state.waiter
+            }?.resume(returning: nil)
+        }
+    }
+
+    /// The next line, or nil if the input ended or `deadline` passed first.
+    func next(until deadline: ContinuousClock.Instant) async -> String? {
+        await withTaskGroup(of: String?.self) { group in
+            group.addTask { await self.next() }
+            group.addTask {
+                try? await Task.sleep(until: deadline)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+    }
+}
+
+// MARK: - /proc and INFO readings
+
+/// VmRSS of a process, in MB (MiB); NaN if it cannot be read.
+func rssMegabytes(pid: pid_t) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return .nan }
+    for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        if fields.count >= 2, let kilobytes = Double(fields[1]) { return kilobytes / 1024 }
+    }
+    return .nan
+}
+
+/// User + system CPU seconds of a process (/proc/<pid>/stat fields 14 and 15).
+func cpuSeconds(pid: pid_t) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = text.lastIndex(of: ")")
+    else { return .nan }
+    // After the command name: field 3 (state) is the first.
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return .nan }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+struct CPUSnapshot {
+    let bench: Double
+    let children: [Double]
+    let redis: Double
+}
+
+struct CommandStat: Sendable {
+    var calls: Int
+    var microseconds: Int
+
+    static func parse(_ info: String) -> [String: CommandStat] {
+        var stats: [String: CommandStat] = [:]
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = String(line[line.index(line.startIndex, offsetBy: "cmdstat_".count)..<colon])
+            var stat = CommandStat(calls: 0, microseconds: 0)
+            for field in line[line.index(after: colon)...].split(separator: ",") {
+                let pair = field.split(separator: "=", maxSplits: 1)
+                guard pair.count == 2 else { continue }
+                if pair[0] == "calls" { stat.calls = Int(pair[1]) ?? 0 }
+                if pair[0] == "usec" { stat.microseconds = Int(pair[1]) ?? 0 }
+            }
+            stats[name] = stat
+        }
+        return stats
+    }
+
+    static func delta(_ after: [String: CommandStat], _ before: [String: CommandStat]) -> [String: CommandStat] {
+        var delta: [String: CommandStat] = [:]
+        for (name, stat) in after {
+            let previous = before[name] ?? CommandStat(calls: 0, microseconds: 0)
+            let difference = CommandStat(calls: stat.calls - previous.calls, microseconds: stat.microseconds - previous.microseconds)
+            if difference.calls > 0 { delta[name] = difference }
+        }
+        return delta
+    }
+
+    static func totalCalls(_ stats: [String: CommandStat]) -> Int { stats.values.reduce(0) { $0 + $1.calls } }
+}
+
+/// The `--profile` output, collected during the run and printed at the end.
+final class ProfileNotes: Sendable {
+    let enabled: Bool
+    let toStandardError: Bool
+    private let lines = Mutex<[String]>([])
+
+    init(enabled: Bool, toStandardError: Bool) {
+        self.enabled = enabled
+        self.toStandardError = toStandardError
+    }
+
+    func add(_ line: String) {
+        guard enabled else { return }
+        lines.withLock { $0.append(line) }
+    }
+
+    func addCommandTable(_ stats: [String: CommandStat], per count: Double, unit: String) {
+        guard enabled else { return }
+        let total = CommandStat.totalCalls(stats)
+        let totalMicros = stats.values.reduce(0) { $0 + $1.microseconds }
+        add("  \(format3(Double(total) / count)) commands/\(unit), \(format3(Double(totalMicros) / count)) µs of server time/\(unit)")
+        for (name, stat) in stats.sorted(by: { $0.value.calls > $1.value.calls }) {
+            add("    \(name.padding(toLength: 22, withPad: " ", startingAt: 0)) \(format3(Double(stat.calls) / count)) calls/\(unit)  "
+                + "\(format3(Double(stat.microseconds) / count)) µs/\(unit)")
+        }
+    }
+
+    func addCPU(_ before: CPUSnapshot, _ after: CPUSnapshot, wall: Duration, children: ChildSet) {
+        guard enabled else { return }
+        let names = children.all.map(\.name)
+        var parts = ["bench \(format3(after.bench - before.bench)) s"]
+        for (index, name) in names.enumerated() where index < before.children.count && index < after.children.count {
+            parts.append("\(name) \(format3(after.children[index] - before.children[index])) s")
+        }
+        parts.append("redis-server \(format3(after.redis - before.redis)) s")
+        add("  CPU over \(format3(seconds(wall))) s wall: " + parts.joined(separator: ", "))
+    }
+
+    func flush() {
+        guard enabled else { return }
+        let text = lines.withLock { $0 }.joined(separator: "\n") + "\n"
+        if toStandardError {
+            FileHandle.standardError.write(Data(text.utf8))
+        } else {
+            print(text, terminator: "")
+        }
+    }
+}
