@@ -113,7 +113,11 @@ let package = Package(
         // A pool node in its own process: crash tests kill it, `rota-bench pool` runs its nodes in it.
         .executableTarget(
             name: "rota-pool-node",
-            dependencies: ["Rota", "RotaRedis", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Rota", "RotaRedis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(

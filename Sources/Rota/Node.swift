@@ -67,8 +67,10 @@ public final class Node: Service, Sendable {
         self.logger = logger
         do {
             maps = try PoolMaps(keySpace: keySpace, client: client, logger: logger)
-            poolStream = try RedisStream(name: "pool", keySpace: keySpace, client: client, options: .init(maxLength: options.maxQueuedJobs))
-            inbox = try RedisStream(name: Self.inboxName(ofNode: id), keySpace: keySpace, client: client)
+            // Queues are never capped by length (a cap trims events nobody has read yet): they are
+            // trimmed up to what their consumers have processed.
+            poolStream = try RedisStream(name: "pool", keySpace: keySpace, client: client, options: .init(maxLength: 0))
+            inbox = try RedisStream(name: Self.inboxName(ofNode: id), keySpace: keySpace, client: client, options: .init(maxLength: 0))
             inboxReader = try StreamReader(
                 stream: inbox,
                 options: .init(blockDuration: options.jobSinkBlockDuration, start: .oldest),
@@ -124,6 +126,15 @@ public final class Node: Service, Sendable {
 
     static func inboxName(ofNode node: String) -> String { "node-\(node)" }
     static func inboxName(ofWorker worker: String) -> String { "worker-\(worker)" }
+
+    /// Another node's or worker's inbox, for appending (with NOMKSTREAM) only.
+    func nodeInbox(_ node: String) throws -> RedisStream {
+        try RedisStream(name: Self.inboxName(ofNode: node), keySpace: keySpace, client: client, options: .init(maxLength: 0))
+    }
+
+    func workerInbox(_ worker: String) throws -> RedisStream {
+        try RedisStream(name: Self.inboxName(ofWorker: worker), keySpace: keySpace, client: client, options: .init(maxLength: 0))
+    }
 
     // MARK: Lifecycle
 
@@ -505,6 +516,8 @@ struct NodeState {
     var earlyAcks: [RoutedKey: (ack: AckRecord, at: ContinuousClock.Instant)] = [:]
     /// When each ownerless payload was first seen (orphan recovery).
     var orphansSeen: [String: ContinuousClock.Instant] = [:]
+    /// The last inbox event handled: the inbox is trimmed up to it.
+    var lastInboxEvent: String?
 }
 
 struct RoutedKey: Hashable {

@@ -25,6 +25,7 @@ extension Node {
             { await self.watchWorkers() },
             { await self.watchShutdown() },
             { await self.every(ttl) { await self.cleanUpInactiveWorkers() } },
+            { await self.every(ttl) { await self.trimPoolStream() } },
             { await self.every(self.options.ackGracePeriod) { await self.removeStalePendingGuards() } },
         ]
         return loops
@@ -51,6 +52,9 @@ extension Node {
             if try await client.send("EXISTS", inbox.key).int == 0 {
                 logger.warning("node inbox was deleted by a peer; re-creating it")
                 try await inbox.add(name: "i", payload: Array(id.utf8))
+            } else if let handled = state.withLock({ $0.lastInboxEvent }) {
+                // Handled events are done with: trim them (the inbox has no length cap).
+                try await client.send("XTRIM", inbox.key, "MINID", handled)
             }
         } catch {
             logger.warning("node keep-alive failed", metadata: ["error": "\(error)"])
@@ -70,6 +74,34 @@ extension Node {
             } catch {
                 logger.warning("could not remove an inactive node", metadata: ["inactive": "\(node)", "error": "\(error)"])
             }
+        }
+    }
+
+    /// Trims the pool stream up to the oldest event the routing nodes have not acknowledged (or
+    /// not received yet), once it holds more than `maxQueuedJobs` entries. Unprocessed events are
+    /// never trimmed.
+    func trimPoolStream() async {
+        do {
+            guard try await client.send("XLEN", poolStream.key).int ?? 0 > options.maxQueuedJobs else { return }
+            var lastDelivered: String?
+            for group in try await client.send("XINFO", "GROUPS", poolStream.key).array ?? [] {
+                let fields = group.array ?? []
+                var info: [String: RedisValue] = [:]
+                var index = 0
+                while index + 1 < fields.count {
+                    if let name = fields[index].string { info[name] = fields[index + 1] }
+                    index += 2
+                }
+                if info["name"]?.string == "events" { lastDelivered = info["last-delivered-id"]?.string }
+            }
+            guard var safe = lastDelivered else { return }
+            let pending = try await client.send("XPENDING", poolStream.key, "events").array ?? []
+            if let count = pending.first?.int, count > 0, pending.count > 1, let oldest = pending[1].string {
+                safe = oldest
+            }
+            try await client.send("XTRIM", poolStream.key, "MINID", "~", safe)
+        } catch {
+            logger.debug("pool stream trim failed", metadata: ["error": "\(error)"])
         }
     }
 

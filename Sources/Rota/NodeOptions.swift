@@ -10,8 +10,9 @@ extension Node {
         public var clientOnly = false
         /// How long a read of the pool stream or the node inbox blocks in Redis.
         public var jobSinkBlockDuration: Duration = .seconds(5)
-        /// Approximate cap of the pool stream (`XADD MAXLEN ~`). It trims old entries; it does not
-        /// refuse dispatches.
+        /// How many processed events the pool stream keeps (for inspection) before routing nodes
+        /// trim them. Events not yet routed or acknowledged are never trimmed, however many there
+        /// are (the reference's `MAXLEN` cap dropped them, losing jobs); dispatches are not refused.
         public var maxQueuedJobs = 1000
         /// The longest one attempt to requeue a closing worker's jobs waits.
         public var workerShutdownTTL: Duration = .seconds(120)

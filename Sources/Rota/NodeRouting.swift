@@ -53,9 +53,12 @@ extension Node {
         } catch {
             outcome = .failure(error)
         }
-        // Always give the guard back, even when the caller is cancelled: it must not block the key
-        // for the whole guard lifetime. Compare-and-delete: a newer dispatcher's guard stays.
-        if Task.isCancelled {
+        // A started job's guard was removed by the worker's start script. Otherwise give it back,
+        // even when the caller is cancelled: it must not block the key for the whole guard
+        // lifetime. Compare-and-delete: a newer dispatcher's guard stays.
+        if case .success(let failure) = outcome, failure.isEmpty {
+            return
+        } else if Task.isCancelled {
             spawn { _ = try? await self.release(key, token: token) }
         } else {
             do {
@@ -150,7 +153,7 @@ extension Node {
             reply = try await client.evaluate(
                 PoolScripts.claimAndAppend,
                 keys: [maps.payloads.contentKey, maps.pending.contentKey, maps.pending.channel, poolStream.key],
-                arguments: [record.key, String(now), String(until), options.maxQueuedJobs, record.encoded()]
+                arguments: [record.key, String(now), String(until), 0, record.encoded()]
             )
         } catch {
             throw PoolError(.redis, "dispatching \(record.key): \(error)", underlying: error)
@@ -224,8 +227,10 @@ extension Node {
         }
         let envelope = Envelope(sender: id, payload: event.payload)
         do {
-            let workerInbox = try RedisStream(name: Self.inboxName(ofWorker: target), keySpace: keySpace, client: client)
-            guard let inboxID = try await workerInbox.add(name: event.name, payload: envelope.encoded(), onlyIfExists: true) else {
+            // The topic carries the pool event ID: the worker returns a start's result straight to
+            // the dispatcher, keyed by it (one hop less than going back through this node).
+            let inbox = try workerInbox(target)
+            guard let inboxID = try await inbox.add(name: event.name, payload: envelope.encoded(), topic: event.id, onlyIfExists: true) else {
                 logger.info("worker inbox is gone; event left for later", metadata: ["worker": "\(target)", "job": "\(key)"])
                 return
             }
@@ -285,27 +290,40 @@ extension Node {
 
     func nodeEventsLoop() async {
         do {
-            for try await event in inboxReader.events {
-                switch event.name {
-                case "a":
+            // Acknowledging a pool event is a round trip; up to 64 go at once, so the loop keeps
+            // reading instead of waiting for each.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                var inFlight = 0
+                for try await event in inboxReader.events {
+                    state.withLock { $0.lastInboxEvent = event.id }
+                    guard event.name == "a" else {
+                        handleInboxEvent(event)
+                        continue
+                    }
                     guard let envelope = Envelope(decoding: event.payload), let ack = AckRecord(decoding: envelope.payload) else {
                         logger.error("ignoring a malformed worker ack", metadata: ["event": "\(event.id)"])
                         continue
                     }
-                    await handleAck(from: envelope.sender, ack)
-                case "d":
-                    guard let result = AckRecord(decoding: event.payload) else {
-                        logger.error("ignoring a malformed dispatch result", metadata: ["event": "\(event.id)"])
-                        continue
+                    if inFlight >= 64 {
+                        try await group.next()
+                        inFlight -= 1
                     }
-                    results.deliver(result.eventID, result.error)
-                default:
-                    continue
+                    group.addTask { await self.handleAck(from: envelope.sender, ack) }
+                    inFlight += 1
                 }
             }
         } catch {
             if !Task.isCancelled { logger.error("node inbox loop ended", metadata: ["error": "\(error)"]) }
         }
+    }
+
+    private func handleInboxEvent(_ event: StreamEvent) {
+        guard event.name == "d" else { return }
+        guard let result = AckRecord(decoding: event.payload) else {
+            logger.error("ignoring a malformed dispatch result", metadata: ["event": "\(event.id)"])
+            return
+        }
+        results.deliver(result.eventID, result.error)
     }
 
     /// A worker acknowledged an event this node forwarded to it.
@@ -329,23 +347,13 @@ extension Node {
         await complete(event, ack: ack)
     }
 
-    /// Sends the start result to the dispatcher, acknowledges the pool event and forgets stale
-    /// routed entries.
+    /// Acknowledges the pool event a worker handled and forgets stale routed entries.
     func complete(_ event: StreamEvent, ack: AckRecord) async {
         if !ack.error.isEmpty {
             logger.info("worker reported an error", metadata: ["event": "\(event.id)", "name": "\(event.name)", "error": "\(ack.error)"])
         }
-        // The result and the acknowledgement go out together (one write, one round trip).
-        async let acknowledged: Void = acknowledge(event)
-        if event.name == "j", let job = JobRecord(decoding: event.payload), !job.requeued {
-            do {
-                let dispatcherInbox = try RedisStream(name: Self.inboxName(ofNode: job.dispatcher), keySpace: keySpace, client: client)
-                try await dispatcherInbox.add(name: "d", payload: AckRecord(eventID: event.id, error: ack.error).encoded(), onlyIfExists: true)
-            } catch {
-                logger.warning("could not return a dispatch result", metadata: ["job": "\(job.key)", "error": "\(error)"])
-            }
-        }
-        await acknowledged
+        // The worker returned a start's result to the dispatcher itself.
+        await acknowledge(event)
         collectStaleRoutedEvents()
     }
 

@@ -74,14 +74,17 @@ enum PoolScripts {
         """)
 
     /// A worker records that it runs jobs: owner and durable payload, written only when different.
-    /// KEYS: owners hash, owners channel, payloads hash, payloads channel.
-    /// ARGV: worker ID, then key, payload pairs. → the number of jobs.
+    /// For a fresh dispatch the pending guard goes too: from now on the payload alone keeps the
+    /// key admitted, and the dispatcher need not spend a round trip releasing it.
+    /// KEYS: owners hash/channel, payloads hash/channel, pending hash/channel.
+    /// ARGV: worker ID, then (key, payload, "1" if fresh) triples. → the number of jobs.
     static let recordStart = RedisScript(helpers + """
         local n = 0
-        for i = 2, #ARGV, 2 do
+        for i = 2, #ARGV, 3 do
           local k, p = ARGV[i], ARGV[i + 1]
           if redis.call('HGET', KEYS[1], k) ~= ARGV[1] then mset(KEYS[1], KEYS[2], k, ARGV[1]) end
           if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
+          if ARGV[i + 2] == '1' then mdel(KEYS[5], KEYS[6], k) end
           n = n + 1
         end
         return n

@@ -31,6 +31,8 @@ public final class Worker: Sendable {
         var lastKeepAlive = ContinuousClock.now
         /// Test seam: a frozen process writes no keep-alives.
         var keepAliveSuspended = false
+        /// The last inbox event handled: the inbox is trimmed up to it.
+        var lastEvent: String?
     }
 
     private let state = Mutex(State())
@@ -44,7 +46,7 @@ public final class Worker: Sendable {
         var logger = node.logger
         logger[metadataKey: "worker"] = "\(id)"
         self.logger = logger
-        inbox = try RedisStream(name: Node.inboxName(ofWorker: id), keySpace: node.keySpace, client: node.client)
+        inbox = try node.workerInbox(id)
         // Half the worker TTL, so a stopped worker notices quickly.
         reader = try StreamReader(
             stream: inbox,
@@ -109,8 +111,15 @@ public final class Worker: Sendable {
             do {
                 let attempted = ContinuousClock.now
                 try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
-                state.withLock { $0.lastKeepAlive = attempted }
+                let lastEvent = state.withLock { state -> String? in
+                    state.lastKeepAlive = attempted
+                    return state.lastEvent
+                }
                 try await ensureInbox()
+                if let lastEvent {
+                    // Handled events are done with: trim them (the inbox has no length cap).
+                    try await node.client.send("XTRIM", inbox.key, "MINID", lastEvent)
+                }
             } catch {
                 logger.warning("worker keep-alive failed", metadata: ["error": "\(error)"])
             }
@@ -147,22 +156,37 @@ public final class Worker: Sendable {
 
     private func eventLoop() async {
         do {
-            for try await event in reader.events {
-                await serial.withLock { await self.handle(event) }
+            // Events are handled one at a time; their acknowledgements (a round trip each) are
+            // sent concurrently, up to 64 at once, while the next events are handled.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                var inFlight = 0
+                for try await event in reader.events {
+                    let acknowledgement = await serial.withLock { await self.handle(event) }
+                    state.withLock { $0.lastEvent = event.id }
+                    guard let acknowledgement else { continue }
+                    if inFlight >= 64 {
+                        try await group.next()
+                        inFlight -= 1
+                    }
+                    group.addTask { await acknowledgement() }
+                    inFlight += 1
+                }
             }
         } catch {
             if !Task.isCancelled { logger.error("worker event loop ended", metadata: ["error": "\(error)"]) }
         }
     }
 
-    /// Handles one inbox event and acknowledges it to the routing node, unless the outcome is
-    /// "requeue" (then the routing node leaves the pool event pending, to be delivered again).
-    func handle(_ event: StreamEvent) async {
-        guard event.name != "i" else { return }
+    /// Handles one inbox event; returns how to acknowledge it to the routing node (and, for a
+    /// fresh start, to return the result to the dispatcher), or nil when the outcome is "requeue"
+    /// (then the routing node leaves the pool event pending, to be delivered again).
+    func handle(_ event: StreamEvent) async -> (@Sendable () async -> Void)? {
+        guard event.name != "i" else { return nil }
         guard let envelope = Envelope(decoding: event.payload) else {
             logger.error("ignoring a malformed inbox event", metadata: ["event": "\(event.id)"])
-            return
+            return nil
         }
+        var dispatcher: String?
         let outcome: Result<Void, any Error>
         switch event.name {
         case "j":
@@ -170,6 +194,7 @@ public final class Worker: Sendable {
                 outcome = .failure(PoolError(.invalidArgument, "malformed job record"))
                 break
             }
+            if !record.requeued { dispatcher = record.dispatcher }
             outcome = await Result(catching: { try await self.start(record) })
         case "s":
             guard let key = JobKeyRecord.key(fromEventPayload: envelope.payload) else {
@@ -185,20 +210,33 @@ public final class Worker: Sendable {
             outcome = await Result(catching: { try await self.notify(record) })
         default:
             logger.warning("ignoring an unknown inbox event", metadata: ["name": "\(event.name)"])
-            return
+            return nil
         }
         var errorText = ""
         if case .failure(let error) = outcome {
-            if let poolError = error as? PoolError, poolError.code == .requeue { return }
+            if let poolError = error as? PoolError, poolError.code == .requeue { return nil }
             errorText = (error as? PoolError)?.message ?? "\(error)"
         }
         let ack = Envelope(sender: id, payload: AckRecord(eventID: event.id, error: errorText).encoded())
-        do {
-            let routerInbox = try RedisStream(name: Node.inboxName(ofNode: envelope.sender), keySpace: node.keySpace, client: node.client)
-            // NOMKSTREAM: a routing node that is gone gets nothing; its event is delivered again.
-            try await routerInbox.add(name: "a", payload: ack.encoded(), onlyIfExists: true)
-        } catch {
-            logger.warning("could not acknowledge an event", metadata: ["event": "\(event.id)", "error": "\(error)"])
+        let result = event.topic.map { AckRecord(eventID: $0, error: errorText) }
+        return { [node, id, logger, dispatcher] in
+            // NOMKSTREAM for both: a node that is gone gets nothing (the router's pool event is
+            // delivered again; a vanished dispatcher no longer waits).
+            async let acknowledged: Void = {
+                do {
+                    try await node.nodeInbox(envelope.sender).add(name: "a", payload: ack.encoded(), onlyIfExists: true)
+                } catch {
+                    logger.warning("could not acknowledge an event", metadata: ["event": "\(event.id)", "error": "\(error)"])
+                }
+            }()
+            if let dispatcher, let result {
+                do {
+                    try await node.nodeInbox(dispatcher).add(name: "d", payload: result.encoded(), onlyIfExists: true)
+                } catch {
+                    logger.warning("could not return a dispatch result", metadata: ["worker": "\(id)", "error": "\(error)"])
+                }
+            }
+            await acknowledged
         }
     }
 
@@ -266,10 +304,13 @@ public final class Worker: Sendable {
     func recordStart(_ jobs: [Job]) async throws {
         let maps = node.maps
         var arguments: [any RedisArgument] = [id]
-        for job in jobs { arguments += [job.key, job.payload] }
+        for job in jobs { arguments += [job.key, job.payload, job.isRequeued ? "0" : "1"] }
         _ = try await node.client.evaluate(
             PoolScripts.recordStart,
-            keys: [maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel],
+            keys: [
+                maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
+                maps.pending.contentKey, maps.pending.channel,
+            ],
             arguments: arguments
         )
     }
