@@ -116,6 +116,7 @@ let package = Package(
             dependencies: [
                 "Rota", "RotaRedis",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict

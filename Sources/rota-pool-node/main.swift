@@ -15,6 +15,7 @@
 // End of stdin closes the node. Exit status 1 with a message on stderr if joining fails.
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import Rota
 import RotaRedis
