@@ -127,6 +127,14 @@ public final class Node: Service, Sendable {
     static func inboxName(ofNode node: String) -> String { "node-\(node)" }
     static func inboxName(ofWorker worker: String) -> String { "worker-\(worker)" }
 
+    /// `XADD key NOMKSTREAM * n name p payload [t topic]`, the entry layout of ``RedisStream``,
+    /// for pipelined appends to inboxes that must not be re-created by a late writer.
+    func appendCommand(to key: String, name: String, payload: [UInt8], topic: String? = nil) -> RedisCommand {
+        var arguments: [any RedisArgument] = ["XADD", key, "NOMKSTREAM", "*", "n", name, "p", payload]
+        if let topic { arguments += ["t", topic] }
+        return RedisCommand(arguments: arguments)
+    }
+
     /// Another node's or worker's inbox, for appending (with NOMKSTREAM) only.
     func nodeInbox(_ node: String) throws -> RedisStream {
         try RedisStream(name: Self.inboxName(ofNode: node), keySpace: keySpace, client: client, options: .init(maxLength: 0))

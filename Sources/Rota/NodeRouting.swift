@@ -192,8 +192,9 @@ extension Node {
     func poolEventsLoop() async {
         guard let sink else { return }
         do {
-            for try await event in sink.events {
-                await route(event)
+            // What is already buffered is routed together: one pipelined write forwards it all.
+            while let batch = try await sink.events.nextBatch(max: 128) {
+                await route(batch)
             }
         } catch {
             if !Task.isCancelled { logger.error("pool event loop ended", metadata: ["error": "\(error)"]) }
@@ -201,49 +202,74 @@ extension Node {
     }
 
     func route(_ event: StreamEvent) async {
+        await route([event])
+    }
+
+    /// Routes pool events, in order: each goes to one worker's inbox, or is acknowledged and
+    /// dropped (stale, malformed, unknown job), or is left pending to come back later.
+    func route(_ events: [StreamEvent]) async {
         guard let sink else { return }
-        if Date().timeIntervalSince(event.createdAt) > Double(Self.maxEventAge.components.seconds) {
-            logger.info("dropping a stale pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
-            _ = try? await sink.ack(event)
-            return
-        }
-        guard let key = JobKeyRecord.key(fromEventPayload: event.payload), ["j", "s", "n"].contains(event.name) else {
-            logger.error("dropping a malformed pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
-            _ = try? await sink.ack(event)
-            return
-        }
-        let decision = await routeDecision(eventName: event.name, key: key)
-        let target: String
-        switch decision {
-        case .worker(let worker):
-            target = worker
-        case .notFound:
-            _ = try? await sink.ack(event)
-            return
-        case .awaitingOwner, .noWorkers:
-            // Left pending: the sink delivers it again after the ack grace period.
-            logger.debug("event left for later", metadata: ["event": "\(event.id)", "job": "\(key)", "reason": "\(decision)"])
-            return
-        }
-        let envelope = Envelope(sender: id, payload: event.payload)
-        do {
-            // The topic carries the pool event ID: the worker returns a start's result straight to
-            // the dispatcher, keyed by it (one hop less than going back through this node).
-            let inbox = try workerInbox(target)
-            guard let inboxID = try await inbox.add(name: event.name, payload: envelope.encoded(), topic: event.id, onlyIfExists: true) else {
-                logger.info("worker inbox is gone; event left for later", metadata: ["worker": "\(target)", "job": "\(key)"])
-                return
+        var dropped: [StreamEvent] = []
+        var forwards: [(event: StreamEvent, target: String)] = []
+        var commands: [RedisCommand] = []
+        for event in events {
+            if Date().timeIntervalSince(event.createdAt) > Double(Self.maxEventAge.components.seconds) {
+                logger.info("dropping a stale pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
+                dropped.append(event)
+                continue
             }
-            let routedKey = RoutedKey(worker: target, inboxEventID: inboxID)
-            let early = state.withLock { state -> AckRecord? in
+            guard let key = JobKeyRecord.key(fromEventPayload: event.payload), ["j", "s", "n"].contains(event.name) else {
+                logger.error("dropping a malformed pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
+                dropped.append(event)
+                continue
+            }
+            let decision = await routeDecision(eventName: event.name, key: key)
+            switch decision {
+            case .worker(let target):
+                // The topic carries the pool event ID: the worker returns a start's result
+                // straight to the dispatcher, keyed by it (one hop less than through this node).
+                let envelope = Envelope(sender: id, payload: event.payload)
+                let inbox = keySpace.key("stream", Self.inboxName(ofWorker: target))
+                commands.append(appendCommand(to: inbox, name: event.name, payload: envelope.encoded(), topic: event.id))
+                forwards.append((event, target))
+            case .notFound:
+                dropped.append(event)
+            case .awaitingOwner, .noWorkers:
+                // Left pending: the sink delivers it again after the ack grace period.
+                logger.debug("event left for later", metadata: ["event": "\(event.id)", "job": "\(key)", "reason": "\(decision)"])
+            }
+        }
+        if !dropped.isEmpty {
+            do {
+                try await sink.ack(dropped)
+            } catch {
+                logger.warning("could not acknowledge dropped pool events", metadata: ["error": "\(error)"])
+            }
+        }
+        guard !commands.isEmpty else { return }
+        let replies: [RedisValue]
+        do {
+            replies = try await client.pipeline(commands)
+        } catch {
+            logger.warning("forwarding pool events failed; they will be delivered again", metadata: ["events": "\(commands.count)", "error": "\(error)"])
+            return
+        }
+        var early: [(StreamEvent, AckRecord)] = []
+        for (forward, reply) in zip(forwards, replies) {
+            guard let inboxID = reply.string, !reply.isNull else {
+                // NOMKSTREAM and the inbox is gone (or an error): delivered again later.
+                logger.info("worker inbox unavailable; event left for later", metadata: ["worker": "\(forward.target)", "reply": "\(reply)"])
+                continue
+            }
+            let routedKey = RoutedKey(worker: forward.target, inboxEventID: inboxID)
+            let ack = state.withLock { state -> AckRecord? in
                 if let early = state.earlyAcks.removeValue(forKey: routedKey) { return early.ack }
-                state.routed[routedKey] = event
+                state.routed[routedKey] = forward.event
                 return nil
             }
-            if let early { await complete(event, ack: early) }
-        } catch {
-            logger.warning("forwarding a pool event failed; it will be delivered again", metadata: ["job": "\(key)", "error": "\(error)"])
+            if let ack { early.append((forward.event, ack)) }
         }
+        if !early.isEmpty { await complete(early) }
     }
 
     /// The routing decision for an event: starts go to the hash target among active workers;
@@ -290,25 +316,30 @@ extension Node {
 
     func nodeEventsLoop() async {
         do {
-            // Acknowledging a pool event is a round trip; up to 64 go at once, so the loop keeps
-            // reading instead of waiting for each.
+            // Acknowledgements of a batch go out in one XACK, up to 8 batches at once, so the
+            // loop keeps reading instead of waiting for each round trip.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 var inFlight = 0
-                for try await event in inboxReader.events {
-                    state.withLock { $0.lastInboxEvent = event.id }
-                    guard event.name == "a" else {
-                        handleInboxEvent(event)
-                        continue
+                while let batch = try await inboxReader.events.nextBatch(max: 128) {
+                    if let last = batch.last { state.withLock { $0.lastInboxEvent = last.id } }
+                    var completed: [(StreamEvent, AckRecord)] = []
+                    for event in batch {
+                        guard event.name == "a" else {
+                            handleInboxEvent(event)
+                            continue
+                        }
+                        guard let envelope = Envelope(decoding: event.payload), let ack = AckRecord(decoding: envelope.payload) else {
+                            logger.error("ignoring a malformed worker ack", metadata: ["event": "\(event.id)"])
+                            continue
+                        }
+                        if let routed = match(ack, from: envelope.sender) { completed.append((routed, ack)) }
                     }
-                    guard let envelope = Envelope(decoding: event.payload), let ack = AckRecord(decoding: envelope.payload) else {
-                        logger.error("ignoring a malformed worker ack", metadata: ["event": "\(event.id)"])
-                        continue
-                    }
-                    if inFlight >= 64 {
+                    guard !completed.isEmpty else { continue }
+                    if inFlight >= 8 {
                         try await group.next()
                         inFlight -= 1
                     }
-                    group.addTask { await self.handleAck(from: envelope.sender, ack) }
+                    group.addTask { await self.complete(completed) }
                     inFlight += 1
                 }
             }
@@ -328,11 +359,16 @@ extension Node {
 
     /// A worker acknowledged an event this node forwarded to it.
     func handleAck(from worker: String, _ ack: AckRecord) async {
+        if let event = match(ack, from: worker) { await complete([(event, ack)]) }
+    }
+
+    /// The forwarded event a worker's ack is for, removed from the routed table. An ack read
+    /// before its entry was written (the forwarding task had not run since its XADD returned) is
+    /// kept for a while; one for an event never routed here is harmless.
+    func match(_ ack: AckRecord, from worker: String) -> StreamEvent? {
         let routedKey = RoutedKey(worker: worker, inboxEventID: ack.eventID)
         let event = state.withLock { state -> StreamEvent? in
             if let event = state.routed.removeValue(forKey: routedKey) { return event }
-            // Not recorded (yet): the forwarding task may not have run since its XADD returned.
-            // Kept for a while; an ack for an event never routed here is harmless.
             let now = ContinuousClock.now
             state.earlyAcks[routedKey] = (ack, now)
             if state.earlyAcks.count > 10_000 {
@@ -340,29 +376,24 @@ extension Node {
             }
             return nil
         }
-        guard let event else {
+        if event == nil {
             logger.debug("ack for an event this node does not know", metadata: ["worker": "\(worker)", "event": "\(ack.eventID)"])
-            return
         }
-        await complete(event, ack: ack)
+        return event
     }
 
-    /// Acknowledges the pool event a worker handled and forgets stale routed entries.
-    func complete(_ event: StreamEvent, ack: AckRecord) async {
-        if !ack.error.isEmpty {
+    /// Acknowledges the pool events workers handled (the workers returned start results to the
+    /// dispatchers themselves) and forgets stale routed entries.
+    func complete(_ handled: [(StreamEvent, AckRecord)]) async {
+        for (event, ack) in handled where !ack.error.isEmpty {
             logger.info("worker reported an error", metadata: ["event": "\(event.id)", "name": "\(event.name)", "error": "\(ack.error)"])
         }
-        // The worker returned a start's result to the dispatcher itself.
-        await acknowledge(event)
-        collectStaleRoutedEvents()
-    }
-
-    private func acknowledge(_ event: StreamEvent) async {
         do {
-            _ = try await sink?.ack(event)
+            _ = try await sink?.ack(handled.map(\.0))
         } catch {
-            logger.warning("could not acknowledge a pool event", metadata: ["event": "\(event.id)", "error": "\(error)"])
+            logger.warning("could not acknowledge pool events", metadata: ["events": "\(handled.count)", "error": "\(error)"])
         }
+        collectStaleRoutedEvents()
     }
 
     /// Routed entries whose pool event is older than the maximum age will never be acked usefully.

@@ -116,6 +116,7 @@ public final class Worker: Sendable {
                     return state.lastEvent
                 }
                 try await ensureInbox()
+                await stopJobsOwnedElsewhere()
                 if let lastEvent {
                     // Handled events are done with: trim them (the inbox has no length cap).
                     try await node.client.send("XTRIM", inbox.key, "MINID", lastEvent)
@@ -156,19 +157,20 @@ public final class Worker: Sendable {
 
     private func eventLoop() async {
         do {
-            // Events are handled one at a time; their acknowledgements (a round trip each) are
-            // sent concurrently, up to 64 at once, while the next events are handled.
+            // Events are handled in inbox order, one at a time; what is already buffered is taken
+            // as a batch so that starts are recorded with one script and the acknowledgements go
+            // out in one pipelined write, sent while the next batch is handled.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 var inFlight = 0
-                for try await event in reader.events {
-                    let acknowledgement = await serial.withLock { await self.handle(event) }
-                    state.withLock { $0.lastEvent = event.id }
-                    guard let acknowledgement else { continue }
-                    if inFlight >= 64 {
+                while let batch = try await reader.events.nextBatch(max: 64) {
+                    let replies = await serial.withLock { await self.handle(batch) }
+                    if let last = batch.last { state.withLock { $0.lastEvent = last.id } }
+                    guard !replies.isEmpty else { continue }
+                    if inFlight >= 8 {
                         try await group.next()
                         inFlight -= 1
                     }
-                    group.addTask { await acknowledgement() }
+                    group.addTask { await self.send(replies) }
                     inFlight += 1
                 }
             }
@@ -177,66 +179,105 @@ public final class Worker: Sendable {
         }
     }
 
-    /// Handles one inbox event; returns how to acknowledge it to the routing node (and, for a
-    /// fresh start, to return the result to the dispatcher), or nil when the outcome is "requeue"
-    /// (then the routing node leaves the pool event pending, to be delivered again).
-    func handle(_ event: StreamEvent) async -> (@Sendable () async -> Void)? {
-        guard event.name != "i" else { return nil }
-        guard let envelope = Envelope(decoding: event.payload) else {
-            logger.error("ignoring a malformed inbox event", metadata: ["event": "\(event.id)"])
-            return nil
+    /// An event decoded from the inbox.
+    private enum Inbound {
+        case start(StreamEvent, Envelope, JobRecord)
+        case stop(StreamEvent, Envelope, String)
+        case notify(StreamEvent, Envelope, NotificationRecord)
+        case malformed(StreamEvent, Envelope, String)
+    }
+
+    /// Handles a batch of inbox events in order and returns the replies: for each event an ack to
+    /// its routing node and, for a fresh start, the result for the dispatcher. An event whose
+    /// outcome is "requeue" gets no reply (the routing node leaves the pool event pending, so it
+    /// is delivered again).
+    func handle(_ batch: [StreamEvent]) async -> [RedisCommand] {
+        var inbound: [Inbound] = []
+        for event in batch where event.name != "i" {
+            guard let envelope = Envelope(decoding: event.payload) else {
+                logger.error("ignoring a malformed inbox event", metadata: ["event": "\(event.id)"])
+                continue
+            }
+            switch event.name {
+            case "j":
+                if let record = JobRecord(decoding: envelope.payload) {
+                    inbound.append(.start(event, envelope, record))
+                } else {
+                    inbound.append(.malformed(event, envelope, "malformed job record"))
+                }
+            case "s":
+                if let key = JobKeyRecord.key(fromEventPayload: envelope.payload) {
+                    inbound.append(.stop(event, envelope, key))
+                } else {
+                    inbound.append(.malformed(event, envelope, "malformed stop record"))
+                }
+            case "n":
+                if let record = NotificationRecord(decoding: envelope.payload) {
+                    inbound.append(.notify(event, envelope, record))
+                } else {
+                    inbound.append(.malformed(event, envelope, "malformed notification record"))
+                }
+            default:
+                logger.warning("ignoring an unknown inbox event", metadata: ["name": "\(event.name)"])
+            }
         }
-        var dispatcher: String?
-        let outcome: Result<Void, any Error>
-        switch event.name {
-        case "j":
-            guard let record = JobRecord(decoding: envelope.payload) else {
-                outcome = .failure(PoolError(.invalidArgument, "malformed job record"))
+        var replies: [RedisCommand] = []
+        var index = 0
+        while index < inbound.count {
+            // A run of consecutive starts is recorded together.
+            var starts: [(StreamEvent, Envelope, JobRecord)] = []
+            while index < inbound.count, case .start(let event, let envelope, let record) = inbound[index] {
+                starts.append((event, envelope, record))
+                index += 1
+            }
+            if !starts.isEmpty {
+                let outcomes = await start(starts.map(\.2))
+                for ((event, envelope, record), outcome) in zip(starts, outcomes) {
+                    replies += reply(to: event, from: envelope, outcome: outcome, dispatcher: record.requeued ? nil : record.dispatcher)
+                }
+                continue
+            }
+            switch inbound[index] {
+            case .stop(let event, let envelope, let key):
+                replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.stop(key) }), dispatcher: nil)
+            case .notify(let event, let envelope, let record):
+                replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.notify(record) }), dispatcher: nil)
+            case .malformed(let event, let envelope, let problem):
+                replies += reply(to: event, from: envelope, outcome: .failure(PoolError(.invalidArgument, problem)), dispatcher: nil)
+            case .start:
                 break
             }
-            if !record.requeued { dispatcher = record.dispatcher }
-            outcome = await Result(catching: { try await self.start(record) })
-        case "s":
-            guard let key = JobKeyRecord.key(fromEventPayload: envelope.payload) else {
-                outcome = .failure(PoolError(.invalidArgument, "malformed stop record"))
-                break
-            }
-            outcome = await Result(catching: { try await self.stop(key) })
-        case "n":
-            guard let record = NotificationRecord(decoding: envelope.payload) else {
-                outcome = .failure(PoolError(.invalidArgument, "malformed notification record"))
-                break
-            }
-            outcome = await Result(catching: { try await self.notify(record) })
-        default:
-            logger.warning("ignoring an unknown inbox event", metadata: ["name": "\(event.name)"])
-            return nil
+            index += 1
         }
+        return replies
+    }
+
+    private func reply(to event: StreamEvent, from envelope: Envelope, outcome: Result<Void, any Error>, dispatcher: String?) -> [RedisCommand] {
         var errorText = ""
         if case .failure(let error) = outcome {
-            if let poolError = error as? PoolError, poolError.code == .requeue { return nil }
+            if let poolError = error as? PoolError, poolError.code == .requeue { return [] }
             errorText = (error as? PoolError)?.message ?? "\(error)"
         }
+        // NOMKSTREAM for both: a node that is gone gets nothing (the router's pool event is
+        // delivered again; a vanished dispatcher no longer waits).
         let ack = Envelope(sender: id, payload: AckRecord(eventID: event.id, error: errorText).encoded())
-        let result = event.topic.map { AckRecord(eventID: $0, error: errorText) }
-        return { [node, id, logger, dispatcher] in
-            // NOMKSTREAM for both: a node that is gone gets nothing (the router's pool event is
-            // delivered again; a vanished dispatcher no longer waits).
-            async let acknowledged: Void = {
-                do {
-                    try await node.nodeInbox(envelope.sender).add(name: "a", payload: ack.encoded(), onlyIfExists: true)
-                } catch {
-                    logger.warning("could not acknowledge an event", metadata: ["event": "\(event.id)", "error": "\(error)"])
-                }
-            }()
-            if let dispatcher, let result {
-                do {
-                    try await node.nodeInbox(dispatcher).add(name: "d", payload: result.encoded(), onlyIfExists: true)
-                } catch {
-                    logger.warning("could not return a dispatch result", metadata: ["worker": "\(id)", "error": "\(error)"])
+        var commands = [node.appendCommand(to: node.keySpace.key("stream", Node.inboxName(ofNode: envelope.sender)), name: "a", payload: ack.encoded())]
+        if let dispatcher, let poolEventID = event.topic {
+            let result = AckRecord(eventID: poolEventID, error: errorText)
+            commands.append(node.appendCommand(to: node.keySpace.key("stream", Node.inboxName(ofNode: dispatcher)), name: "d", payload: result.encoded()))
+        }
+        return commands
+    }
+
+    private func send(_ replies: [RedisCommand]) async {
+        do {
+            for reply in try await node.client.pipeline(replies) {
+                if case .error(let message) = reply {
+                    logger.warning("an acknowledgement failed", metadata: ["error": "\(message)"])
                 }
             }
-            await acknowledged
+        } catch {
+            logger.warning("could not send acknowledgements", metadata: ["error": "\(error)"])
         }
     }
 
@@ -246,39 +287,60 @@ public final class Worker: Sendable {
     /// dies), then the handler. A failed fresh start leaves no trace; a failed requeued start
     /// keeps the payload, so the job is recovered later rather than lost.
     func start(_ record: JobRecord) async throws {
-        guard !isStopped else { throw PoolError(.workerStopped, "worker stopped") }
-        let job = Job(
-            key: record.key, payload: record.payload, createdAt: record.createdAt,
-            isRequeued: record.requeued, dispatcherID: record.dispatcher, workerID: id
-        )
-        let repeated = localJob(record.key).map { $0.payload == record.payload } ?? false
-        do {
-            try await recordStart([job])
-        } catch {
-            logger.warning("could not record a job start; requeuing", metadata: ["job": "\(record.key)", "error": "\(error)"])
-            throw PoolError.requeue
+        try await start([record])[0].get()
+    }
+
+    /// Starts jobs in order; the ownership of all of them is recorded with one script first.
+    func start(_ records: [JobRecord]) async -> [Result<Void, any Error>] {
+        guard !isStopped else { return records.map { _ in .failure(PoolError(.workerStopped, "worker stopped")) } }
+        let jobs = records.map {
+            Job(key: $0.key, payload: $0.payload, createdAt: $0.createdAt, isRequeued: $0.requeued, dispatcherID: $0.dispatcher, workerID: id)
         }
-        // A repeated delivery of a job this worker already runs with the same payload: the
-        // ownership is confirmed above, the handler is not started twice.
-        if repeated { return }
+        // Repeated deliveries of a job this worker already runs with the same payload: the
+        // ownership is confirmed, the handler is not started twice.
+        var known = state.withLock { state in state.jobs.mapValues(\.payload) }
         do {
-            try await handler.start(job)
+            try await recordStart(jobs)
         } catch {
-            forget(record.key)
-            do {
-                try await releaseOwnership([record.key], deletePayloads: !record.requeued)
-            } catch {
-                logger.warning("could not undo a failed start", metadata: ["job": "\(record.key)", "error": "\(error)"])
+            logger.warning("could not record job starts; requeuing", metadata: ["jobs": "\(jobs.count)", "error": "\(error)"])
+            return records.map { _ in .failure(PoolError.requeue) }
+        }
+        var outcomes: [Result<Void, any Error>] = []
+        var failedFresh: [String] = []
+        var failedRequeued: [String] = []
+        var started: [String] = []
+        for job in jobs {
+            if known[job.key] == job.payload {
+                outcomes.append(.success(()))
+                continue
             }
-            throw error
+            do {
+                try await handler.start(job)
+                state.withLock { $0.jobs[job.key] = job }
+                known[job.key] = job.payload
+                started.append(job.key)
+                outcomes.append(.success(()))
+            } catch {
+                forget(job.key)
+                known.removeValue(forKey: job.key)
+                if job.isRequeued { failedRequeued.append(job.key) } else { failedFresh.append(job.key) }
+                outcomes.append(.failure(error))
+            }
         }
-        state.withLock { $0.jobs[record.key] = job }
-        // The worker set may have changed while this start was in flight: if this job's target
-        // is now another worker, a rebalance moves it (checking this one job, not all of them).
+        do {
+            try await releaseOwnership(failedFresh, deletePayloads: true)
+            try await releaseOwnership(failedRequeued, deletePayloads: false)
+        } catch {
+            logger.warning("could not undo failed starts", metadata: ["error": "\(error)"])
+        }
+        // The worker set may have changed while these starts were in flight: if a job's target
+        // is now another worker, a rebalance moves it (checking these jobs, not all of them).
         let active = node.activeWorkers()
-        if !active.isEmpty, active[node.options.hasher.bucket(for: record.key, buckets: active.count)] != id {
+        let hasher = node.options.hasher
+        if !active.isEmpty, started.contains(where: { active[hasher.bucket(for: $0, buckets: active.count)] != id }) {
             node.rebalanceRequests.continuation.yield()
         }
+        return outcomes
     }
 
     func stop(_ key: String) async throws {
@@ -363,6 +425,32 @@ public final class Worker: Sendable {
                 } catch {
                     logger.error("could not restart a job after a failed handoff; orphan recovery will", metadata: ["job": "\(job.key)", "error": "\(error)"])
                 }
+            }
+        }
+    }
+
+    /// Stops, here only, the jobs whose ownership another worker took over. That happens when a
+    /// start was delivered twice (an ack lost in a Redis outage, a slow start redelivered after
+    /// the ack grace period) and the second delivery went to another worker: the registry names
+    /// one owner per job, and the job runs there. Checked every keep-alive, so a duplicate lasts
+    /// at most half a worker TTL (the reference let it run until a rebalance).
+    func stopJobsOwnedElsewhere() async {
+        let owners = node.maps.owners
+        let suspects = state.withLock { state in
+            state.jobs.keys.filter { key in owners.string(key).map { $0 != id } ?? false }
+        }
+        guard !suspects.isEmpty else { return }
+        await serial.withLock {
+            for key in suspects where localJob(key) != nil {
+                // The replica may lag behind this worker's own start: Redis has the last word.
+                guard let owner = try? await node.client.send("HGET", owners.contentKey, key).string, owner != id else { continue }
+                logger.warning("job was taken over by another worker; stopping it here", metadata: ["job": "\(key)", "owner": "\(owner)"])
+                do {
+                    try await handler.stop(key: key)
+                } catch {
+                    logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
+                }
+                forget(key)
             }
         }
     }

@@ -22,6 +22,14 @@ public struct StreamEvents: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(buffer: buffer) }
+
+    /// The next event (waiting for one) followed by whatever else is already buffered, up to
+    /// `max` in all; nil when the sequence ended. Consumers that can handle events together (one
+    /// pipelined write for many) use it to pay per batch instead of per event under load.
+    public func nextBatch(max: Int) async throws -> [StreamEvent]? {
+        guard let first = try await buffer.next() else { return nil }
+        return [first] + buffer.takeBuffered(max: max - 1)
+    }
 }
 
 /// A bounded multi-producer queue whose producers wait for room and whose consumers wait for items.
@@ -195,4 +203,18 @@ final class EventBuffer: Sendable {
 
     /// Events buffered and not yet taken.
     var count: Int { state.withLock { $0.count } }
+
+    /// Takes up to `max` buffered events without waiting (and lets waiting producers refill).
+    func takeBuffered(max: Int) -> [StreamEvent] {
+        guard max > 0 else { return [] }
+        let (items, producers) = state.withLock { state -> ([StreamEvent], [Producer]) in
+            var items: [StreamEvent] = []
+            while items.count < max, let item = state.popFirst() { items.append(item) }
+            let woken = Swift.min(items.count, state.producers.count)
+            defer { state.producers.removeFirst(woken) }
+            return (items, Array(state.producers.prefix(woken)))
+        }
+        for producer in producers { producer.continuation.resume() }
+        return items
+    }
 }

@@ -336,6 +336,24 @@ public final class StreamSink: Sendable {
         return reply.int == 1
     }
 
+    /// Acknowledges several events of this sink in one `XACK` per stream; returns how many were
+    /// still pending.
+    @discardableResult
+    public func ack(_ events: [StreamEvent]) async throws -> Int {
+        if let foreign = events.first(where: { $0.sink != name }) {
+            throw RedisError(.invalidArgument, "event \(foreign.id) was not delivered by sink '\(name)'")
+        }
+        if options.noAck || events.isEmpty { return 0 }
+        var byStream: [String: [String]] = [:]
+        for event in events { byStream[event.stream, default: []].append(event.id) }
+        var acknowledged = 0
+        for (stream, ids) in byStream {
+            let reply = try await client.send(RedisCommand(arguments: ["XACK", keySpace.key("stream", stream), name] + ids))
+            acknowledged += reply.int ?? 0
+        }
+        return acknowledged
+    }
+
     // MARK: Loops
 
     private var blockMilliseconds: Int64 { options.blockDuration.milliseconds }

@@ -145,6 +145,31 @@ struct LifecycleTests {
         }
     }
 
+    @Test("a start delivered twice to two workers: the worker that lost the ownership stops its copy")
+    func duplicateStartResolved() async throws {
+        try await withPool { pool in
+            let hasher = SwitchableHasher()
+            let node = try await pool.start(testOptions(hasher: hasher)).node
+            let h1 = RecordingHandler()
+            let h2 = RecordingHandler()
+            _ = try await node.addWorker(h1)
+            let w2 = try await node.addWorker(h2)
+            try await node.dispatch(key: "job", payload: bytes("p"))
+            #expect(h1.runningKeys == ["job"])
+            // A redelivered start reaching the second worker (as after a lost ack, when the active
+            // set differed for a moment): W2 is then the hash target too, so no rebalance undoes it.
+            hasher.current.withLock { $0 = 1 }
+            let again = JobRecord(key: "job", dispatcher: node.id, payload: bytes("p"), createdAt: Date(), requeued: true)
+            try await w2.start(again)
+            #expect(h2.runningKeys == ["job"])
+            try await eventually("the first worker stopped its copy") { h1.running.isEmpty && h1.stopped == ["job"] }
+            #expect(h2.runningKeys == ["job"])
+            #expect(node.maps.owners.string("job") == w2.id)
+            #expect(node.maps.payloads.get("job") == bytes("p"))
+            try await node.shutdown()
+        }
+    }
+
     @Test("adding a worker moves only the jobs whose hash target changed")
     func rebalanceMovesOnlyChangedTargets() async throws {
         try await withPool { pool in
