@@ -90,6 +90,32 @@ enum PoolScripts {
         return n
         """)
 
+    /// What a worker does after handling a batch of inbox events, in one atomic step: record the
+    /// jobs it started (owner, payload, and the fresh dispatch's guard removed, as ``recordStart``)
+    /// and append its replies (acks to routing nodes, results to dispatchers) with NOMKSTREAM.
+    /// Recording and replying together means a dispatcher never hears "started" for a job the
+    /// pool does not know, and a routing node never acknowledges one.
+    /// KEYS: owners h/c, payloads h/c, pending h/c, then the inboxes replied to.
+    /// ARGV: worker ID, number of jobs, (key, payload, "1" if fresh) per job, then
+    /// (index of the inbox in KEYS, event name, payload) per reply. → the number of jobs.
+    static let commitBatch = RedisScript(helpers + """
+        local w = ARGV[1]
+        local n = tonumber(ARGV[2])
+        local i = 3
+        for _ = 1, n do
+          local k, p = ARGV[i], ARGV[i + 1]
+          if redis.call('HGET', KEYS[1], k) ~= w then mset(KEYS[1], KEYS[2], k, w) end
+          if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
+          if ARGV[i + 2] == '1' then mdel(KEYS[5], KEYS[6], k) end
+          i = i + 3
+        end
+        while i + 2 <= #ARGV do
+          redis.call('XADD', KEYS[tonumber(ARGV[i])], 'NOMKSTREAM', '*', 'n', ARGV[i + 1], 'p', ARGV[i + 2])
+          i = i + 3
+        end
+        return n
+        """)
+
     /// A worker gives jobs up: ownership is removed where it still names this worker; the payload
     /// is deleted only for jobs that end (stop, failed fresh start), kept for handoffs.
     /// KEYS: owners hash, owners channel, payloads hash, payloads channel.

@@ -158,25 +158,30 @@ public final class Worker: Sendable {
     private func eventLoop() async {
         do {
             // Events are handled in inbox order, one at a time; what is already buffered is taken
-            // as a batch so that starts are recorded with one script and the acknowledgements go
-            // out in one pipelined write, sent while the next batch is handled.
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                var inFlight = 0
-                while let batch = try await reader.events.nextBatch(max: 64) {
-                    let replies = await serial.withLock { await self.handle(batch) }
-                    if let last = batch.last { state.withLock { $0.lastEvent = last.id } }
-                    guard !replies.isEmpty else { continue }
-                    if inFlight >= 8 {
-                        try await group.next()
-                        inFlight -= 1
-                    }
-                    group.addTask { await self.send(replies) }
-                    inFlight += 1
+            // as a batch, and the batch's starts and replies are committed with one script.
+            while let batch = try await reader.events.nextBatch(max: 64) {
+                await serial.withLock {
+                    let commit = await self.handle(batch)
+                    await self.send(commit)
                 }
+                if let last = batch.last { state.withLock { $0.lastEvent = last.id } }
             }
         } catch {
             if !Task.isCancelled { logger.error("worker event loop ended", metadata: ["error": "\(error)"]) }
         }
+    }
+
+    /// A reply to append to another node's inbox.
+    struct Reply {
+        let inbox: String
+        let name: String
+        let payload: [UInt8]
+    }
+
+    /// The jobs a batch started and the replies it owes, written together by ``send(_:)``.
+    struct Commit {
+        var started: [Job] = []
+        var replies: [Reply] = []
     }
 
     /// An event decoded from the inbox.
@@ -187,11 +192,11 @@ public final class Worker: Sendable {
         case malformed(StreamEvent, Envelope, String)
     }
 
-    /// Handles a batch of inbox events in order and returns the replies: for each event an ack to
-    /// its routing node and, for a fresh start, the result for the dispatcher. An event whose
-    /// outcome is "requeue" gets no reply (the routing node leaves the pool event pending, so it
-    /// is delivered again).
-    func handle(_ batch: [StreamEvent]) async -> [RedisCommand] {
+    /// Handles a batch of inbox events in order and returns what to commit: the jobs started, and
+    /// for each event an ack to its routing node and, for a fresh start, the result for the
+    /// dispatcher. An event whose outcome is "requeue" gets no reply (the routing node leaves the
+    /// pool event pending, so it is delivered again).
+    func handle(_ batch: [StreamEvent]) async -> Commit {
         var inbound: [Inbound] = []
         for event in batch where event.name != "i" {
             guard let envelope = Envelope(decoding: event.payload) else {
@@ -221,7 +226,7 @@ public final class Worker: Sendable {
                 logger.warning("ignoring an unknown inbox event", metadata: ["name": "\(event.name)"])
             }
         }
-        var replies: [RedisCommand] = []
+        var commit = Commit()
         var index = 0
         while index < inbound.count {
             // A run of consecutive starts is recorded together.
@@ -231,86 +236,107 @@ public final class Worker: Sendable {
                 index += 1
             }
             if !starts.isEmpty {
-                let outcomes = await start(starts.map(\.2))
+                let (outcomes, started) = await runStarts(starts.map(\.2))
+                commit.started += started
                 for ((event, envelope, record), outcome) in zip(starts, outcomes) {
-                    replies += reply(to: event, from: envelope, outcome: outcome, dispatcher: record.requeued ? nil : record.dispatcher)
+                    commit.replies += reply(to: event, from: envelope, outcome: outcome, dispatcher: record.requeued ? nil : record.dispatcher)
                 }
                 continue
             }
+            // A stop must not overtake the recording of this batch's earlier starts.
+            if !commit.started.isEmpty, case .stop = inbound[index] {
+                await send(commit)
+                commit = Commit()
+            }
             switch inbound[index] {
             case .stop(let event, let envelope, let key):
-                replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.stop(key) }), dispatcher: nil)
+                commit.replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.stop(key) }), dispatcher: nil)
             case .notify(let event, let envelope, let record):
-                replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.notify(record) }), dispatcher: nil)
+                commit.replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.notify(record) }), dispatcher: nil)
             case .malformed(let event, let envelope, let problem):
-                replies += reply(to: event, from: envelope, outcome: .failure(PoolError(.invalidArgument, problem)), dispatcher: nil)
+                commit.replies += reply(to: event, from: envelope, outcome: .failure(PoolError(.invalidArgument, problem)), dispatcher: nil)
             case .start:
                 break
             }
             index += 1
         }
-        return replies
+        return commit
     }
 
-    private func reply(to event: StreamEvent, from envelope: Envelope, outcome: Result<Void, any Error>, dispatcher: String?) -> [RedisCommand] {
+    private func reply(to event: StreamEvent, from envelope: Envelope, outcome: Result<Void, any Error>, dispatcher: String?) -> [Reply] {
         var errorText = ""
         if case .failure(let error) = outcome {
             if let poolError = error as? PoolError, poolError.code == .requeue { return [] }
             errorText = (error as? PoolError)?.message ?? "\(error)"
         }
-        // NOMKSTREAM for both: a node that is gone gets nothing (the router's pool event is
-        // delivered again; a vanished dispatcher no longer waits).
         let ack = Envelope(sender: id, payload: AckRecord(eventID: event.id, error: errorText).encoded())
-        var commands = [node.appendCommand(to: node.keySpace.key("stream", Node.inboxName(ofNode: envelope.sender)), name: "a", payload: ack.encoded())]
+        var replies = [Reply(inbox: node.keySpace.key("stream", Node.inboxName(ofNode: envelope.sender)), name: "a", payload: ack.encoded())]
         if let dispatcher, let poolEventID = event.topic {
             let result = AckRecord(eventID: poolEventID, error: errorText)
-            commands.append(node.appendCommand(to: node.keySpace.key("stream", Node.inboxName(ofNode: dispatcher)), name: "d", payload: result.encoded()))
+            replies.append(Reply(inbox: node.keySpace.key("stream", Node.inboxName(ofNode: dispatcher)), name: "d", payload: result.encoded()))
         }
-        return commands
+        return replies
     }
 
-    private func send(_ replies: [RedisCommand]) async {
-        do {
-            for reply in try await node.client.pipeline(replies) {
-                if case .error(let message) = reply {
-                    logger.warning("an acknowledgement failed", metadata: ["error": "\(message)"])
-                }
+    /// Records the started jobs and appends the replies, atomically (see ``PoolScripts/commitBatch``).
+    /// NOMKSTREAM: a node that is gone gets nothing (its pool event is delivered again; a vanished
+    /// dispatcher no longer waits). If this fails, nothing is acknowledged: the events come back
+    /// and, the jobs running here already, are only recorded and acknowledged then.
+    func send(_ commit: Commit) async {
+        guard !commit.started.isEmpty || !commit.replies.isEmpty else { return }
+        let maps = node.maps
+        var keys: [any RedisArgument] = [
+            maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
+            maps.pending.contentKey, maps.pending.channel,
+        ]
+        var inboxIndex: [String: Int] = [:]
+        var arguments: [any RedisArgument] = [id, commit.started.count]
+        for job in commit.started { arguments += [job.key, job.payload, job.isRequeued ? "0" : "1"] }
+        for reply in commit.replies {
+            let index: Int
+            if let known = inboxIndex[reply.inbox] {
+                index = known
+            } else {
+                keys.append(reply.inbox)
+                index = keys.count
+                inboxIndex[reply.inbox] = index
             }
+            arguments += [index, reply.name, reply.payload]
+        }
+        do {
+            _ = try await node.client.evaluate(PoolScripts.commitBatch, keys: keys, arguments: arguments)
         } catch {
-            logger.warning("could not send acknowledgements", metadata: ["error": "\(error)"])
+            logger.warning("could not record starts and acknowledge events; they will be delivered again", metadata: ["error": "\(error)"])
         }
     }
 
     // MARK: Job events
 
-    /// Starts a job: ownership and payload first (so the job can be recovered if this process
-    /// dies), then the handler. A failed fresh start leaves no trace; a failed requeued start
-    /// keeps the payload, so the job is recovered later rather than lost.
+    /// Starts a job and records it (owner and payload). A failed start leaves no record (a
+    /// requeued job keeps the payload it already had, so it is recovered later rather than lost).
     func start(_ record: JobRecord) async throws {
-        try await start([record])[0].get()
+        let (outcomes, started) = await runStarts([record])
+        if !started.isEmpty { try await recordStart(started) }
+        try outcomes[0].get()
     }
 
-    /// Starts jobs in order; the ownership of all of them is recorded with one script first.
-    func start(_ records: [JobRecord]) async -> [Result<Void, any Error>] {
-        guard !isStopped else { return records.map { _ in .failure(PoolError(.workerStopped, "worker stopped")) } }
-        let jobs = records.map {
-            Job(key: $0.key, payload: $0.payload, createdAt: $0.createdAt, isRequeued: $0.requeued, dispatcherID: $0.dispatcher, workerID: id)
-        }
+    /// Runs the start handler of each job in order and returns the outcomes and the jobs to
+    /// record. Recording comes after the handlers, with the acknowledgements: until then the
+    /// pool event stays pending, so a worker that dies here has its job delivered elsewhere.
+    func runStarts(_ records: [JobRecord]) async -> ([Result<Void, any Error>], [Job]) {
+        guard !isStopped else { return (records.map { _ in .failure(PoolError(.workerStopped, "worker stopped")) }, []) }
         // Repeated deliveries of a job this worker already runs with the same payload: the
         // ownership is confirmed, the handler is not started twice.
         var known = state.withLock { state in state.jobs.mapValues(\.payload) }
-        do {
-            try await recordStart(jobs)
-        } catch {
-            logger.warning("could not record job starts; requeuing", metadata: ["jobs": "\(jobs.count)", "error": "\(error)"])
-            return records.map { _ in .failure(PoolError.requeue) }
-        }
         var outcomes: [Result<Void, any Error>] = []
-        var failedFresh: [String] = []
-        var failedRequeued: [String] = []
-        var started: [String] = []
-        for job in jobs {
+        var started: [Job] = []
+        for record in records {
+            let job = Job(
+                key: record.key, payload: record.payload, createdAt: record.createdAt,
+                isRequeued: record.requeued, dispatcherID: record.dispatcher, workerID: id
+            )
             if known[job.key] == job.payload {
+                started.append(job)
                 outcomes.append(.success(()))
                 continue
             }
@@ -318,29 +344,26 @@ public final class Worker: Sendable {
                 try await handler.start(job)
                 state.withLock { $0.jobs[job.key] = job }
                 known[job.key] = job.payload
-                started.append(job.key)
+                started.append(job)
                 outcomes.append(.success(()))
             } catch {
-                forget(job.key)
-                known.removeValue(forKey: job.key)
-                if job.isRequeued { failedRequeued.append(job.key) } else { failedFresh.append(job.key) }
+                if known[job.key] != nil {
+                    // A restart with a new payload failed: the old run is gone too.
+                    forget(job.key)
+                    known.removeValue(forKey: job.key)
+                    started.removeAll { $0.key == job.key }
+                }
                 outcomes.append(.failure(error))
             }
-        }
-        do {
-            try await releaseOwnership(failedFresh, deletePayloads: true)
-            try await releaseOwnership(failedRequeued, deletePayloads: false)
-        } catch {
-            logger.warning("could not undo failed starts", metadata: ["error": "\(error)"])
         }
         // The worker set may have changed while these starts were in flight: if a job's target
         // is now another worker, a rebalance moves it (checking these jobs, not all of them).
         let active = node.activeWorkers()
         let hasher = node.options.hasher
-        if !active.isEmpty, started.contains(where: { active[hasher.bucket(for: $0, buckets: active.count)] != id }) {
+        if !active.isEmpty, started.contains(where: { active[hasher.bucket(for: $0.key, buckets: active.count)] != id }) {
             node.rebalanceRequests.continuation.yield()
         }
-        return outcomes
+        return (outcomes, started)
     }
 
     func stop(_ key: String) async throws {
