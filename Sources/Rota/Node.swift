@@ -545,6 +545,8 @@ struct PoolMaps: Sendable {
     let owners: ReplicatedMap
     let payloads: ReplicatedMap
     let pending: ReplicatedMap
+    /// Ticker name → `<next tick, Unix µs>|<interval>`: the shared state of distributed tickers.
+    let tickers: ReplicatedMap
 
     init(keySpace: RedisKeySpace, client: RedisClient, logger: Logger) throws {
         func map(_ name: String) throws -> ReplicatedMap {
@@ -558,9 +560,10 @@ struct PoolMaps: Sendable {
         owners = try map("owners")
         payloads = try map("job-payloads")
         pending = try map("pending-jobs")
+        tickers = try map("tickers")
     }
 
-    var all: [ReplicatedMap] { [shutdown, nodeKeepAlive, workers, workerKeepAlive, cleanup, owners, payloads, pending] }
+    var all: [ReplicatedMap] { [shutdown, nodeKeepAlive, workers, workerKeepAlive, cleanup, owners, payloads, pending, tickers] }
 
     /// Client-only nodes replicate only what they need to join and to expire dead nodes.
     func joined(clientOnly: Bool) -> [ReplicatedMap] { clientOnly ? [shutdown, nodeKeepAlive] : all }

@@ -31,6 +31,8 @@ public struct PoolError: Error, Sendable, CustomStringConvertible {
         public static let requeue = Code("requeue")
         /// The node is not running yet (``Node/run()`` has not joined the pool).
         public static let notRunning = Code("notRunning")
+        /// Thrown by ``JobProducer/plan(for:)`` to end its schedule on every node.
+        public static let scheduleStop = Code("scheduleStop")
         /// Redis failed or refused an operation; ``underlying`` holds the cause.
         public static let redis = Code("redis")
     }
@@ -49,6 +51,9 @@ public struct PoolError: Error, Sendable, CustomStringConvertible {
     /// ``NotificationHandler/handleNotification(key:payload:)`` to have the event delivered again
     /// after the ack grace period instead of acknowledged.
     public static var requeue: PoolError { PoolError(.requeue, "requeue") }
+
+    /// Throw this from ``JobProducer/plan(for:)`` to end the schedule on every node.
+    public static var scheduleStop: PoolError { PoolError(.scheduleStop, "stop") }
 
     public var description: String {
         var text = "pool \(code): \(message)"

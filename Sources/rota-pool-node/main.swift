@@ -2,12 +2,15 @@
 //
 // Usage: rota-pool-node --redis URL --pool NAME [--workers N] [--client-only]
 //          [--worker-ttl-ms MS] [--ack-grace-ms MS] [--block-ms MS] [--shutdown-ttl-ms MS] [--quiet]
+//          [--ticker NAME:MS]
 //
 // Prints one line per event on stdout (flushed):
 //   ready <node-id> <worker-id>…        joined, workers added
 //   start <worker-id> <key>             a start handler ran (not with --quiet)
 //   stop <worker-id> <key>              a stop handler ran (not with --quiet)
 //   result <n> ok | result <n> error <code> <message>   reply to a stdin command
+//   tick <name> <token> <delivered>      a tick of --ticker this node delivered (token = scheduled
+//                                       Unix µs, delivered = Unix µs), then " missed=N dropped=N"
 //   closed                              after close/shutdown, just before exiting 0
 // Reads commands on stdin, one per line:
 //   dispatch <key> [payload] · stop <key> · close · shutdown · workers (prints "workers <id>…")
@@ -34,6 +37,7 @@ struct Arguments {
     var workers = 1
     var clientOnly = false
     var quiet = false
+    var tickers: [(name: String, interval: Duration)] = []
     var options = Node.Options()
 
     init(_ arguments: [String]) throws {
@@ -57,6 +61,13 @@ struct Arguments {
                 workers = number
             case "--client-only": clientOnly = true
             case "--quiet": quiet = true
+            case "--ticker":
+                let text = try value(flag)
+                let parts = text.split(separator: ":")
+                guard parts.count == 2, let number = Int(parts[1]), number > 0 else {
+                    throw ArgumentError(message: "--ticker: '\(text)' is not NAME:MILLISECONDS")
+                }
+                tickers.append((String(parts[0]), .milliseconds(number)))
             case "--worker-ttl-ms": options.workerTTL = try milliseconds(flag)
             case "--ack-grace-ms": options.ackGracePeriod = try milliseconds(flag)
             case "--block-ms": options.jobSinkBlockDuration = try milliseconds(flag)
@@ -115,6 +126,15 @@ func serve(_ arguments: Arguments) async throws {
                 let worker = try await node.addWorker(PrintingHandler(worker: { name.value.withLock { $0 } }, quiet: arguments.quiet))
                 name.value.withLock { $0 = worker.id }
                 ids.append(worker.id)
+            }
+            for (name, interval) in arguments.tickers {
+                let ticker = try await node.ticker(named: name, interval: interval)
+                group.addTask {
+                    for await tick in ticker.ticks {
+                        let delivered = Int64(tick.delivered.timeIntervalSince1970 * 1e6)
+                        emit("tick \(name) \(tick.token) \(delivered) missed=\(tick.missed) dropped=\(tick.dropped)")
+                    }
+                }
             }
             emit((["ready", node.id] + ids).joined(separator: " "))
             var number = 0

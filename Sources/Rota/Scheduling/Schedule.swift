@@ -1,0 +1,352 @@
+import Foundation
+import Logging
+import RotaMap
+import Synchronization
+
+/// A job that a plan wants running.
+public struct PlannedJob: Sendable, Hashable {
+    public var key: String
+    public var payload: [UInt8]
+
+    public init(key: String, payload: [UInt8] = []) {
+        self.key = key
+        self.payload = payload
+    }
+}
+
+/// What a producer wants at one tick: jobs to start, and either keys to stop or "stop all" (every
+/// job this producer started that is not in ``start``).
+public struct JobPlan: Sendable, Hashable {
+    public var start: [PlannedJob]
+    /// Ignored when ``stopAll`` is set.
+    public var stop: [String]
+    public var stopAll: Bool
+
+    public init(start: [PlannedJob] = [], stop: [String] = [], stopAll: Bool = false) {
+        self.start = start
+        self.stop = stop
+        self.stopAll = stopAll
+    }
+}
+
+/// Computes plans for ``Node/schedule(_:interval:)``. Throw ``PoolError/scheduleStop`` from
+/// ``plan(for:)`` to end the schedule on every node.
+public protocol JobProducer: Sendable {
+    /// Unique per pool: nodes scheduling producers of the same name share one schedule. 1–200
+    /// characters, none of space, `*`, `?`, `[`, `]`, `{`, `}`, `:`, `=`.
+    var name: String { get }
+    func plan(for tick: Tick) async throws -> JobPlan
+}
+
+/// What applying a plan did to one job.
+public enum JobOutcome: Sendable, Hashable {
+    case started
+    /// Running already with the same payload: left alone.
+    case alreadyRunning
+    /// Running with another payload: stopped and started again with the new one.
+    case restarted
+    case stopped
+    /// Asked to stop, but not running.
+    case notFound
+    case failed(String)
+}
+
+/// One applied plan.
+public struct PlanReport: Sendable {
+    public let producer: String
+    public let tick: Tick
+    public let node: String
+    /// In plan order: starts, then stops.
+    public let outcomes: [(key: String, outcome: JobOutcome)]
+
+    public func count(_ outcome: JobOutcome) -> Int { outcomes.filter { $0.outcome == outcome }.count }
+    public var failures: [(key: String, message: String)] {
+        outcomes.compactMap { item in
+            if case .failed(let message) = item.outcome { return (item.key, message) }
+            return nil
+        }
+    }
+}
+
+/// What a schedule reports to its observers (``Schedule/events``).
+public enum ScheduleEvent: Sendable {
+    /// This node planned a tick and applied the plan.
+    case applied(PlanReport)
+    /// The producer failed at this tick (the schedule goes on).
+    case planFailed(tick: Tick, error: String)
+    /// The schedule ended on this node: closed here, stopped (here or elsewhere), or the node closed.
+    case ended
+}
+
+/// A producer scheduled on this node; every node that schedules the same producer name shares it,
+/// and each tick is planned on exactly one of them. Created by ``Node/schedule(_:interval:)``.
+public final class Schedule: Sendable {
+    public let producer: any JobProducer
+    public let ticker: Ticker
+    /// Job key → when this schedule started it: the jobs "stop all" may stop. Shared by the nodes.
+    let started: ReplicatedMap
+    let node: Node
+    let logger: Logger
+    let eventStream: (stream: AsyncStream<ScheduleEvent>, continuation: AsyncStream<ScheduleEvent>.Continuation)
+    let ended = Latch()
+
+    init(producer: any JobProducer, ticker: Ticker, started: ReplicatedMap, node: Node) {
+        self.producer = producer
+        self.ticker = ticker
+        self.started = started
+        self.node = node
+        var logger = node.logger
+        logger[metadataKey: "producer"] = "\(producer.name)"
+        self.logger = logger
+        eventStream = AsyncStream.makeStream(of: ScheduleEvent.self, bufferingPolicy: .bufferingNewest(1000))
+    }
+
+    /// Reports of this node's rounds, failures, and the end. One consumer.
+    public var events: AsyncStream<ScheduleEvent> { eventStream.stream }
+
+    /// Stops planning on this node; the other nodes go on.
+    public func close() async {
+        await ticker.close()
+        await ended.settle()
+    }
+
+    /// Ends the schedule on every node (jobs it started keep running).
+    public func stop() async throws {
+        try await ticker.stop()
+        await ended.settle()
+    }
+
+    func run() async {
+        defer {
+            eventStream.continuation.yield(.ended)
+            eventStream.continuation.finish()
+            ended.open()
+        }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await self.started.run() }
+            group.addTask { await self.ticker.run() }
+            group.addTask {
+                // A reset of the bookkeeping is how a node that got "stop" tells the others (the
+                // deleted ticker entry tells them too; either is enough).
+                for await change in self.started.changes() where change == .reset {
+                    if self.node.maps.tickers.get(self.ticker.name) == nil { await self.ticker.close() }
+                }
+            }
+            await plan()
+            started.close()
+            group.cancelAll()
+        }
+    }
+
+    private func plan() async {
+        do {
+            try await started.waitUntilReady()
+        } catch {
+            logger.error("schedule could not join its bookkeeping map", metadata: ["error": "\(error)"])
+            await ticker.close()
+            return
+        }
+        for await tick in ticker.ticks {
+            let plan: JobPlan
+            do {
+                plan = try await producer.plan(for: tick)
+            } catch let error as PoolError where error.code == .scheduleStop {
+                logger.info("producer asked to stop the schedule")
+                do {
+                    try await started.reset()
+                } catch {
+                    logger.warning("could not reset the schedule's bookkeeping", metadata: ["error": "\(error)"])
+                }
+                do {
+                    try await ticker.stop()
+                } catch {
+                    logger.error("could not stop the schedule's ticker", metadata: ["error": "\(error)"])
+                }
+                return
+            } catch {
+                logger.error("producer failed to plan", metadata: ["error": "\(error)"])
+                eventStream.continuation.yield(.planFailed(tick: tick, error: "\(error)"))
+                continue
+            }
+            let report = await apply(plan, at: tick)
+            eventStream.continuation.yield(.applied(report))
+        }
+    }
+
+    /// Reconciles instead of re-dispatching: a job running with the planned payload is left alone,
+    /// a missing one is dispatched, one with another payload is restarted, and stops are sent only
+    /// for jobs that run.
+    func apply(_ plan: JobPlan, at tick: Tick) async -> PlanReport {
+        let payloads = node.maps.payloads
+        var outcomes: [String: JobOutcome] = [:]
+        var toDispatch: [PlannedJob] = []
+        var toRestart: [PlannedJob] = []
+        var bookkeep: [String] = []
+        for job in plan.start where outcomes[job.key] == nil {
+            switch payloads.get(job.key) {
+            case job.payload?:
+                outcomes[job.key] = .alreadyRunning
+                if started.get(job.key) == nil { bookkeep.append(job.key) }
+            case nil:
+                toDispatch.append(job)
+                outcomes[job.key] = .started
+            case _?:
+                toRestart.append(job)
+                outcomes[job.key] = .restarted
+            }
+        }
+        for job in toRestart {
+            outcomes[job.key] = await restart(job)
+            if outcomes[job.key] == .restarted { bookkeep.append(job.key) }
+        }
+        // Dispatches wait for their start: many at once (bounded), not one tick-long queue.
+        await withTaskGroup(of: (String, JobOutcome).self) { group in
+            var pending = toDispatch.makeIterator()
+            func addNext() -> Bool {
+                guard let job = pending.next() else { return false }
+                group.addTask { (job.key, await self.dispatch(job)) }
+                return true
+            }
+            for _ in 0..<64 where !addNext() { break }
+            while let (key, outcome) = await group.next() {
+                outcomes[key] = outcome
+                if outcome == .started || outcome == .alreadyRunning { bookkeep.append(key) }
+                _ = addNext()
+            }
+        }
+        let now = String(nowNanos())
+        for key in bookkeep {
+            do {
+                try await started.set(key, now)
+            } catch {
+                logger.warning("could not record a started job", metadata: ["job": "\(key)", "error": "\(error)"])
+            }
+        }
+        let startKeys = Set(plan.start.map(\.key))
+        let stops = plan.stopAll ? started.keys.filter { !startKeys.contains($0) }.sorted() : plan.stop
+        var stopOutcomes: [(String, JobOutcome)] = []
+        for key in stops where !startKeys.contains(key) || !plan.stopAll {
+            var outcome = JobOutcome.notFound
+            if payloads.get(key) != nil {
+                do {
+                    try await node.stop(key: key)
+                    outcome = .stopped
+                } catch {
+                    outcome = .failed("\(error)")
+                }
+            }
+            if outcome != .failed("") {
+                do {
+                    _ = try await started.delete(key)
+                } catch {
+                    logger.warning("could not forget a stopped job", metadata: ["job": "\(key)", "error": "\(error)"])
+                }
+            }
+            stopOutcomes.append((key, outcome))
+        }
+        var ordered: [(key: String, outcome: JobOutcome)] = []
+        var seen: Set<String> = []
+        for job in plan.start where seen.insert(job.key).inserted {
+            ordered.append((job.key, outcomes[job.key] ?? .failed("not applied")))
+        }
+        ordered += stopOutcomes.map { (key: $0.0, outcome: $0.1) }
+        for failure in ordered {
+            if case .failed(let message) = failure.outcome {
+                logger.warning("plan action failed", metadata: ["job": "\(failure.key)", "error": "\(message)"])
+            }
+        }
+        return PlanReport(producer: producer.name, tick: tick, node: node.id, outcomes: ordered)
+    }
+
+    private func dispatch(_ job: PlannedJob) async -> JobOutcome {
+        do {
+            try await node.dispatch(key: job.key, payload: job.payload)
+            return .started
+        } catch let error as PoolError where error.code == .jobExists {
+            // Started meanwhile (another node's round, or this node's replica was behind).
+            return .alreadyRunning
+        } catch let error as PoolError {
+            return .failed(error.message)
+        } catch {
+            return .failed("\(error)")
+        }
+    }
+
+    /// Stops a job running with another payload, waits until it is gone, then starts the new one.
+    private func restart(_ job: PlannedJob) async -> JobOutcome {
+        do {
+            try await node.stop(key: job.key)
+            let deadline = ContinuousClock.now + node.options.ackGracePeriod * 2
+            while node.maps.payloads.get(job.key) != nil, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            switch await dispatch(job) {
+            case .started: return .restarted
+            case let other: return other
+            }
+        } catch {
+            return .failed("\(error)")
+        }
+    }
+}
+
+extension Node {
+    /// Creates (or joins) the pool-wide ticker `name`: each tick goes to exactly one of the nodes
+    /// that created it. Joining a running ticker with the same interval keeps its phase; another
+    /// interval replaces the old one for everyone. Not available on client-only nodes.
+    public func ticker(named name: String, interval: Duration) async throws -> Ticker {
+        let ticker = try await makeTicker(named: name, interval: interval, firstTickNow: false)
+        guard spawn({ await ticker.run() }) else { throw PoolError(.closed, "node \(id) of pool \(pool) is closed") }
+        return ticker
+    }
+
+    func makeTicker(named name: String, interval: Duration, firstTickNow: Bool) async throws -> Ticker {
+        guard !options.clientOnly else { throw PoolError(.clientOnly, "node \(id) is client-only: it cannot run tickers or schedules") }
+        try checkOpen()
+        try Self.validate(scheduleName: name)
+        guard interval >= .microseconds(1) else { throw PoolError(.invalidArgument, "ticker \(name): the interval must be at least 1µs") }
+        let entry: TickerEntry
+        do {
+            // Redis, not the replica: joining must see the entry as it is now.
+            let current = try await client.send("HGET", maps.tickers.contentKey, name).string.flatMap(TickerEntry.init)
+            if let current, current.interval == interval {
+                entry = current
+            } else {
+                entry = TickerEntry(next: nowMicros() + (firstTickNow ? 0 : interval.microseconds), interval: interval)
+                try await maps.tickers.setAndWait(name, entry.raw)
+            }
+        } catch let error as PoolError {
+            throw error
+        } catch {
+            throw PoolError(.redis, "creating ticker \(name): \(error)", underlying: error)
+        }
+        return Ticker(name: name, node: self, entry: entry)
+    }
+
+    /// Schedules `producer` every `interval`: every node that schedules a producer of the same
+    /// name shares one ticker, so each tick's plan (the first included) runs on exactly one node.
+    /// Applying a plan reconciles with what runs (see ``Schedule``). Not available on client-only
+    /// nodes.
+    public func schedule(_ producer: any JobProducer, interval: Duration) async throws -> Schedule {
+        try Self.validate(scheduleName: producer.name)
+        let started: ReplicatedMap
+        do {
+            started = try ReplicatedMap("schedule-" + producer.name, keySpace: keySpace, client: client, logger: logger)
+        } catch {
+            throw PoolError(.invalidArgument, "producer name '\(producer.name)': \(error)", underlying: error)
+        }
+        // The first plan is due at once (on one node): a new schedule should not wait an interval.
+        let ticker = try await makeTicker(named: "schedule-" + producer.name, interval: interval, firstTickNow: true)
+        let schedule = Schedule(producer: producer, ticker: ticker, started: started, node: self)
+        guard spawn({ await schedule.run() }) else { throw PoolError(.closed, "node \(id) of pool \(pool) is closed") }
+        return schedule
+    }
+
+    static func validate(scheduleName name: String) throws(PoolError) {
+        guard !name.isEmpty, name.count <= 200 else { throw PoolError(.invalidArgument, "names of tickers and producers must be 1-200 characters") }
+        let reserved: Set<Character> = [" ", "*", "?", "[", "]", "{", "}", ":", "=", "\0"]
+        if let bad = name.first(where: { reserved.contains($0) }) {
+            throw PoolError(.invalidArgument, "name '\(name)' contains the reserved character '\(bad)'")
+        }
+    }
+}
