@@ -401,6 +401,21 @@ public final class Node: Service, Sendable {
                 logger.error("shutdown: destroying map \(map.name) failed", metadata: ["error": "\(error)"])
             }
         }
+        // Schedules' bookkeeping maps: their names depend on the producers, so they are found by
+        // pattern (one slot: the scan stays within the pool's hash tag on a cluster too).
+        do {
+            var cursor = "0"
+            repeat {
+                let reply = try await client.send("SCAN", cursor, "MATCH", keySpace.key("map", "schedule-*"), "COUNT", 1000).array ?? []
+                cursor = reply.first?.string ?? "0"
+                for key in reply.count > 1 ? reply[1].array ?? [] : [] {
+                    guard let key = key.string, let name = key.split(separator: ":").last.map(String.init) else { continue }
+                    try await ReplicatedMap(name, keySpace: keySpace, client: client, logger: logger).destroy()
+                }
+            } while cursor != "0"
+        } catch {
+            logger.error("shutdown: destroying schedule maps failed", metadata: ["error": "\(error)"])
+        }
         do {
             try await poolStream.destroy()
             try await client.send("DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"))

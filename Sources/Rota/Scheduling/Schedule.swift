@@ -235,7 +235,9 @@ public final class Schedule: Sendable {
                     outcome = .failed("\(error)")
                 }
             }
-            if outcome != .failed("") {
+            if case .failed = outcome {
+                // Still running: kept, so a later "stop all" tries again.
+            } else {
                 do {
                     _ = try await started.delete(key)
                 } catch {
