@@ -222,6 +222,35 @@ struct SchedulingTests {
         }
     }
 
+    @Test("a plan error is reported to the observer and the schedule goes on")
+    func planErrorsReported() async throws {
+        try await withPool { pool in
+            let node = try await pool.start().node
+            _ = try await node.addWorker(RecordingHandler())
+            let producer = ScriptedProducer(name: "flaky") { call, _ in
+                if call == 2 { throw TestFailure("the source of truth is down") }
+                return JobPlan(start: [PlannedJob(key: "steady", payload: bytes("s"))])
+            }
+            let schedule = try await node.schedule(producer, interval: .milliseconds(20))
+            var applied: [PlanReport] = []
+            var failures: [String] = []
+            for await event in schedule.events {
+                switch event {
+                case .applied(let report): applied.append(report)
+                case .planFailed(_, let error): failures.append(error)
+                case .ended: break
+                }
+                if applied.count >= 3 { try await schedule.stop() }
+            }
+            #expect(failures == ["the source of truth is down"])
+            #expect(applied.first?.outcomes.map(\.outcome) == [.started])
+            #expect(applied.dropFirst().allSatisfy { $0.outcomes.map(\.outcome) == [.alreadyRunning] })
+            #expect(producer.callCount >= 4)
+            try await node.shutdown()
+            #expect(try await leftoverKeys(pool.client, pool: pool.pool) == [])
+        }
+    }
+
     @Test("a producer scheduled on three nodes: one plan per tick (the first too), reconciliation, stop-all, stop everywhere")
     func threeNodes() async throws {
         try await withPool { pool in
