@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "RotaMap", targets: ["RotaMap"]),
         .library(name: "RotaStreams", targets: ["RotaStreams"]),
         .library(name: "Rota", targets: ["Rota"]),
+        .library(name: "RotaService", targets: ["RotaService"]),
         .executable(name: "rota", targets: ["rota"]),
         .executable(name: "rota-bench", targets: ["rota-bench"]),
     ],
@@ -66,6 +67,19 @@ let package = Package(
                 "RotaRedis",
                 "RotaMap",
                 "RotaStreams",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        // The scheduler service: plan files → store → schedules; worker handlers; history.
+        .target(
+            name: "RotaService",
+            dependencies: [
+                "Rota",
+                "RotaPlans",
+                "RotaStore",
+                "RotaRedis",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -169,6 +183,14 @@ swiftSettings: strict
             name: "RotaTests",
             dependencies: [
                 "Rota", "RotaMap", "RotaStreams", "RotaRedis", "RotaRedisServer", "RotaTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "RotaServiceTests",
+            dependencies: [
+                "RotaService", "Rota", "RotaRedis", "RotaRedisServer", "RotaTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
