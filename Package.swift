@@ -80,8 +80,10 @@ let package = Package(
                 "RotaPlans",
                 "RotaStore",
                 "RotaRedis",
+                "RotaStreams",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
@@ -118,8 +120,14 @@ let package = Package(
         .executableTarget(
             name: "rota",
             dependencies: [
+                "Rota",
+                "RotaService",
+                "RotaRedis",
+                "RotaRedisServer",
                 "RotaPlans",
                 "RotaStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

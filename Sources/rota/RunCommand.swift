@@ -1,0 +1,156 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Rota
+import RotaRedis
+import RotaRedisServer
+import RotaService
+import ServiceLifecycle
+
+enum LogFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// Options shared by the commands that join a pool.
+struct PoolOptions: ParsableArguments {
+    @Option(help: "Redis URL (redis://[user[:password]@]host[:port][/db] or unix:///path?db=N).")
+    var redis: String?
+
+    @Option(help: "The pool.")
+    var pool = "default"
+}
+
+struct Run: ParsableCommand, AsyncCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the scheduler: plan files → one planner per producer and tick across the nodes → the pool's workers; history in SQLite."
+    )
+
+    @Option(help: "Plan files or directories of *.yaml files (repeatable).")
+    var plans: [String] = ["plans"]
+
+    @Option(help: "The SQLite database of definitions and history (created on first use).")
+    var db = "rota.sqlite"
+
+    @OptionGroup var poolOptions: PoolOptions
+
+    @Option(help: "Embedded workers in this process (0: plan only).")
+    var workers = 2
+
+    @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
+    var allowExec: [String] = []
+
+    @Option(help: "Log format: text or json.")
+    var logFormat: LogFormat = .text
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func execute() async throws {
+        let logger = bootstrapLogging(format: logFormat, level: logLevel)
+        try await withRedis(poolOptions.redis, logger: logger) { redisConfiguration in
+            let client = RedisClient(configuration: redisConfiguration, logger: logger)
+            let (registry, exec) = try builtInRegistry(allowExec: allowExec, logger: logger)
+            let service = try RunService(
+                configuration: .init(
+                    planPaths: plans, databasePath: db, pool: poolOptions.pool, workers: workers,
+                    makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }, logger: logger
+                ),
+                client: client
+            )
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: client), .init(service: service)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
+            do {
+                try await group.run()
+            } catch {
+                await exec.stopAll()
+                throw error
+            }
+            // Children of exec jobs never outlive the worker that supervises them.
+            await exec.stopAll()
+        }
+    }
+}
+
+/// Runs `body` against `url`, or against a private redis-server started for the run (on a Unix
+/// socket in a temporary directory, stopped afterwards) when no URL is given.
+func withRedis(_ url: String?, logger: Logger, _ body: (RedisConfiguration) async throws -> Void) async throws {
+    if let url {
+        let configuration: RedisConfiguration
+        do {
+            configuration = try RedisConfiguration(url: url)
+        } catch {
+            throw CommandFailure("--redis: \(error.message)")
+        }
+        try await body(configuration)
+        return
+    }
+    let server = RedisServer()
+    do {
+        try await server.start()
+    } catch {
+        throw CommandFailure("no --redis given and a private redis-server could not be started (is redis-server installed?): \(error)")
+    }
+    logger.info("started a private redis-server for this run", metadata: ["url": "\(server.url)"])
+    do {
+        try await body(server.configuration)
+    } catch {
+        await server.stop(removeDirectory: true)
+        throw error
+    }
+    await server.stop(removeDirectory: true)
+}
+
+/// The built-in handlers: `log`, and `exec` limited to the allow-listed executables.
+func builtInRegistry(allowExec: [String], logger: Logger) throws -> (HandlerRegistry, ExecJobHandler) {
+    let exec: ExecJobHandler
+    do {
+        exec = try ExecJobHandler(allowed: allowExec, logger: logger)
+    } catch {
+        throw CommandFailure("--allow-exec: \(error)")
+    }
+    var registry = HandlerRegistry()
+    try registry.register("log", LogJobHandler(logger: logger))
+    try registry.register("exec", exec)
+    return (registry, exec)
+}
+
+func bootstrapLogging(format: LogFormat, level: String) -> Logger {
+    let logLevel = Logger.Level(rawValue: level) ?? .info
+    LoggingSystem.bootstrap { label in
+        var handler: any LogHandler = format == .json
+            ? JSONLogHandler(label: label)
+            : StreamLogHandler.standardError(label: label)
+        handler.logLevel = logLevel
+        return handler
+    }
+    var logger = Logger(label: "rota")
+    logger.logLevel = logLevel
+    return logger
+}
+
+/// One JSON object per line on stderr: time, level, label, message, metadata.
+struct JSONLogHandler: LogHandler {
+    let label: String
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var object: [String: String] = [
+            "time": ISO8601DateFormatter().string(from: Date()),
+            "level": event.level.rawValue,
+            "label": label,
+            "message": "\(event.message)",
+        ]
+        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { object[key] = "\(value)" }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        FileHandle.standardError.write(data + Data("\n".utf8))
+    }
+}
