@@ -215,12 +215,23 @@ public final class Schedule: Sendable {
             }
         }
         let now = String(nowNanos())
-        for key in bookkeep {
-            do {
-                try await started.set(key, now)
-            } catch {
-                logger.warning("could not record a started job", metadata: ["job": "\(key)", "error": "\(error)"])
+        await withTaskGroup(of: Void.self) { group in
+            // One write per job, many at once: a first round over thousands of running jobs
+            // must not take a round trip each, one after the other.
+            var pending = bookkeep.makeIterator()
+            func addNext() -> Bool {
+                guard let key = pending.next() else { return false }
+                group.addTask {
+                    do {
+                        try await self.started.set(key, now)
+                    } catch {
+                        self.logger.warning("could not record a started job", metadata: ["job": "\(key)", "error": "\(error)"])
+                    }
+                }
+                return true
             }
+            for _ in 0..<64 where !addNext() { break }
+            while await group.next() != nil { _ = addNext() }
         }
         let startKeys = Set(plan.start.map(\.key))
         let stops = plan.stopAll ? started.keys.filter { !startKeys.contains($0) }.sorted() : plan.stop

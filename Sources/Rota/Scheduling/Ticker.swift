@@ -117,12 +117,16 @@ public final class Ticker: Sendable {
                     await wake.wait(timeout: .seconds(1))
                     continue
                 }
-                state.withLock {
-                    $0.known = entry
-                    $0.interval = entry.interval
+                // The replica trails this node's own compare-and-set (it arrives on another
+                // connection): an entry behind the known one, same interval, is old news.
+                if entry.interval != known.interval || entry.next > known.next {
+                    state.withLock {
+                        $0.known = entry
+                        $0.interval = entry.interval
+                    }
+                    retryAt = nil
+                    continue
                 }
-                retryAt = nil
-                continue
             }
             let now = nowMicros()
             let due = retryAt ?? known.next
