@@ -124,6 +124,9 @@ public final class Node: Service, Sendable {
         }
     }
 
+    /// Node ID → name: a plain hash (nothing replicates it), for `rota status`.
+    var namesKey: String { keySpace.key("node-names") }
+
     static func inboxName(ofNode node: String) -> String { "node-\(node)" }
     static func inboxName(ofWorker worker: String) -> String { "worker-\(worker)" }
 
@@ -221,6 +224,7 @@ public final class Node: Service, Sendable {
         }
         do {
             try await maps.nodeKeepAlive.set(id, String(nowNanos()))
+            try await client.send("HSET", namesKey, id, options.name)
             // The owner creates its inbox; everyone else appends with NOMKSTREAM, so a late writer
             // never resurrects the inbox of a node that is gone.
             try await inbox.add(name: "i", payload: Array(id.utf8))
@@ -308,6 +312,7 @@ public final class Node: Service, Sendable {
         for map in maps.all { map.close() }
         do {
             try await client.send("DEL", inbox.key)
+            try await client.send("HDEL", namesKey, id)
         } catch {
             logger.warning("could not delete the node inbox", metadata: ["error": "\(error)"])
         }
@@ -418,7 +423,7 @@ public final class Node: Service, Sendable {
         }
         do {
             try await poolStream.destroy()
-            try await client.send("DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"))
+            try await client.send("DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"), namesKey)
         } catch {
             logger.error("shutdown: deleting the pool stream failed", metadata: ["error": "\(error)"])
         }

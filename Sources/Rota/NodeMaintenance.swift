@@ -69,6 +69,7 @@ extension Node {
             if let seen = Int64(String(decoding: value, as: UTF8.self)), now - seen <= ttl { continue }
             do {
                 try await client.send("DEL", keySpace.key("stream", Self.inboxName(ofNode: node)))
+                try await client.send("HDEL", namesKey, node)
                 _ = try await maps.nodeKeepAlive.testAndDelete(node, test: value)
                 logger.info("removed an inactive node", metadata: ["inactive": "\(node)"])
             } catch {

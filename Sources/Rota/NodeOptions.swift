@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 
 extension Node {
@@ -19,6 +20,9 @@ extension Node {
         /// Liveness window of workers and nodes: keep-alives every half of it, dead-worker and
         /// dead-node sweeps every period.
         public var workerTTL: Duration = .seconds(10)
+        /// A human name for this node (shown by `rota status`); the process's host name and ID
+        /// by default. Node IDs stay unique whatever the names.
+        public var name: String = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
         /// Picks a job's worker among the active ones. Replace it to pin jobs in tests.
         public var hasher: any JobHasher = JumpHasher()
         public var logger = Logger(label: "rota.pool", factory: { _ in SwiftLogNoOpLogHandler() })

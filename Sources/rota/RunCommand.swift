@@ -36,6 +36,9 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "Embedded workers in this process (0: plan only).")
     var workers = 2
 
+    @Option(help: "This node's name in `rota status` (default: host name and process ID).")
+    var name: String?
+
     @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
     var allowExec: [String] = []
 
@@ -50,10 +53,12 @@ struct Run: ParsableCommand, AsyncCommand {
         try await withRedis(poolOptions.redis, logger: logger) { redisConfiguration in
             let client = RedisClient(configuration: redisConfiguration, logger: logger)
             let (registry, exec) = try builtInRegistry(allowExec: allowExec, logger: logger)
+            var nodeOptions = Node.Options()
+            if let name { nodeOptions.name = name }
             let service = try RunService(
                 configuration: .init(
                     planPaths: plans, databasePath: db, pool: poolOptions.pool, workers: workers,
-                    makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }, logger: logger
+                    makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }, nodeOptions: nodeOptions, logger: logger
                 ),
                 client: client
             )
