@@ -132,6 +132,16 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // An application embedding a worker with its own named handler (README: embedding).
+        .executableTarget(
+            name: "rota-example-worker",
+            dependencies: [
+                "Rota", "RotaService", "RotaRedis",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // A pool node in its own process: crash tests kill it, `rota-bench pool` runs its nodes in it.
         .executableTarget(
             name: "rota-pool-node",
