@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import RotaMap
 import RotaRedis
 import RotaStreams
@@ -36,6 +37,8 @@ extension Node {
     public func dispatch(key: String, payload: [UInt8] = []) async throws {
         try checkOpen()
         try Self.validate(key: key)
+        let began = ContinuousClock.now
+        defer { Metrics.Timer(label: "rota_dispatch_duration").recordNanoseconds((ContinuousClock.now - began).nanoseconds) }
         let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false)
         let (claim, eventID) = try await claimAndAppend(record)
         let token: String

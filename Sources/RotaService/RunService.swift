@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import Rota
 import RotaPlans
 import RotaRedis
@@ -238,6 +239,12 @@ public final class RunService: Service, Sendable {
             case .applied(let report):
                 guard let round = await planner.finish(report) else { continue }
                 let duration = (round.finishedAt ?? Date()).timeIntervalSince(round.startedAt)
+                let dimensions = [("producer", round.producer)]
+                Counter(label: "rota_rounds", dimensions: dimensions).increment()
+                Metrics.Timer(label: "rota_round_duration", dimensions: dimensions).recordNanoseconds(Int64(duration * 1e9))
+                Counter(label: "rota_jobs_started", dimensions: dimensions).increment(by: round.started)
+                Counter(label: "rota_jobs_stopped", dimensions: dimensions).increment(by: round.stopped)
+                Counter(label: "rota_jobs_failed", dimensions: dimensions).increment(by: round.failed)
                 logger.info("round", metadata: [
                     "producer": "\(round.producer)", "round": "\(round.roundID)", "revision": "\(round.revision)",
                     "started": "\(round.started)", "stopped": "\(round.stopped)", "failed": "\(round.failed)",

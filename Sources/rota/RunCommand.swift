@@ -42,6 +42,9 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
     var allowExec: [String] = []
 
+    @Option(help: "Serve metrics in Prometheus text format on this port (GET /metrics).")
+    var metricsPort: Int?
+
     @Option(help: "Log format: text or json.")
     var logFormat: LogFormat = .text
 
@@ -62,8 +65,12 @@ struct Run: ParsableCommand, AsyncCommand {
                 ),
                 client: client
             )
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: client), .init(service: service)]
+            if let metricsPort {
+                services.append(.init(service: MetricsServer(port: metricsPort, registry: MetricsServer.bootstrap(), logger: logger)))
+            }
             let group = ServiceGroup(configuration: .init(
-                services: [.init(service: client), .init(service: service)],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             ))

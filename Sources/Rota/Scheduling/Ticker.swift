@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import RotaMap
 import Synchronization
 
@@ -166,6 +167,8 @@ public final class Ticker: Sendable {
             // The tick that was due is this node's. Ticks the ticker fell behind on are skipped;
             // the delivered one is the latest that was due.
             let scheduled = known.next + Int64(missed) * step
+            Metrics.Timer(label: "rota_tick_lateness", dimensions: [("ticker", name)])
+                .recordMicroseconds(max(0, nowMicros() - scheduled))
             mailbox.post(Tick(
                 scheduled: Date(timeIntervalSince1970: Double(scheduled) / 1e6),
                 token: scheduled,
