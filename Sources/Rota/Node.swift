@@ -310,6 +310,8 @@ public final class Node: Service, Sendable {
     func finishClosing(shutdown: Bool) async {
         state.withLock { $0.workers = [:] }
         for map in maps.all { map.close() }
+        // Tickers wait for their next tick or a wake-up: they must see the closed map now.
+        for ticker in state.withLock({ Array($0.tickers.values) }) { ticker.wake.fire() }
         do {
             try await client.send("DEL", inbox.key)
             try await client.send("HDEL", namesKey, id)
@@ -546,6 +548,8 @@ struct NodeState {
     var orphansSeen: [String: ContinuousClock.Instant] = [:]
     /// The last inbox event handled: the inbox is trimmed up to it.
     var lastInboxEvent: String?
+    /// Tickers running on this node, woken by the ticker watcher.
+    var tickers: [ObjectIdentifier: Ticker] = [:]
 }
 
 struct RoutedKey: Hashable {

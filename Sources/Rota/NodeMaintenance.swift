@@ -24,6 +24,7 @@ extension Node {
             { await self.poolEventsLoop() },
             { await self.watchWorkers() },
             { await self.watchShutdown() },
+            { await self.watchTickers() },
             { await self.every(ttl) { await self.cleanUpInactiveWorkers() } },
             { await self.every(ttl) { await self.trimPoolStream() } },
             { await self.every(self.options.ackGracePeriod) { await self.removeStalePendingGuards() } },
@@ -179,6 +180,25 @@ extension Node {
                 return
             }
         }
+    }
+
+    func register(_ ticker: Ticker) {
+        state.withLock { $0.tickers[ObjectIdentifier(ticker)] = ticker }
+        ticker.wake.fire()
+    }
+
+    func unregister(_ ticker: Ticker) {
+        state.withLock { _ = $0.tickers.removeValue(forKey: ObjectIdentifier(ticker)) }
+    }
+
+    /// Wakes the tickers whose shared entry changed; all of them when the map closes.
+    private func watchTickers() async {
+        for await _ in maps.tickers.changes() {
+            for ticker in state.withLock({ Array($0.tickers.values) }) where maps.tickers.string(ticker.name) != ticker.knownRaw {
+                ticker.wake.fire()
+            }
+        }
+        for ticker in state.withLock({ Array($0.tickers.values) }) { ticker.wake.fire() }
     }
 
     // MARK: Requeue and removal

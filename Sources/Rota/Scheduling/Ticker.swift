@@ -62,6 +62,9 @@ public final class Ticker: Sendable {
     /// The interval in force (the last node that created the ticker with another interval set it).
     public var interval: Duration { state.withLock { $0.interval } }
 
+    /// The entry this ticker last adopted (the watcher compares the map with it).
+    var knownRaw: String { state.withLock { $0.known.raw } }
+
     /// The next tick time this node knows of.
     public var nextTick: Date { state.withLock { Date(timeIntervalSince1970: Double($0.known.next) / 1e6) } }
 
@@ -91,14 +94,11 @@ public final class Ticker: Sendable {
             mailbox.finish()
             ended.open()
         }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for await _ in self.node.maps.tickers.changes() { self.wake.fire() }
-                self.wake.fire()  // the map closed: the node is closing
-            }
-            await loop()
-            group.cancelAll()
-        }
+        // The node's ticker watcher wakes this ticker when its entry changes (one watcher for
+        // all tickers: a task per ticker woken by every ticker's change would be quadratic).
+        node.register(self)
+        defer { node.unregister(self) }
+        await loop()
     }
 
     private func loop() async {
