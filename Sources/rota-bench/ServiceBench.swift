@@ -1,0 +1,128 @@
+import ArgumentParser
+import Foundation
+import RotaRedis
+import RotaRedisServer
+import RotaStore
+
+/// `rota-bench service`: several `rota run` processes on one Redis planning many producers.
+struct ServiceBench: ParsableCommand, AsyncBody {
+    static let configuration = CommandConfiguration(
+        commandName: "service",
+        abstract: "Scheduler rounds: round time, tick-to-applied time and CPU per round with several rota run nodes."
+    )
+
+    @OptionGroup var common: BenchOptions
+
+    @Option(help: "rota run processes.")
+    var nodes = 3
+
+    @Option(help: "Producers in the plan (1 s interval each).")
+    var producers = 100
+
+    @Option(help: "Jobs per producer.")
+    var jobs = 100
+
+    @Option(help: "Seconds measured (after the warm-up).")
+    var seconds = 60
+
+    @Option(help: "Seconds of warm-up: every job starts, nothing changes afterwards.")
+    var warmup = 15
+
+    @Option(help: "Path of rota (default: next to this executable).")
+    var rota: String?
+
+    func run() throws {}
+
+    func body(nioExecutor: Bool) async throws {
+        let executable = rota ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota").path
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw ValidationError("rota not found at \(executable): build it first (swift build -c release --product rota)")
+        }
+        try await common.withServer { configuration in
+            let url = configuration.urlForChildren
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rota-bench-service-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory.appendingPathComponent("plans"), withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            var plan = "pool: bench\nproducers:\n"
+            for producer in 0..<producers {
+                plan += "  - name: p\(producer)\n    every: 1s\n    mode: exact\n    jobs:\n"
+                for job in 0..<jobs { plan += "      - {key: p\(producer)/j\(job), handler: log, payload: {n: \(job)}}\n" }
+            }
+            try plan.write(to: directory.appendingPathComponent("plans/bench.yaml"), atomically: true, encoding: .utf8)
+            var children: [Process] = []
+            defer { for child in children where child.isRunning { kill(child.processIdentifier, SIGKILL) } }
+            if !common.json { print("service: \(nodes) nodes, \(producers) producers x \(jobs) jobs, 1 s interval; warm-up \(warmup) s, measuring \(seconds) s…") }
+            for node in 0..<nodes {
+                let child = Process()
+                child.executableURL = URL(fileURLWithPath: executable)
+                child.arguments = [
+                    "run", "--plans", directory.appendingPathComponent("plans").path,
+                    "--db", directory.appendingPathComponent("node\(node).sqlite").path,
+                    "--redis", url, "--pool", "bench", "--workers", "2", "--name", "bench-\(node)", "--log-level", "error",
+                ]
+                child.standardOutput = FileHandle.nullDevice
+                child.standardError = FileHandle(forWritingAtPath: "/dev/null")
+                try child.run()
+                children.append(child)
+            }
+            try await Task.sleep(for: .seconds(warmup))
+            let cpuBefore = children.map { cpuMilliseconds(of: $0.processIdentifier) }
+            let from = Date()
+            try await Task.sleep(for: .seconds(seconds))
+            let until = Date()
+            let cpuAfter = children.map { cpuMilliseconds(of: $0.processIdentifier) }
+            for child in children { kill(child.processIdentifier, SIGKILL) }
+            for child in children { child.waitUntilExit() }
+            // Every node records every round; node 0's history is the pool's.
+            let store = try PlanStore.open(path: directory.appendingPathComponent("node0.sqlite").path)
+            var filter = HistoryFilter()
+            filter.pool = "bench"
+            filter.since = from
+            filter.until = until
+            filter.limit = 1_000_000
+            let rounds = try store.rounds(matching: filter).filter { $0.finishedAt != nil }
+            guard !rounds.isEmpty else { throw ValidationError("no round recorded in the measured window") }
+            let durations = rounds.compactMap { round in round.finishedAt.map { $0.timeIntervalSince(round.startedAt) * 1000 } }.sorted()
+            let tickToApplied = rounds.compactMap { round in round.finishedAt.map { $0.timeIntervalSince(round.tick) * 1000 } }.sorted()
+            let cpu = zip(cpuBefore, cpuAfter).map { $1 - $0 }.reduce(0, +)
+            let expected = Double(producers * seconds)
+            let rows = [
+                Measurement(suite: "service", metric: "round_p50_ms", value: percentile(durations, 50), unit: "ms", reference: 50, ratio: nil),
+                Measurement(suite: "service", metric: "round_p99_ms", value: percentile(durations, 99), unit: "ms", reference: 50,
+                    ratio: 50 / percentile(durations, 99)),
+                Measurement(suite: "service", metric: "tick_to_applied_p99_ms", value: percentile(tickToApplied, 99), unit: "ms", reference: 100,
+                    ratio: 100 / percentile(tickToApplied, 99)),
+                Measurement(suite: "service", metric: "cpu_ms_per_round", value: cpu / Double(rounds.count), unit: "ms", reference: nil, ratio: nil),
+                Measurement(suite: "service", metric: "rounds_recorded", value: Double(rounds.count), unit: "rounds", reference: expected,
+                    ratio: Double(rounds.count) / expected),
+            ]
+            if common.json {
+                for row in rows { print(row.json) }
+            } else {
+                printTable(rows)
+                print("(reference = the target; rounds_recorded reference = producers x seconds; cpu = all rota run processes)")
+            }
+        }
+    }
+}
+
+/// User + system CPU time of a process so far, from /proc (Linux).
+func cpuMilliseconds(of pid: Int32) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return 0 }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+    return (user + system) / ticks * 1000
+}
+
+extension RedisConfiguration {
+    /// A URL a child process can use for the same server.
+    var urlForChildren: String {
+        let place = endpoint.description
+        if place.hasPrefix("unix:") { return "unix://" + place.dropFirst("unix:".count) }
+        let auth = password.map { ":\($0)@" } ?? ""
+        return "redis://\(auth)\(place)"
+    }
+}
