@@ -218,6 +218,8 @@ swiftSettings: strict
             name: "RotaServiceTests",
             dependencies: [
                 "RotaService", "Rota", "RotaRedis", "RotaRedisServer", "RotaTestSupport",
+                // The end-to-end tests run the built `rota` and read the nodes' SQLite histories.
+                "RotaStore", "rota",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -230,7 +232,7 @@ swiftSettings: strict
         // Runs the built `rota` binary (it must be built first: `swift build --build-tests` builds it).
         .testTarget(
             name: "RotaCLITests",
-            dependencies: ["RotaTestSupport", "rota"],
+            dependencies: ["RotaTestSupport", "rota", "RotaRedisServer"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -126,6 +126,8 @@ public final class Node: Service, Sendable {
 
     /// Node ID → name: a plain hash (nothing replicates it), for `rota status`.
     var namesKey: String { keySpace.key("node-names") }
+    /// Worker ID → ID of its node: a plain hash, for `rota status`.
+    var workerNodesKey: String { keySpace.key("worker-nodes") }
 
     static func inboxName(ofNode node: String) -> String { "node-\(node)" }
     static func inboxName(ofWorker worker: String) -> String { "worker-\(worker)" }
@@ -425,7 +427,7 @@ public final class Node: Service, Sendable {
         }
         do {
             try await poolStream.destroy()
-            try await client.send("DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"), namesKey)
+            try await client.send("DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"), namesKey, workerNodesKey)
         } catch {
             logger.error("shutdown: deleting the pool stream failed", metadata: ["error": "\(error)"])
         }
@@ -446,6 +448,7 @@ public final class Node: Service, Sendable {
         let worker = try Worker(id: workerID, createdAtNanos: createdAt, handler: handler, node: self)
         do {
             try await worker.inbox.add(name: "i", payload: Envelope(sender: id, payload: Array(workerID.utf8)).encoded())
+            try await client.send("HSET", workerNodesKey, workerID, id)
             // Keep-alive first: the registry entry is what peers react to, and a worker must be
             // active (alive) from the moment they see it.
             try await maps.workerKeepAlive.setAndWait(workerID, String(nowNanos()))

@@ -294,6 +294,7 @@ extension Node {
                 arguments: [workerID]
             )
             try await client.send("DEL", keySpace.key("stream", Self.inboxName(ofWorker: workerID)))
+            try await client.send("HDEL", workerNodesKey, workerID)
         } catch {
             logger.warning("could not remove a worker from the pool maps", metadata: ["worker": "\(workerID)", "error": "\(error)"])
         }

@@ -11,7 +11,7 @@ struct Rota: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rota",
         abstract: "Rota: a Redis-backed dedicated worker pool for long-running jobs, with a scheduler on top.",
-        subcommands: [Run.self, Plan.self, History.self, Jobs.self]
+        subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self]
     )
 }
 

@@ -1,0 +1,376 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Rota
+import RotaRedis
+import RotaService
+import ServiceLifecycle
+
+// Commands that work on a running pool: a standalone worker node, and the client commands
+// (dispatch, stop, notify). Exit codes of the client commands: 0 success, 1 failure,
+// 3 the job already exists (dispatch), 4 the job does not exist (stop, notify).
+
+/// The Redis URL of a command that needs an existing pool (no private server: it would be empty).
+func requiredRedisConfiguration(_ options: PoolOptions, command: String) throws -> RedisConfiguration {
+    guard let url = options.redis else {
+        throw CommandFailure("rota \(command) works on an existing pool: give --redis URL")
+    }
+    do {
+        return try RedisConfiguration(url: url)
+    } catch {
+        throw CommandFailure("--redis: \(error.message)")
+    }
+}
+
+/// Runs `body` with a running client once Redis answered a PING (so an unreachable server fails
+/// within the command timeout instead of waiting for a reconnect forever).
+func withPoolClient<R: Sendable>(
+    _ configuration: RedisConfiguration,
+    _ body: (RedisClient) async throws -> R
+) async throws -> R {
+    try await RedisClient.withClient(configuration) { client in
+        do {
+            _ = try await client.send(RedisCommand("PING"), timeout: .seconds(5))
+        } catch {
+            throw CommandFailure("cannot reach Redis at \(configuration): \((error as? RedisError)?.message ?? "\(error)")")
+        }
+        return try await body(client)
+    }
+}
+
+/// Runs `body` on a client-only node of the pool (it dispatches, stops and notifies; it routes
+/// nothing), then leaves the pool.
+func withClientNode<R: Sendable>(
+    _ options: PoolOptions,
+    command: String,
+    _ body: @escaping @Sendable (Node) async throws -> R
+) async throws -> R {
+    var configuration = try requiredRedisConfiguration(options, command: command)
+    configuration.commandConnections = 1
+    return try await withPoolClient(configuration) { client in
+        var nodeOptions = Node.Options()
+        nodeOptions.clientOnly = true
+        nodeOptions.name = "rota-\(command)-\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        let node: Node
+        do {
+            node = try Node(pool: options.pool, client: client, options: nodeOptions)
+        } catch {
+            throw CommandFailure(poolMessage(error))
+        }
+        return try await withThrowingTaskGroup(of: Void.self, returning: R.self) { group in
+            group.addTask { try await node.run() }
+            do {
+                try await node.waitUntilReady()
+            } catch {
+                group.cancelAll()
+                throw CommandFailure("joining pool \(options.pool): \((error as? PoolError)?.message ?? "\(error)")")
+            }
+            let result: Result<R, any Error>
+            do {
+                result = .success(try await body(node))
+            } catch {
+                result = .failure(error)
+            }
+            // Leave properly: the node's inbox and name go away with it.
+            try? await node.close()
+            try? await group.waitForAll()
+            return try result.get()
+        }
+    }
+}
+
+/// Prints `Error: message` like ArgumentParser does and returns the exit code to throw.
+func failure(_ message: String, exitCode: Int32) -> ExitCode {
+    FileHandle.standardError.write(Data("Error: \(message)\n".utf8))
+    return ExitCode(exitCode)
+}
+
+/// The bytes of `--payload TEXT` or `--payload-file F` (`-` reads standard input); empty without either.
+func payloadBytes(text: String?, file: String?, textName: String = "--payload") throws -> [UInt8] {
+    switch (text, file) {
+    case (.some, .some):
+        throw CommandFailure("give \(textName) or --payload-file, not both")
+    case (let text?, nil):
+        return Array(text.utf8)
+    case (nil, let path?):
+        if path == "-" { return Array(FileHandle.standardInput.readDataToEndOfFile()) }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw CommandFailure("--payload-file: cannot read '\(path)'")
+        }
+        return Array(data)
+    case (nil, nil):
+        return []
+    }
+}
+
+/// The message of a pool error without its code prefix; other errors as they describe themselves.
+func poolMessage(_ error: any Error) -> String {
+    if let error = error as? PoolError { return error.message }
+    if let error = error as? CommandFailure { return error.description }
+    return "\(error)"
+}
+
+// MARK: rota worker
+
+struct WorkerCommand: ParsableCommand, AsyncCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run a worker node of an existing pool with the built-in handlers, until SIGTERM/SIGINT.",
+        discussion: """
+            The node hosts --workers workers running the built-in handlers: `log`, and `exec` limited to \
+            the executables allow-listed with --allow-exec. It plans nothing (that is `rota run`). On \
+            SIGTERM/SIGINT it leaves the pool: its jobs move to the workers of the other nodes, then the \
+            children of its exec jobs are stopped.
+            """
+    )
+
+    @OptionGroup var poolOptions: PoolOptions
+
+    @Option(help: "Workers in this process.")
+    var workers = 2
+
+    @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
+    var allowExec: [String] = []
+
+    @Option(help: "This node's name in `rota status` (default: host name and process ID).")
+    var name: String?
+
+    @Option(help: "Log format: text or json.")
+    var logFormat: LogFormat = .text
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        guard poolOptions.redis != nil else {
+            throw ValidationError("a worker joins an existing pool: give --redis URL (rota run starts a private Redis, rota worker does not)")
+        }
+    }
+
+    func execute() async throws {
+        let configuration = try requiredRedisConfiguration(poolOptions, command: "worker")
+        let logger = bootstrapLogging(format: logFormat, level: logLevel)
+        let client = RedisClient(configuration: configuration, logger: logger)
+        let (registry, exec) = try builtInRegistry(allowExec: allowExec, logger: logger)
+        var nodeOptions = Node.Options()
+        nodeOptions.logger = logger
+        if let name { nodeOptions.name = name }
+        let node: Node
+        do {
+            node = try Node(pool: poolOptions.pool, client: client, options: nodeOptions)
+        } catch {
+            throw CommandFailure(error.message)
+        }
+        let service = WorkerNodeService(
+            node: node, workers: workers, exec: exec, logger: logger,
+            makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }
+        )
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: client), .init(service: service)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        do {
+            try await group.run()
+        } catch {
+            // Children of exec jobs never outlive the worker that supervises them.
+            await exec.stopAll()
+            throw CommandFailure("\(poolMessage(error))")
+        }
+        await exec.stopAll()
+    }
+}
+
+/// A node hosting workers: joins, adds the workers, and on graceful shutdown closes the node (its
+/// jobs move to other nodes) before the exec children are stopped.
+struct WorkerNodeService: Service {
+    let node: Node
+    let workers: Int
+    let exec: ExecJobHandler
+    let logger: Logger
+    let makeHandler: @Sendable () -> any JobHandler
+
+    func run() async throws {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await node.run()
+                return true
+            }
+            group.addTask {
+                try? await gracefulShutdown()
+                guard !Task.isCancelled else { return false }
+                logger.info("shutting down: handing jobs over to the other nodes")
+                try? await node.close()
+                await exec.stopAll()
+                return false
+            }
+            do {
+                try await node.waitUntilReady()
+                for _ in 0..<workers {
+                    _ = try await node.addWorker(makeHandler())
+                }
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            logger.info("rota worker ready", metadata: [
+                "pool": "\(node.pool)", "node": "\(node.id)", "name": "\(node.options.name)",
+                "workers": "\(node.localWorkers.map(\.id).joined(separator: ","))",
+            ])
+            // The node ends after close, or when the pool shuts down: then stop waiting for signals.
+            while let nodeEnded = try await group.next() {
+                if nodeEnded { group.cancelAll() }
+            }
+        }
+    }
+}
+
+// MARK: rota dispatch
+
+struct DispatchCommand: ParsableCommand, AsyncCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dispatch",
+        abstract: "Start a job in the pool with a named handler; returns once a worker started it.",
+        discussion: "Exit status: 0 started, 3 the job already exists (or is being dispatched), 1 any other failure (the worker's error text for a failed start)."
+    )
+
+    @Argument(help: "The job key.")
+    var key: String
+
+    @Option(help: "The worker-side handler (e.g. log, exec).")
+    var handler: String
+
+    @Option(help: "The handler's payload, as text.")
+    var payload: String?
+
+    @Option(help: "Read the handler's payload from this file (- for standard input).")
+    var payloadFile: String?
+
+    @OptionGroup var poolOptions: PoolOptions
+
+    func execute() async throws {
+        let envelope: JobEnvelope
+        do {
+            envelope = try JobEnvelope(handler: handler, payload: try payloadBytes(text: payload, file: payloadFile))
+        } catch let error as EnvelopeError {
+            throw CommandFailure("--handler: \(error.message)")
+        }
+        let key = self.key
+        let outcome: Result<Void, PoolError> = try await withClientNode(poolOptions, command: "dispatch") { node in
+            do {
+                try await node.dispatch(key: key, payload: envelope.encoded())
+                return .success(())
+            } catch let error as PoolError {
+                return .failure(error)
+            }
+        }
+        switch outcome {
+        case .success:
+            print("started \(key)")
+        case .failure(let error) where error.code == .jobExists:
+            throw failure("job \(key) already exists", exitCode: 3)
+        case .failure(let error) where error.code == .timeout:
+            throw CommandFailure("job \(key): no worker confirmed the start in time (it may still start later)")
+        case .failure(let error):
+            throw CommandFailure(error.message)
+        }
+    }
+}
+
+// MARK: rota stop / rota notify
+
+struct StopCommand: ParsableCommand, AsyncCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stop",
+        abstract: "Stop jobs of the pool for good.",
+        discussion: "Exit status: 0 every job existed and was asked to stop, 4 some job was not found (the others are stopped), 1 any other failure."
+    )
+
+    @Argument(help: "The job keys.")
+    var keys: [String]
+
+    @Flag(help: "Wait until the jobs are gone from the pool.")
+    var wait = false
+
+    @OptionGroup var poolOptions: PoolOptions
+
+    func validate() throws {
+        guard !keys.isEmpty else { throw ValidationError("give at least one job key") }
+    }
+
+    func execute() async throws {
+        let keys = self.keys, wait = self.wait
+        let missing: [String] = try await withClientNode(poolOptions, command: "stop") { node in
+            var missing: [String] = []
+            var stopped: [String] = []
+            for key in keys {
+                guard try await node.jobPayload(key) != nil else {
+                    missing.append(key)
+                    continue
+                }
+                do {
+                    try await node.stop(key: key)
+                } catch {
+                    throw CommandFailure("stopping \(key): \(poolMessage(error))")
+                }
+                stopped.append(key)
+            }
+            if wait {
+                // Twice the default ack grace period: the longest a stop can take to be routed.
+                let deadline = ContinuousClock.now + .seconds(40)
+                var remaining = stopped
+                while !remaining.isEmpty {
+                    var still: [String] = []
+                    for key in remaining where try await node.jobPayload(key) != nil { still.append(key) }
+                    remaining = still
+                    if remaining.isEmpty { break }
+                    guard ContinuousClock.now < deadline else {
+                        throw CommandFailure("still running after 40 s: \(remaining.joined(separator: ", "))")
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            for key in stopped { print("stopping \(key)") }
+            return missing
+        }
+        guard missing.isEmpty else {
+            throw failure(missing.map { "job \($0) not found" }.joined(separator: "\nError: "), exitCode: 4)
+        }
+    }
+}
+
+struct NotifyCommand: ParsableCommand, AsyncCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "notify",
+        abstract: "Send a notification to the worker running a job.",
+        discussion: "Exit status: 0 sent, 4 the job was not found, 1 any other failure."
+    )
+
+    @Argument(help: "The job key.")
+    var key: String
+
+    @Argument(help: "The notification, as text.")
+    var text: String?
+
+    @Option(help: "Read the notification from this file (- for standard input).")
+    var payloadFile: String?
+
+    @OptionGroup var poolOptions: PoolOptions
+
+    func execute() async throws {
+        let payload = try payloadBytes(text: text, file: payloadFile, textName: "TEXT")
+        let key = self.key
+        let found: Bool = try await withClientNode(poolOptions, command: "notify") { node in
+            guard try await node.jobPayload(key) != nil else { return false }
+            do {
+                try await node.notify(key: key, payload: payload)
+            } catch {
+                throw CommandFailure("notifying \(key): \(poolMessage(error))")
+            }
+            return true
+        }
+        guard found else { throw failure("job \(key) not found", exitCode: 4) }
+        print("notified \(key)")
+    }
+}

@@ -1,0 +1,309 @@
+import ArgumentParser
+import Foundation
+import RotaRedis
+import RotaService
+
+/// Formats of commands that print one report (several sections): `table` for people, `json`.
+enum ReportFormat: String, ExpressibleByArgument, CaseIterable {
+    case table, json
+}
+
+/// Reads a pool's state straight from Redis (see the key layout in ARCHITECTURE.md), without
+/// joining the pool as a node.
+struct PoolReader {
+    let client: RedisClient
+    let space: RedisKeySpace
+
+    init(client: RedisClient, pool: String) throws {
+        self.client = client
+        do {
+            space = try RedisKeySpace(pool)
+        } catch {
+            throw CommandFailure("--pool: \(error.message)")
+        }
+    }
+
+    func mapKey(_ name: String) -> String { space.key("map", name) }
+    func streamKey(_ name: String) -> String { space.key("stream", name) }
+
+    /// Sends the commands in one pipeline; an error reply throws.
+    func pipeline(_ commands: [RedisCommand]) async throws -> [RedisValue] {
+        guard !commands.isEmpty else { return [] }
+        do {
+            return try await client.pipeline(commands).map { try $0.throwingServerError() }
+        } catch let error as RedisError {
+            throw CommandFailure("reading pool \(space.name): \(error.message)")
+        }
+    }
+
+    /// The user fields of a map (`HGETALL`; reserved fields, starting with `=`, left out).
+    static func fields(_ reply: RedisValue) -> [String: [UInt8]] {
+        let items = reply.array ?? []
+        var content: [String: [UInt8]] = [:]
+        var index = 0
+        while index + 1 < items.count {
+            if let field = items[index].string, !field.hasPrefix("=") { content[field] = items[index + 1].bytes ?? [] }
+            index += 2
+        }
+        return content
+    }
+
+    /// The user keys of a map (`HKEYS`).
+    static func keys(_ reply: RedisValue) -> [String] {
+        (reply.array ?? []).compactMap(\.string).filter { !$0.hasPrefix("=") }
+    }
+
+    func hash(_ key: String) -> RedisCommand { RedisCommand("HGETALL", key) }
+}
+
+/// Stream entries as returned by XRANGE/XREVRANGE: ID and fields.
+struct StreamEntry {
+    var id: String
+    var fields: [String: [UInt8]]
+
+    static func entries(_ reply: RedisValue) -> [StreamEntry] {
+        (reply.array ?? []).compactMap { item -> StreamEntry? in
+            guard let parts = item.array, parts.count == 2, let id = parts[0].string else { return nil }
+            let values = parts[1].array ?? []
+            var fields: [String: [UInt8]] = [:]
+            var index = 0
+            while index + 1 < values.count {
+                if let name = values[index].string { fields[name] = values[index + 1].bytes ?? [] }
+                index += 2
+            }
+            return StreamEntry(id: id, fields: fields)
+        }
+    }
+}
+
+/// The node that created a worker, read from the `i` (init) entry its inbox starts with:
+/// the envelope `str sender, str payload` (4-byte little-endian lengths), sender = the node,
+/// payload = the worker ID. The worker trims its inbox once it handled later events, so the entry
+/// (and with it the answer) is gone once the worker took a job: nil then.
+func workerNode(fromFirstInboxEntry reply: RedisValue, worker: String) -> String? {
+    guard let entry = StreamEntry.entries(reply).first, entry.fields["n"] == Array("i".utf8), let bytes = entry.fields["p"] else {
+        return nil
+    }
+    var offset = 0
+    func string() -> [UInt8]? {
+        guard offset + 4 <= bytes.count else { return nil }
+        let length = Int(bytes[offset]) | Int(bytes[offset + 1]) << 8 | Int(bytes[offset + 2]) << 16 | Int(bytes[offset + 3]) << 24
+        offset += 4
+        guard length >= 0, offset + length <= bytes.count else { return nil }
+        defer { offset += length }
+        return Array(bytes[offset..<offset + length])
+    }
+    guard let sender = string(), let payload = string(), offset == bytes.count, payload == Array(worker.utf8), !sender.isEmpty else {
+        return nil
+    }
+    return String(decoding: sender, as: UTF8.self)
+}
+
+/// A round as published on the history stream (the fields `rota status` needs).
+struct HistoryRound: Decodable {
+    var id: String
+    var producer: String
+    var node: String
+    var tick: Double
+    var finished: Double?
+    var counts: [Int]?
+    var error: String?
+}
+
+func dateFromNanos(_ text: String) -> Date? {
+    guard let nanos = Int64(text) else { return nil }
+    return Date(timeIntervalSince1970: Double(nanos / 1_000_000_000) + Double(nanos % 1_000_000_000) / 1e9)
+}
+
+/// `<next tick, Unix µs>|<interval>` of a ticker entry.
+func parseTickerEntry(_ bytes: [UInt8]) -> (next: Date, interval: String)? {
+    let text = String(decoding: bytes, as: UTF8.self)
+    let parts = text.split(separator: "|", maxSplits: 1)
+    guard parts.count == 2, let micros = Int64(parts[0]) else { return nil }
+    return (Date(timeIntervalSince1970: Double(micros / 1_000_000) + Double(micros % 1_000_000) / 1e6), String(parts[1]))
+}
+
+struct StatusCommand: ParsableCommand, AsyncCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show a pool: nodes, workers and their jobs, jobs, and each producer's planner, last round and next tick.",
+        discussion: """
+            Reads Redis directly (it does not join the pool). \
+            Planners and last rounds come from the newest 1000 rounds of the history stream.
+            """
+    )
+
+    @OptionGroup var poolOptions: PoolOptions
+
+    @Option(help: "Output format: table or json.")
+    var format: ReportFormat = .table
+
+    /// Rounds of the history stream read to find each producer's last round.
+    static let historyDepth = 1000
+
+    struct NodeRow {
+        var id: String
+        var name: String?
+        var lastSeen: Date?
+        var workers = 0
+    }
+
+    struct WorkerRow {
+        var id: String
+        var node: String?
+        var jobs = 0
+        var created: Date?
+        var lastSeen: Date?
+        var retiring: Bool
+    }
+
+    struct JobRow {
+        var key: String
+        var worker: String?
+        var handler: String?
+    }
+
+    struct ProducerRow {
+        var name: String
+        var planner: String?
+        var lastRound: String?
+        var lastTick: Date?
+        var lastError: String?
+        var nextTick: Date?
+        var interval: String?
+        var jobs = 0
+    }
+
+    func execute() async throws {
+        var configuration = try requiredRedisConfiguration(poolOptions, command: "status")
+        configuration.commandConnections = 1
+        let pool = poolOptions.pool
+        let text = try await withPoolClient(configuration) { client in
+            let reader = try PoolReader(client: client, pool: pool)
+            return try await Self.report(reader, format: format)
+        }
+        print(text, terminator: "")
+    }
+
+    static func report(_ reader: PoolReader, format: ReportFormat) async throws -> String {
+        let replies = try await reader.pipeline([
+            reader.hash(reader.mapKey("node-keepalive")),
+            reader.hash(reader.space.key("node-names")),
+            reader.hash(reader.mapKey("workers")),
+            reader.hash(reader.mapKey("worker-keepalive")),
+            reader.hash(reader.mapKey("owners")),
+            reader.hash(reader.mapKey("job-payloads")),
+            reader.hash(reader.mapKey("tickers")),
+            RedisCommand("XREVRANGE", reader.streamKey("history"), "+", "-", "COUNT", String(historyDepth)),
+        ])
+        let nodeKeepAlive = PoolReader.fields(replies[0])
+        let names = PoolReader.fields(replies[1]).mapValues { String(decoding: $0, as: UTF8.self) }
+        let registry = PoolReader.fields(replies[2])
+        let workerKeepAlive = PoolReader.fields(replies[3])
+        let owners = PoolReader.fields(replies[4]).mapValues { String(decoding: $0, as: UTF8.self) }
+        let payloads = PoolReader.fields(replies[5])
+        let tickers = PoolReader.fields(replies[6])
+        let history = StreamEntry.entries(replies[7])
+
+        // Workers, and their node (recorded by the node when it added the worker; for workers of
+        // older nodes, the init entry of the inbox, while it is still there).
+        let workerIDs = registry.keys.sorted()
+        let workerNodes = PoolReader.fields(try await reader.pipeline([RedisCommand("HGETALL", reader.space.key("worker-nodes"))])[0])
+            .mapValues { String(decoding: $0, as: UTF8.self) }
+        let inboxHeads = try await reader.pipeline(workerIDs.map {
+            RedisCommand("XRANGE", reader.streamKey("worker-\($0)"), "-", "+", "COUNT", "1")
+        })
+        var workers: [WorkerRow] = []
+        for (index, id) in workerIDs.enumerated() {
+            let value = String(decoding: registry[id] ?? [], as: UTF8.self)
+            workers.append(WorkerRow(
+                id: id, node: workerNodes[id] ?? workerNode(fromFirstInboxEntry: inboxHeads[index], worker: id),
+                jobs: owners.values.filter { $0 == id }.count,
+                created: dateFromNanos(value), lastSeen: workerKeepAlive[id].flatMap { dateFromNanos(String(decoding: $0, as: UTF8.self)) },
+                retiring: value == "-"
+            ))
+        }
+        workers.sort { ($0.created ?? .distantFuture, $0.id) < ($1.created ?? .distantFuture, $1.id) }
+
+        // Nodes: those with a keep-alive or a name; a node that closed (no inbox, no name) is left
+        // out even while its keep-alive entry waits for a peer's sweep.
+        let candidates = Set(nodeKeepAlive.keys).union(names.keys).sorted()
+        let inboxes = try await reader.pipeline(candidates.map { RedisCommand("EXISTS", reader.streamKey("node-\($0)")) })
+        var nodes: [NodeRow] = []
+        for (index, id) in candidates.enumerated() where inboxes[index].int == 1 || names[id] != nil {
+            nodes.append(NodeRow(
+                id: id, name: names[id],
+                lastSeen: nodeKeepAlive[id].flatMap { dateFromNanos(String(decoding: $0, as: UTF8.self)) },
+                workers: workers.filter { $0.node == id }.count
+            ))
+        }
+
+        let jobs = Set(owners.keys).union(payloads.keys).sorted().map { key in
+            JobRow(key: key, worker: owners[key], handler: payloads[key].flatMap { try? JobEnvelope(decoding: $0).handler })
+        }
+
+        // Producers: the schedules' tickers, and producers with rounds on the history stream.
+        var producers: [String: ProducerRow] = [:]
+        for (name, value) in tickers where name.hasPrefix("schedule-") {
+            let producer = String(name.dropFirst("schedule-".count))
+            let entry = parseTickerEntry(value)
+            producers[producer] = ProducerRow(name: producer, nextTick: entry?.next, interval: entry?.interval)
+        }
+        let decoder = JSONDecoder()
+        for entry in history where entry.fields["n"] == Array("round".utf8) {
+            guard let payload = entry.fields["p"], let round = try? decoder.decode(HistoryRound.self, from: Data(payload)) else { continue }
+            var row = producers[round.producer] ?? ProducerRow(name: round.producer)
+            guard row.lastRound == nil else { continue }   // newest first: the first one is the last round
+            row.planner = round.node
+            row.lastRound = round.id
+            row.lastTick = Date(timeIntervalSince1970: round.tick)
+            row.lastError = round.error
+            producers[round.producer] = row
+        }
+        let producerNames = producers.keys.sorted()
+        let bookkeeping = try await reader.pipeline(producerNames.map { RedisCommand("HKEYS", reader.mapKey("schedule-\($0)")) })
+        for (index, name) in producerNames.enumerated() { producers[name]?.jobs = PoolReader.keys(bookkeeping[index]).count }
+        let producerRows = producerNames.compactMap { producers[$0] }
+
+        switch format {
+        case .json:
+            func date(_ value: Date?) -> JSONValue { .optional(value.map(rfc3339)) }
+            let object: JSONValue = .object([
+                ("pool", .string(reader.space.name)),
+                ("nodes", .array(nodes.map { .object([
+                    ("id", .string($0.id)), ("name", .optional($0.name)), ("last_seen", date($0.lastSeen)), ("workers", .int($0.workers)),
+                ]) })),
+                ("workers", .array(workers.map { .object([
+                    ("id", .string($0.id)), ("node", .optional($0.node)), ("jobs", .int($0.jobs)),
+                    ("created", date($0.created)), ("last_seen", date($0.lastSeen)), ("retiring", .raw($0.retiring ? "true" : "false")),
+                ]) })),
+                ("jobs", .array(jobs.map { .object([
+                    ("key", .string($0.key)), ("worker", .optional($0.worker)), ("handler", .optional($0.handler)),
+                ]) })),
+                ("producers", .array(producerRows.map { .object([
+                    ("name", .string($0.name)), ("planner", .optional($0.planner)), ("planner_name", .optional($0.planner.flatMap { names[$0] })),
+                    ("last_round", .optional($0.lastRound)), ("last_tick", date($0.lastTick)), ("last_error", .optional($0.lastError)),
+                    ("next_tick", date($0.nextTick)), ("interval", .optional($0.interval)), ("jobs", .int($0.jobs)),
+                ]) })),
+            ])
+            return object.text + "\n"
+        case .table:
+            func date(_ value: Date?) -> String { value.map(rfc3339) ?? "-" }
+            func node(_ id: String?) -> String {
+                guard let id else { return "-" }
+                return names[id].map { "\($0) (\(id))" } ?? id
+            }
+            var out = "pool \(reader.space.name): \(nodes.count) node(s), \(workers.count) worker(s), \(jobs.count) job(s), \(producerRows.count) producer(s)\n"
+            out += "\nNODES\n" + render(["ID", "NAME", "WORKERS", "LAST SEEN"],
+                nodes.map { [$0.id, $0.name ?? "-", String($0.workers), date($0.lastSeen)] }, format: .table)
+            out += "\nWORKERS\n" + render(["ID", "NODE", "JOBS", "CREATED", "LAST SEEN", "STATE"],
+                workers.map { [$0.id, node($0.node), String($0.jobs), date($0.created), date($0.lastSeen), $0.retiring ? "retiring" : "active"] },
+                format: .table)
+            out += "\nJOBS\n" + render(["KEY", "WORKER", "HANDLER"], jobs.map { [$0.key, $0.worker ?? "(awaiting a worker)", $0.handler ?? "-"] }, format: .table)
+            out += "\nPRODUCERS\n" + render(["NAME", "PLANNER", "LAST ROUND", "LAST TICK", "NEXT TICK", "INTERVAL", "JOBS", "LAST ERROR"],
+                producerRows.map { [$0.name, node($0.planner), $0.lastRound ?? "-", date($0.lastTick), date($0.nextTick), $0.interval ?? "-",
+                    String($0.jobs), $0.lastError ?? "-"] }, format: .table)
+            return out
+        }
+    }
+}

@@ -1,0 +1,190 @@
+import Foundation
+import RotaRedisServer
+import RotaTestSupport
+import Testing
+
+/// The built `rota` binary (next to the test bundle, or beside the test runner).
+private func rotaExecutable() -> URL {
+    let beside = Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("rota")
+    if FileManager.default.isExecutableFile(atPath: beside.path) { return beside }
+    return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota")
+}
+
+/// Runs `rota` to completion and captures its output (small outputs: stdout, then stderr).
+private func runRota(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+    let process = Process()
+    process.executableURL = rotaExecutable()
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process.terminationStatus, output, error)
+}
+
+/// A `rota worker` process in the background; its output goes to a log file (read on failure).
+private final class BackgroundWorker {
+    let process = Process()
+    let log: URL
+
+    init(arguments: [String]) throws {
+        log = FileManager.default.temporaryDirectory.appendingPathComponent("rota-worker-\(UUID().uuidString).log")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.executableURL = rotaExecutable()
+        process.arguments = ["worker"] + arguments
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns the exit status, nil if
+    /// it had to be killed.
+    @discardableResult
+    func stop(grace: Duration = .seconds(20)) async -> Int32? {
+        guard process.isRunning else { return process.terminationStatus }
+        process.terminate()
+        let deadline = ContinuousClock.now + grace
+        while process.isRunning, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        guard process.isRunning else {
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        return nil
+    }
+
+    deinit {
+        // Never leave a worker behind, whatever happened to the test.
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: log)
+    }
+}
+
+/// `rota status --format json`, parsed.
+private struct StatusReport {
+    var nodes: [[String: Any]]
+    var workers: [[String: Any]]
+    var jobs: [[String: Any]]
+    var producers: [[String: Any]]
+
+    init(_ text: String) throws {
+        guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+              let nodes = object["nodes"] as? [[String: Any]], let workers = object["workers"] as? [[String: Any]],
+              let jobs = object["jobs"] as? [[String: Any]], let producers = object["producers"] as? [[String: Any]]
+        else { throw TestFailure("unexpected status JSON: \(text)") }
+        self.nodes = nodes
+        self.workers = workers
+        self.jobs = jobs
+        self.producers = producers
+    }
+}
+
+@Suite(.serialized) struct PoolCommandTests {
+    @Test func workerDispatchStatusStopAndPlanDiff() async throws {
+        try await RedisServer.withServer { server in
+            let pool = "cli-\(UUID().uuidString.prefix(8))"
+            let target = ["--redis", server.url, "--pool", pool]
+            let worker = try BackgroundWorker(arguments: target + ["--workers", "1", "--name", "cli-test-node"])
+            do {
+                try await scenario(target: target, worker: worker)
+            } catch {
+                await worker.stop()
+                Issue.record("worker output:\n\(worker.output)")
+                throw error
+            }
+            // SIGTERM: the worker closes its node and exits 0.
+            let status = await worker.stop()
+            #expect(status == 0, "worker output:\n\(worker.output)")
+        }
+    }
+
+    private func status(_ target: [String]) throws -> StatusReport {
+        let result = try runRota(["status", "--format", "json"] + target)
+        guard result.status == 0 else { throw TestFailure("rota status failed: \(result.err)") }
+        return try StatusReport(result.out)
+    }
+
+    private func scenario(target: [String], worker: BackgroundWorker) async throws {
+        // The worker joins: status shows its node (by name) and the worker on that node.
+        var report = try status(target)
+        try await eventually("the worker joined", timeout: .seconds(30)) {
+            report = try status(target)
+            return report.workers.count == 1 && report.nodes.contains { $0["name"] as? String == "cli-test-node" }
+        }
+        let nodeID = try #require(report.nodes.first { $0["name"] as? String == "cli-test-node" }?["id"] as? String)
+        let workerID = try #require(report.workers.first?["id"] as? String)
+        // Before its first job the worker's inbox still tells its node.
+        #expect(report.workers.first?["node"] as? String == nodeID)
+
+        let dispatched = try runRota(["dispatch", "job/1", "--handler", "log", "--payload", "hello"] + target)
+        #expect(dispatched.status == 0, "\(dispatched.err)")
+        report = try status(target)
+        #expect(report.jobs.contains { $0["key"] as? String == "job/1" && $0["worker"] as? String == workerID && $0["handler"] as? String == "log" })
+        let listed = try #require(report.workers.first { $0["id"] as? String == workerID })
+        #expect(listed["jobs"] as? Int == 1)
+        // Once the worker trimmed its inbox the node is unknown (null); it is never another node.
+        #expect(listed["node"] as? String == nodeID || listed["node"] is NSNull)
+        #expect(report.nodes.contains { $0["id"] as? String == nodeID })
+
+        let again = try runRota(["dispatch", "job/1", "--handler", "log", "--payload", "hello"] + target)
+        #expect(again.status == 3)
+        #expect(again.err.contains("job job/1 already exists"))
+
+        let unknownStop = try runRota(["stop", "job/none"] + target)
+        #expect(unknownStop.status == 4)
+        #expect(unknownStop.err.contains("job job/none not found"))
+        let unknownNotify = try runRota(["notify", "job/none", "hi"] + target)
+        #expect(unknownNotify.status == 4)
+        let notified = try runRota(["notify", "job/1", "hi"] + target)
+        #expect(notified.status == 0, "\(notified.err)")
+
+        let stopped = try runRota(["stop", "job/1"] + target)
+        #expect(stopped.status == 0, "\(stopped.err)")
+        try await eventually("job/1 is gone from status", timeout: .seconds(30)) {
+            try status(target).jobs.isEmpty
+        }
+
+        let unknownHandler = try runRota(["dispatch", "job/2", "--handler", "nope"] + target)
+        #expect(unknownHandler.status != 0)
+        #expect(unknownHandler.status != 3)
+        #expect(unknownHandler.err.contains("unknown handler"))
+        #expect(try status(target).jobs.isEmpty)
+
+        let plan = FileManager.default.temporaryDirectory.appendingPathComponent("rota-diff-\(UUID().uuidString).yaml")
+        defer { try? FileManager.default.removeItem(at: plan) }
+        try """
+            producers:
+              - name: feeds
+                every: 1m
+                jobs:
+                  - {key: feed/a, handler: log, payload: {city: A}}
+                  - {key: feed/later, handler: log, from: 2999-01-01T00:00:00Z}
+            """.write(to: plan, atomically: true, encoding: .utf8)
+        let diff = try runRota(["plan", "diff", plan.path, "--format", "json"] + target)
+        #expect(diff.status == 0, "\(diff.err)")
+        #expect(diff.out.trimmingCharacters(in: .whitespacesAndNewlines)
+            == #"[{"producer":"feeds","job":"feed/a","action":"start","handler":"log","reason":"desired, not running"}]"#)
+        // Nothing was applied.
+        #expect(try status(target).jobs.isEmpty)
+    }
+
+    @Test func poolCommandsNeedRedis() throws {
+        for arguments in [["worker"], ["status"], ["stop", "k"], ["dispatch", "k", "--handler", "log"]] {
+            let result = try runRota(arguments + ["--pool", "p"])
+            #expect(result.status != 0, "\(arguments)")
+            #expect(result.err.contains("--redis"), "\(arguments): \(result.err)")
+        }
+    }
+}
