@@ -84,7 +84,13 @@ public final class RunService: Service, Sendable {
             $0.store = store
             $0.history = history
         }
-        try loadPlans(into: store)
+        do {
+            try loadPlans(into: store)
+        } catch {
+            // Plans stored by an earlier run keep running; with none, there is nothing to run.
+            guard try !store.producers(pool: configuration.pool).filter({ $0.retiredAt == nil }).isEmpty else { throw error }
+            logger.error("plan files are invalid; running the definitions stored by an earlier run", metadata: ["error": "\(error)"])
+        }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.node.run() }
             group.addTask {

@@ -95,6 +95,8 @@ struct SchedulingTests {
             try await pool.client.send("DEL", key)
             try await pool.client.send("SET", key, "not a hash")
             let broken = Date()
+            // A consumer waits for the next tick meanwhile (tickers compete only for waiting consumers).
+            let waiting = Task { await iterator.next() }
             try await eventually("advances fail and are retried", timeout: .seconds(5)) {
                 capture.entries.withLock { $0.filter { $0.message.contains("advancing the ticker failed") }.count } >= 3
             }
@@ -105,7 +107,7 @@ struct SchedulingTests {
             try await pool.client.send("DEL", key)
             for (field, value) in saved { try await pool.client.send("HSET", key, field, value) }
             let resumed = Date()
-            guard let next = await iterator.next() else { throw TestFailure("ticker ended") }
+            guard let next = await waiting.value else { throw TestFailure("ticker ended") }
             #expect(next.delivered >= resumed, "no tick while the entry could not be written")
             #expect(next.missed > 0, "the ticks that were due while broken are reported as missed")
             try await ticker.stop()

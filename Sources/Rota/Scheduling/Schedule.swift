@@ -321,11 +321,16 @@ extension Node {
         let entry: TickerEntry
         do {
             // Redis, not the replica: joining must see the entry as it is now.
-            let current = try await client.send("HGET", maps.tickers.contentKey, name).string.flatMap(TickerEntry.init)
-            if let current, current.interval == interval {
+            let fresh = TickerEntry(next: nowMicros() + (firstTickNow ? 0 : interval.microseconds), interval: interval)
+            // Set-if-absent first: nodes starting together must not each create a first tick.
+            if try await maps.tickers.setIfAbsent(name, fresh.raw) {
+                entry = fresh
+            } else if let current = try await client.send("HGET", maps.tickers.contentKey, name).string.flatMap(TickerEntry.init),
+                      current.interval == interval {
                 entry = current
             } else {
-                entry = TickerEntry(next: nowMicros() + (firstTickNow ? 0 : interval.microseconds), interval: interval)
+                // Another interval (or an unreadable entry): this one replaces it for everyone.
+                entry = fresh
                 try await maps.tickers.setAndWait(name, entry.raw)
             }
         } catch let error as PoolError {

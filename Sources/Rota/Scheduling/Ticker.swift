@@ -32,8 +32,8 @@ public final class Ticker: Sendable {
     public let name: String
     let node: Node
     let logger: Logger
-    let mailbox = TickMailbox()
     let wake = WakeSignal()
+    let mailbox: TickMailbox
     let ended = Latch()
 
     private struct State {
@@ -42,6 +42,8 @@ public final class Ticker: Sendable {
         var known: TickerEntry
         var closing = false
         var stopping = false
+        /// The replica has shown the entry at least once: from then on, its absence means a stop.
+        var seen = false
     }
 
     private let state: Mutex<State>
@@ -53,6 +55,7 @@ public final class Ticker: Sendable {
         logger[metadataKey: "ticker"] = "\(name)"
         self.logger = logger
         self.state = Mutex(State(interval: entry.interval, known: entry))
+        self.mailbox = TickMailbox(wake: wake)
     }
 
     /// The ticks this node delivers. Ends when the ticker is closed or stopped (here or, for a
@@ -109,9 +112,17 @@ public final class Ticker: Sendable {
             // Adopt what the map says now: another node advanced the ticker, changed its interval,
             // or deleted it (a stop, here or elsewhere).
             guard let raw = node.maps.tickers.string(name) else {
-                logger.debug("ticker stopped")
-                return
+                if state.withLock({ $0.seen }) {
+                    logger.debug("ticker stopped")
+                    return
+                }
+                // Just created: the replica has not received the entry yet. Redis says whether
+                // it exists at all (a stop may have come first).
+                if (try? await node.client.send("HEXISTS", node.maps.tickers.contentKey, name).int) == 0 { return }
+                await wake.wait(timeout: .milliseconds(50))
+                continue
             }
+            state.withLock { $0.seen = true }
             if raw != known.raw {
                 guard let entry = TickerEntry(raw) else {
                     logger.error("ignoring a malformed ticker entry", metadata: ["value": "\(raw)"])
@@ -133,6 +144,13 @@ public final class Ticker: Sendable {
             let due = retryAt ?? known.next
             if due > now {
                 await wake.wait(timeout: .microseconds(due - now))
+                continue
+            }
+            // Only a node whose consumer is waiting competes for a tick: a busy one (a schedule
+            // still applying the last plan) would win ticks it cannot use. Idle nodes take them;
+            // if every node is busy, the next tick reports the ones skipped as missed.
+            guard mailbox.consumerWaiting else {
+                await wake.wait(timeout: known.interval)
                 continue
             }
             retryAt = nil
@@ -199,7 +217,8 @@ public struct TickSequence: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(mailbox: mailbox) }
 }
 
-/// Holds the latest undelivered tick and counts the ones it replaced.
+/// Holds the latest undelivered tick and counts the ones it replaced; tells the ticker when the
+/// consumer starts waiting (the ticker competes for ticks only then).
 final class TickMailbox: Sendable {
     private struct State {
         var pending: Tick?
@@ -209,6 +228,13 @@ final class TickMailbox: Sendable {
     }
 
     private let state = Mutex(State())
+    private let wake: WakeSignal
+
+    init(wake: WakeSignal) {
+        self.wake = wake
+    }
+
+    var consumerWaiting: Bool { state.withLock { $0.waiter != nil } }
 
     func post(_ tick: Tick) {
         let waiter = state.withLock { state -> (CheckedContinuation<Tick?, Never>, Tick)? in
@@ -248,7 +274,11 @@ final class TickMailbox: Sendable {
                     state.waiter = continuation
                     return nil
                 }
-                if let now { continuation.resume(returning: now) }
+                if let now {
+                    continuation.resume(returning: now)
+                } else {
+                    wake.fire()
+                }
             }
         } onCancel: {
             state.withLock { state -> CheckedContinuation<Tick?, Never>? in
