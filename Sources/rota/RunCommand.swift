@@ -105,9 +105,12 @@ func withRedis(_ url: String?, logger: Logger, _ body: (RedisConfiguration) asyn
     } catch {
         throw CommandFailure("no --redis given and a private redis-server could not be started (is redis-server installed?): \(error)")
     }
-    logger.info("started a private redis-server for this run", metadata: ["url": "\(server.url)"])
+    // The private server listens on a Unix socket in its temporary directory.
+    var configuration = server.configuration
+    if let socket = server.socketPath { configuration = RedisConfiguration(endpoint: .unixSocket(path: socket)) }
+    logger.info("started a private redis-server for this run", metadata: ["redis": "\(configuration.endpoint)"])
     do {
-        try await body(server.configuration)
+        try await body(configuration)
     } catch {
         await server.stop(removeDirectory: true)
         throw error
