@@ -23,6 +23,9 @@ extension Node {
         /// A human name for this node (shown by `rota status`); the process's host name and ID
         /// by default. Node IDs stay unique whatever the names.
         public var name: String = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        /// The largest payload a dispatch or notification accepts (bytes). Payloads are copied to
+        /// every routing node's memory: a limit keeps one bad caller from exhausting them.
+        public var maxPayloadBytes = 1 << 20
         /// Picks a job's worker among the active ones. Replace it to pin jobs in tests.
         public var hasher: any JobHasher = JumpHasher()
         public var logger = Logger(label: "rota.pool", factory: { _ in SwiftLogNoOpLogHandler() })

@@ -37,6 +37,7 @@ extension Node {
     public func dispatch(key: String, payload: [UInt8] = []) async throws {
         try checkOpen()
         try Self.validate(key: key)
+        try checkPayload(payload, of: key)
         let began = ContinuousClock.now
         defer { Metrics.Timer(label: "rota_dispatch_duration").recordNanoseconds((ContinuousClock.now - began).nanoseconds) }
         let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false)
@@ -106,6 +107,7 @@ extension Node {
     /// notification is queued.
     public func notify(key: String, payload: [UInt8]) async throws {
         try checkOpen()
+        try checkPayload(payload, of: key)
         try await append("n", NotificationRecord(key: key, payload: payload).encoded(), what: "notifying \(key)")
     }
 
@@ -114,6 +116,12 @@ extension Node {
             try await poolStream.add(name: name, payload: payload)
         } catch {
             throw PoolError(.redis, "\(what): \(error)", underlying: error)
+        }
+    }
+
+    func checkPayload(_ payload: [UInt8], of key: String) throws(PoolError) {
+        guard payload.count <= options.maxPayloadBytes else {
+            throw PoolError(.payloadTooLarge, "job \(key): payload of \(payload.count) bytes exceeds the limit of \(options.maxPayloadBytes) bytes (Node.Options.maxPayloadBytes)")
         }
     }
 

@@ -31,6 +31,8 @@ public struct PoolError: Error, Sendable, CustomStringConvertible {
         public static let requeue = Code("requeue")
         /// The node is not running yet (``Node/run()`` has not joined the pool).
         public static let notRunning = Code("notRunning")
+        /// A payload is larger than ``Node/Options/maxPayloadBytes``.
+        public static let payloadTooLarge = Code("payloadTooLarge")
         /// Thrown by ``JobProducer/plan(for:)`` to end its schedule on every node.
         public static let scheduleStop = Code("scheduleStop")
         /// Redis failed or refused an operation; ``underlying`` holds the cause.
