@@ -20,8 +20,10 @@ import Glibc
 /// - `command`: an absolute path, or a name looked up on the worker's `PATH` (never on the job's
 ///   `env`, and only through absolute `PATH` entries). `.` and `..` path components are refused.
 /// - `args`: the arguments (`argv[1...]`); `argv[0]` is `command` as written. Default none.
-/// - `env`: added to (or overriding) the worker's own environment. Variables that change which code
-///   a program loads (`LD_*`, `GCONV_PATH`, `BASH_ENV`, `ENV`, `BASH_FUNC_*`, …) are refused.
+/// - `env`: the child's environment, on top of `PATH` (the worker's search path) and the few
+///   worker variables the operator lists in ``Options/inheritedEnvironment`` — nothing else of the
+///   worker's environment is inherited. Variables that change which code a program loads (`LD_*`,
+///   `GCONV_PATH`, `BASH_ENV`, `ENV`, `BASH_FUNC_*`, …) are refused.
 /// - `restart`: `never`, `on-failure` (the default: restart after a non-zero exit or a death by
 ///   signal) or `always`. Restarts wait a back-off of 1 s doubling to 30 s (``Options``); a run that
 ///   lasted at least the maximum back-off resets it.
@@ -76,6 +78,10 @@ public final class ExecJobHandler: NamedJobHandler {
         /// Directories searched for command names without `/` (relative entries are skipped).
         /// Defaults to the worker's `PATH`.
         public var searchPath: [String]
+        /// Variables of the worker's own environment passed to children (besides `PATH`, which is
+        /// always the search path). Nothing else is inherited: a worker's secrets (a Redis
+        /// password in the environment, tokens) never reach a job's process unless listed here.
+        public var inheritedEnvironment: [String] = ["LANG", "LC_ALL", "TZ", "HOME"]
 
         public init() {
             searchPath = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
@@ -104,6 +110,14 @@ public final class ExecJobHandler: NamedJobHandler {
 
     /// - Parameter allowed: glob patterns on absolute executable paths (see the type's
     ///   documentation). A pattern that is not absolute throws ``ServiceError/Code/invalidArgument``.
+    /// What a child starts from before its job's `env`: `PATH` and the listed worker variables.
+    var childEnvironment: [String: String] {
+        let own = ProcessInfo.processInfo.environment
+        var environment: [String: String] = ["PATH": options.searchPath.joined(separator: ":")]
+        for name in options.inheritedEnvironment { if let value = own[name] { environment[name] = value } }
+        return environment
+    }
+
     public init(allowed: [String], logger: Logger, options: Options = Options()) throws(ServiceError) {
         for pattern in allowed where !pattern.hasPrefix("/") {
             throw ServiceError(.invalidArgument, "exec allow-list pattern '\(pattern)' must be an absolute path (globs allowed, e.g. /usr/bin/*)")
@@ -455,7 +469,7 @@ private final class Supervisor: Sendable {
         while true {
             let child: Child
             do {
-                child = try Child.spawn(spec: spec, target: target, logger: logger)
+                child = try Child.spawn(spec: spec, target: target, base: handler.childEnvironment, logger: logger)
             } catch {
                 if first {
                     firstSpawn.fulfill(.failure(error))
@@ -585,7 +599,7 @@ private final class Child: Sendable {
         return result == pid ? ExitStatus(raw: raw) : ExitStatus(raw: nil)
     }
 
-    static func spawn(spec: ExecSpec, target: ExecTarget, logger: Logger) throws(ServiceError) -> Child {
+    static func spawn(spec: ExecSpec, target: ExecTarget, base: [String: String], logger: Logger) throws(ServiceError) -> Child {
         var output: [Int32] = [-1, -1]
         var errors: [Int32] = [-1, -1]
         guard SpawnSupport.pipe(&output), SpawnSupport.pipe(&errors) else {
@@ -616,7 +630,7 @@ private final class Child: Sendable {
         // without O_CLOEXEC would leak into the child (and keep pipes of other children open).
         SpawnSupport.closeFrom(&actions, 3)
 
-        var environment = ProcessInfo.processInfo.environment
+        var environment = base
         for (name, value) in spec.env { environment[name] = value }
         let argv: [UnsafeMutablePointer<CChar>?] = ([target.argv0] + spec.args).map { strdup($0) } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]

@@ -260,6 +260,20 @@ struct ExecHandlerTests {
         }
     }
 
+    @Test("children do not inherit the worker's environment: only PATH, listed variables and the job's env")
+    func environment() async throws {
+        setenv("ROTA_TEST_SECRET", "hunter2", 1)
+        defer { unsetenv("ROTA_TEST_SECRET") }
+        try await withExec(allowed: ["/usr/bin/env"]) { exec, logs in
+            let payload = json(#"{"command": "/usr/bin/env", "env": {"JOB_VAR": "yes"}, "restart": "never"}"#)
+            try await exec.start(key: "env", payload: payload, job: job("env", []))
+            try await eventually("the environment is printed") { logs.lines(stream: "stdout", job: "env").contains("JOB_VAR=yes") }
+            let lines = logs.lines(stream: "stdout", job: "env")
+            #expect(!lines.contains { $0.hasPrefix("ROTA_TEST_SECRET=") }, "a worker variable leaked: \(lines)")
+            #expect(lines.contains { $0.hasPrefix("PATH=") })
+        }
+    }
+
     @Test("children get a process group of their own, no blocked or ignored signals, no inherited descriptors")
     func isolation() async throws {
         // A descriptor this process leaks without O_CLOEXEC must not reach the child.
