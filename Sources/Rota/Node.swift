@@ -179,6 +179,9 @@ public final class Node: Service, Sendable {
                     do {
                         try await map.run()
                     } catch {
+                        // The root cause (e.g. NOPERM, a wrong password) is what waiters must see,
+                        // not the "closed" of the maps cancelled because of it.
+                        self.readyLatch.open(.failure(PoolError(.redis, "joining pool \(self.pool): map \(map.name): \(error)", underlying: error)))
                         self.spawner.continuation.finish()
                         throw error
                     }

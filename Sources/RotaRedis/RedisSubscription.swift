@@ -149,6 +149,21 @@ public final class RedisSubscription: AsyncSequence, Sendable {
 
     /// Handles one push message from the server. Runs on the event loop.
     func push(_ value: RedisValue) {
+        if case .error(let message) = value {
+            // A refused SUBSCRIBE (e.g. NOPERM from an ACL): the oldest pending request gets the
+            // server's error instead of waiting for a confirmation that will never come.
+            let waiter = state.withLock { state -> ReplySlot? in
+                guard let index = state.waiters.firstIndex(where: { !$0.slot.isResolved }) else { return nil }
+                let waiter = state.waiters.remove(at: index)
+                if waiter.subscribed {
+                    state.channels.subtract(waiter.channels)
+                    state.patterns.subtract(waiter.patterns)
+                }
+                return waiter.slot
+            }
+            waiter?.resolve(.failure(RedisError(.server, message)))
+            return
+        }
         guard case .array(let items) = value, let kind = items.first?.string else { return }
         switch (kind, items.count) {
         case ("message", 3):
