@@ -238,6 +238,7 @@ swiftSettings: strict
         .testTarget(
             name: "RotaPlansTests",
             dependencies: ["RotaPlans"],
+            exclude: ["Corpus"],  // fuzzing corpus, read from the source tree (#filePath)
             swiftSettings: strict
         ),
     ]

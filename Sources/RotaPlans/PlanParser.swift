@@ -98,6 +98,11 @@ private struct Walker {
     }
 
     mutating func plan(_ text: String) -> PlanFile? {
+        let problems = YAMLPreflight.problems(in: text)
+        guard problems.isEmpty else {
+            diagnostics += problems.map { PlanDiagnostic(file: path, line: $0.line, column: $0.column, message: $0.message) }
+            return nil
+        }
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -206,7 +211,8 @@ private struct Walker {
                 mode = parsed
             case "timezone":
                 guard let text = scalarString(value, field: "timezone") else { valid = false; continue }
-                if TimeZone(identifier: text) == nil {
+                // Foundation may accept a name cut at a NUL ("Europe/Paris\0x") once that zone is cached.
+                if text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) || TimeZone(identifier: text) == nil {
                     error(value, "unknown time zone '\(text)': use an IANA name such as Europe/Paris or UTC")
                     valid = false
                 } else {
@@ -360,7 +366,7 @@ private struct Walker {
             if scalar.style == .plain {
                 if node.null != nil { return .null }
                 if let value = node.bool { return .bool(value) }
-                if let value = node.int { return .integer(Int64(value)) }
+                if let value = Self.int(node) { return .integer(Int64(value)) }
                 if let value = node.float {
                     guard value.isFinite else {
                         error(node, "payload numbers must be finite (JSON has no NaN or infinity)")
@@ -394,18 +400,51 @@ private struct Walker {
         }
     }
 
+    /// `node.int`, except that base-60 integers (YAML 1.1: `1:30` is 90) which would overflow give nil
+    /// (and then a double), because Yams computes them with trapping arithmetic.
+    static func int(_ node: Node) -> Int? {
+        guard let text = node.scalar?.string, text.contains(":") else { return node.int }
+        var digits = Substring(text.replacingOccurrences(of: "_", with: ""))
+        let negative = digits.hasPrefix("-")
+        if negative || digits.hasPrefix("+") { digits = digits.dropFirst() }
+        var value = 0
+        var base = 1
+        for component in digits.components(separatedBy: ":").reversed() {
+            guard let digit = Int(component, radix: 10) else { return node.int }  // not base 60: no arithmetic
+            let (scaled, o1) = digit.multipliedReportingOverflow(by: base)
+            let (sum, o2) = value.addingReportingOverflow(scaled)
+            let (nextBase, o3) = base.multipliedReportingOverflow(by: 60)
+            guard !o1, !o2, !o3 else { return nil }
+            (value, base) = (sum, nextBase)
+        }
+        if negative, value == .min { return nil }
+        return node.int
+    }
+
     mutating func yamlError(_ error: YamlError) {
         switch error {
         case .scanner(let context, let problem, let mark, _),
             .parser(let context, let problem, let mark, _),
             .composer(let context, let problem, let mark, _):
-            let detail = context.map { "\(problem) \($0.text)" } ?? problem
+            var detail = context.map { "\(problem) \($0.text)" } ?? problem
+            if problem.hasPrefix("Maximum nesting level reached") {  // libyaml's own limit, far above ours
+                detail = "nesting deeper than \(YAMLPreflight.maximumDepth) levels of lists and mappings is not supported"
+            } else if let text = context?.text, text.hasSuffix("scanning an alias") || text.hasSuffix("scanning an anchor") {
+                detail += " (quote a value that starts with '*' or '&', e.g. active: \"* * * * *\")"
+            }
             diagnostics.append(PlanDiagnostic(file: path, line: mark.line, column: mark.column, message: "YAML syntax error: \(detail)"))
         case .duplicatedKeysInMapping(let duplicates, let context):
             diagnostics.append(PlanDiagnostic(file: path, line: context.mark.line, column: context.mark.column,
                 message: "duplicate key\(duplicates.count > 1 ? "s" : "") \(duplicates.map { "'\($0)'" }.joined(separator: ", ")) in a mapping"))
-        case .reader(let problem, _, _, _):
-            diagnostics.append(PlanDiagnostic(file: path, line: 1, column: 1, message: "cannot read YAML: \(problem)"))
+        case .reader(let problem, let offset, let value, let yaml):
+            // E.g. a control character: locate it (the offset counts characters) and name it.
+            var (line, column) = (1, 1)
+            for character in yaml.prefix(offset ?? 0) {
+                (line, column) = character.isNewline ? (line + 1, 1) : (line, column + 1)
+            }
+            let hex = String(value, radix: 16, uppercase: true)
+            let code = value >= 0 ? " (U+\(String(repeating: "0", count: max(0, 4 - hex.count)) + hex))" : ""
+            diagnostics.append(PlanDiagnostic(file: path, line: line, column: column, message: "cannot read YAML: \(problem)\(code)"))
         default:
             diagnostics.append(PlanDiagnostic(file: path, line: 1, column: 1, message: "invalid YAML: \(error)"))
         }

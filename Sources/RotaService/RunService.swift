@@ -84,13 +84,6 @@ public final class RunService: Service, Sendable {
             $0.store = store
             $0.history = history
         }
-        do {
-            try loadPlans(into: store)
-        } catch {
-            // Plans stored by an earlier run keep running; with none, there is nothing to run.
-            guard try !store.producers(pool: configuration.pool).filter({ $0.retiredAt == nil }).isEmpty else { throw error }
-            logger.error("plan files are invalid; running the definitions stored by an earlier run", metadata: ["error": "\(error)"])
-        }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.node.run() }
             group.addTask {
@@ -118,7 +111,19 @@ public final class RunService: Service, Sendable {
     }
 
     private func start(store: PlanStore, history: RoundLog) async throws {
+        // Joined first: a Redis that refuses us (wrong password, ACL) fails the run before the
+        // plan files change anything in the store.
         try await node.waitUntilReady()
+        do {
+            try loadPlans(into: store)
+        } catch {
+            // Plans stored by an earlier run keep running; with none, there is nothing to run.
+            guard try !store.producers(pool: configuration.pool).filter({ $0.retiredAt == nil }).isEmpty else {
+                let cause = (error as? ServiceError)?.underlying ?? error
+                throw ServiceError(.invalidArgument, "plan files are invalid (and no plans of pool \(configuration.pool) are stored to fall back on):\n\(cause)", underlying: cause)
+            }
+            logger.error("plan files are invalid; running the definitions stored by an earlier run", metadata: ["error": "\(error)"])
+        }
         for _ in 0..<configuration.workers {
             _ = try await node.addWorker(configuration.makeHandler())
         }

@@ -38,7 +38,8 @@ extension CronExpression {
     /// wall clock, which is what users mean when they write "9-17".
     public func isActive(at instant: Date, in zone: TimeZone) -> Bool {
         let t = instant.timeIntervalSince1970
-        guard t.isFinite, abs(t) < Self.secondsLimit else { return false }
+        // [-limit, limit): the range `activeIntervals` clamps to, so the two agree at the edges.
+        guard t.isFinite, t >= -Self.secondsLimit, t < Self.secondsLimit else { return false }
         let offset = zone.secondsFromGMT(for: instant)
         return matches(localSeconds: Int(t.rounded(.down)) + offset)
     }
