@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "RotaMigrations",
             path: "Migrations",
-            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql")],
+            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql"), .copy("0003_history_chain.sql")],
             swiftSettings: strict
         ),
         // The SQLite store: producer definitions with revisions (GRDB on the system libsqlite3).

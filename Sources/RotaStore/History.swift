@@ -125,7 +125,12 @@ extension PlanStore {
     @discardableResult
     public func recordIntent(_ round: RoundRecord) throws(StoreError) -> Bool {
         do {
-            return try database.write { db in try Self.insertIntent(db, round) }
+            return try database.write { db in
+                var chain = try ChainState.load(db)
+                let inserted = try Self.insertIntent(db, round, chain: &chain)
+                try chain.saveIfChanged(db)
+                return inserted
+            }
         } catch let error as StoreError {
             throw error
         } catch {
@@ -133,7 +138,9 @@ extension PlanStore {
         }
     }
 
-    private static func insertIntent(_ db: Database, _ round: RoundRecord) throws -> Bool {
+    /// Appends the round to the round chain (see HistoryChain.swift): its hash covers the previous
+    /// round's hash, its identity and its intent, none of which change afterwards.
+    private static func insertIntent(_ db: Database, _ round: RoundRecord, chain: inout ChainState) throws -> Bool {
         if try Bool.fetchOne(db, sql: "SELECT 1 FROM round WHERE round_id = ?", arguments: [round.roundID]) == true {
             return false
         }
@@ -146,11 +153,17 @@ extension PlanStore {
         let intent = "[" + round.planned.map { action in
             "{\"job\":\(jsonString(action.job)),\"action\":\"\(action.action.rawValue)\"}"
         }.joined(separator: ",") + "]"
+        let tickMS = ms(round.tick), startedMS = ms(round.startedAt)
+        let intentHash = chain.hasher.intentHash(intent)
+        let hash = chain.hasher.roundHash(prev: chain.roundHead, roundID: round.roundID, pool: round.pool, producer: round.producer,
+            revision: Int64(round.revision), node: round.node, tickMS: tickMS, startedMS: startedMS, intentHash: intentHash)
         try db.cachedStatement(sql: """
-            INSERT INTO round (round_id, pool, producer, revision, node, tick_ms, started_ms, intent)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO round (round_id, pool, producer, revision, node, tick_ms, started_ms, intent, prev_hash, intent_hash, hash)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [round.roundID, round.pool, round.producer, round.revision, round.node,
-                ms(round.tick), ms(round.startedAt), intent])
+                tickMS, startedMS, intent, Data(chain.roundHead), Data(intentHash), Data(hash)])
+        chain.roundHead = hash
+        chain.changed = true
         return true
     }
 
@@ -159,7 +172,10 @@ extension PlanStore {
         do {
             try database.write { db in
                 var jobIDs: [String: Int64] = [:]
-                try Self.insertOutcome(db, roundID: roundID, finishedAt: finishedAt, actions: actions, error: error, jobIDs: &jobIDs)
+                var chain = try ChainState.load(db)
+                try Self.insertOutcome(db, roundID: roundID, finishedAt: finishedAt, actions: actions, error: error, jobIDs: &jobIDs,
+                    chain: &chain)
+                try chain.saveIfChanged(db)
             }
         } catch let error as StoreError {
             throw error
@@ -180,11 +196,13 @@ extension PlanStore {
         do {
             try database.write { db in
                 var jobIDs: [String: Int64] = [:]
+                var chain = try ChainState.load(db)
                 for (round, actions) in rounds {
-                    _ = try Self.insertIntent(db, round)
+                    _ = try Self.insertIntent(db, round, chain: &chain)
                     try Self.insertOutcome(db, roundID: round.roundID, finishedAt: round.finishedAt ?? round.startedAt, actions: actions,
-                        error: round.error, jobIDs: &jobIDs)
+                        error: round.error, jobIDs: &jobIDs, chain: &chain)
                 }
+                try chain.saveIfChanged(db)
             }
         } catch let error as StoreError {
             throw error
@@ -193,15 +211,20 @@ extension PlanStore {
         }
     }
 
-    /// `jobIDs` caches job-key lookups for the rest of the transaction.
+    /// `jobIDs` caches job-key lookups for the rest of the transaction. Appends the outcome to the
+    /// outcome chain (see HistoryChain.swift), unless the round predates the chain.
     private static func insertOutcome(
-        _ db: Database, roundID: String, finishedAt: Date, actions: [ActionRecord], error: String?, jobIDs: inout [String: Int64]
+        _ db: Database, roundID: String, finishedAt: Date, actions: [ActionRecord], error: String?, jobIDs: inout [String: Int64],
+        chain: inout ChainState
     ) throws {
-        guard let row = try Row.fetchOne(db, sql: "SELECT id, finished_ms FROM round WHERE round_id = ?", arguments: [roundID]) else {
+        let find = try db.cachedStatement(sql: "SELECT id, finished_ms, hash FROM round WHERE round_id = ?")
+        guard let row = try Row.fetchOne(find, arguments: [roundID]) else {
             throw StoreError(.failed, "no round \(roundID) to record an outcome for")
         }
-        let id: Int64 = row["id"]
-        if (row["finished_ms"] as Int64?) != nil { return }
+        let id: Int64 = row[0]
+        if !row.hasNull(atIndex: 1) { return }
+        let roundHash = (row[2] as Data?).map { [UInt8]($0) }
+        chain.hasher.startActions()
         let insertJob = try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?)")
         let findJob = try db.cachedStatement(sql: "SELECT id FROM job WHERE key = ?")
         let insertAction = try db.cachedStatement(sql: """
@@ -219,8 +242,13 @@ extension PlanStore {
             }
             guard let jobID else { continue }
             jobIDs[action.job] = jobID
+            let atMS = ms(action.at)
             try insertAction.execute(arguments: [id, seq, jobID, action.action.rawValue, action.outcome.rawValue, action.error,
-                action.payloadHash, ms(action.at)])
+                action.payloadHash, atMS])
+            if roundHash != nil {
+                chain.hasher.addAction(seq: Int64(seq), job: action.job, action: action.action.rawValue, outcome: action.outcome.rawValue,
+                    error: action.error, payloadHash: action.payloadHash, atMS: atMS)
+            }
             switch action.outcome {
             case .started: started += 1
             case .stopped: stopped += 1
@@ -228,8 +256,25 @@ extension PlanStore {
             case .alreadyRunning, .notFound: break
             }
         }
-        try db.cachedStatement(sql: "UPDATE round SET finished_ms = ?, started = ?, stopped = ?, failed = ?, error = ? WHERE id = ?")
-            .execute(arguments: [ms(finishedAt), started, stopped, failed, error, id])
+        let finishedMS = ms(finishedAt)
+        guard let roundHash else {
+            // Recorded before the chain existed (migration 0003): its outcome stays unchained too.
+            try db.cachedStatement(sql: "UPDATE round SET finished_ms = ?, started = ?, stopped = ?, failed = ?, error = ? WHERE id = ?")
+                .execute(arguments: [finishedMS, started, stopped, failed, error, id])
+            return
+        }
+        let actionsHash = chain.hasher.finishActions()
+        let seq = chain.outcomeSeq + 1
+        let outcomeHash = chain.hasher.outcomeHash(prev: chain.outcomeHead, roundHash: roundHash, seq: seq, finishedMS: finishedMS,
+            started: Int64(started), stopped: Int64(stopped), failed: Int64(failed), error: error, actionsHash: actionsHash)
+        try db.cachedStatement(sql: """
+            UPDATE round SET finished_ms = ?, started = ?, stopped = ?, failed = ?, error = ?,
+                outcome_seq = ?, outcome_prev = ?, actions_hash = ?, outcome_hash = ? WHERE id = ?
+            """).execute(arguments: [finishedMS, started, stopped, failed, error, seq, Data(chain.outcomeHead), Data(actionsHash),
+                Data(outcomeHash), id])
+        chain.outcomeSeq = seq
+        chain.outcomeHead = outcomeHash
+        chain.changed = true
     }
 
     /// Rounds matching `filter`, newest first.
@@ -331,6 +376,10 @@ extension PlanStore {
 
     /// Deletes rounds (and their actions) started before `olderThan`, and/or all but the newest
     /// `keep` rounds. With `dryRun`, only counts what would go.
+    ///
+    /// The deleted rounds need not be a prefix of the hash chains (rounds are recorded in any
+    /// order): before deleting, the chains' bridges are rewritten so that every remaining round
+    /// still links to the one before it, and verification passes (see HistoryChain.swift).
     public func prune(olderThan: Date?, keep: Int?, dryRun: Bool) throws(StoreError) -> PruneReport {
         var conditions: [String] = []
         var arguments: [any DatabaseValueConvertible] = []
@@ -347,12 +396,22 @@ extension PlanStore {
                 let rounds = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM (\(selection))", arguments: StatementArguments(arguments)) ?? 0
                 let actions = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM action WHERE round IN (\(selection))",
                     arguments: StatementArguments(arguments)) ?? 0
-                if !dryRun {
+                if !dryRun && rounds > 0 {
+                    let state = try ChainState.load(db)
+                    try Self.rebridge(db, .round, entries: """
+                        SELECT id, prev_hash, hash, id IN (\(selection)) FROM round WHERE hash IS NOT NULL ORDER BY id
+                        """, arguments: StatementArguments(arguments), head: state.roundHead)
+                    try Self.rebridge(db, .outcome, entries: """
+                        SELECT id, outcome_prev, outcome_hash, id IN (\(selection)) FROM round
+                        WHERE outcome_hash IS NOT NULL AND outcome_seq IS NOT NULL ORDER BY outcome_seq
+                        """, arguments: StatementArguments(arguments), head: state.outcomeHead)
                     try db.execute(sql: "DELETE FROM action WHERE round IN (\(selection))", arguments: StatementArguments(arguments))
                     try db.execute(sql: "DELETE FROM round WHERE id IN (\(selection))", arguments: StatementArguments(arguments))
                 }
                 return PruneReport(rounds: rounds, actions: actions)
             }
+        } catch let error as StoreError {
+            throw error
         } catch {
             throw Self.map(error, path: path, doing: "prune")
         }

@@ -30,7 +30,7 @@ func time(_ text: String?, option: String) throws -> Date? {
 struct History: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Audit the planning history: rounds, their actions, retention.",
-        subcommands: [List.self, ShowRound.self, Prune.self],
+        subcommands: [List.self, ShowRound.self, Prune.self, Verify.self],
         defaultSubcommand: List.self
     )
 
@@ -119,6 +119,62 @@ struct History: ParsableCommand {
             let report: PruneReport
             do { report = try store.prune(olderThan: cutoff, keep: keep, dryRun: dryRun) } catch { throw CommandFailure(error.message) }
             print("\(dryRun ? "would delete" : "deleted") \(report.rounds) round(s) and \(report.actions) action(s)")
+        }
+    }
+}
+
+extension History {
+    /// `rota history verify`: checks the history's hash chains (see RotaStore's HistoryChain.swift).
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the history's hash chains: report the first altered or missing round.",
+            discussion: """
+                Every round is chained to the one recorded before it (SHA-256 over its identity and intent), and every \
+                outcome to the outcome recorded before it (over the finished time, counts, error and action rows). \
+                Exits 0 with "ok: N rounds verified" when the history is intact, 2 with one line naming the first \
+                altered round (and which part: identity, intent, outcome or actions) or the first missing one. Rounds \
+                recorded before the chain existed are reported as unchained; pruned rounds are bridged.
+                """
+        )
+
+        enum Format: String, ExpressibleByArgument, CaseIterable {
+            case table, json
+        }
+
+        @Option(help: "The SQLite database.") var db: String
+        @Option(help: "Output format: table or json.") var format: Format = .table
+
+        func run() throws {
+            let store = try openStore(db)
+            let result: HistoryVerification
+            do { result = try store.verifyHistory() } catch { throw CommandFailure(error.message) }
+            switch format {
+            case .json:
+                var members: [(String, JSONValue)] = [("ok", .raw(result.isIntact ? "true" : "false")), ("verified", .int(result.verified)),
+                    ("unchained", .int(result.unchained)), ("pruned", .int(result.pruned)), ("head", .string(result.head)),
+                    ("outcome_head", .string(result.outcomeHead))]
+                if let problem = result.problem {
+                    members.append(("problem", .object([
+                        ("kind", .string(problem.kind.rawValue)), ("part", .optional(problem.part?.rawValue)),
+                        ("round", .optional(problem.roundID)), ("id", problem.id.map { .int(Int($0)) } ?? .null),
+                        ("missing_ids", problem.missingIDs.map { .array([.int(Int($0.lowerBound)), .int(Int($0.upperBound))]) } ?? .null),
+                        ("message", .string(problem.message)),
+                    ])))
+                } else {
+                    members.append(("problem", .null))
+                }
+                print(JSONValue.object(members).text)
+            case .table:
+                if let problem = result.problem {
+                    print(problem.message)
+                } else {
+                    var notes: [String] = []
+                    if result.unchained > 0 { notes.append("\(result.unchained) older round(s) unchained: recorded before the chain existed") }
+                    if result.pruned > 0 { notes.append("\(result.pruned) pruned") }
+                    print("ok: \(result.verified) rounds verified" + (notes.isEmpty ? "" : " (\(notes.joined(separator: "; ")))"))
+                }
+            }
+            if !result.isIntact { throw ExitCode(2) }
         }
     }
 }
