@@ -23,6 +23,12 @@ final class RedisChannelHandler: ChannelInboundHandler {
     var onInactive: (() -> Void)?
 
     var inFlightCount: Int { inFlight.count }
+    /// For error messages.
+    private let endpoint: RedisConfiguration.Endpoint?
+
+    init(endpoint: RedisConfiguration.Endpoint? = nil) {
+        self.endpoint = endpoint
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -149,7 +155,11 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if closedError == nil {
-            closedError = RedisError(.connectionClosed, "the connection failed", underlying: error)
+            if RedisTLS.isTLSError(error), let endpoint {
+                closedError = RedisTLS.error(error, endpoint: endpoint)
+            } else {
+                closedError = RedisError(.connectionClosed, "the connection failed", underlying: error)
+            }
         }
         context.close(promise: nil)
     }

@@ -49,7 +49,16 @@ public final class RedisClient: Service, Sendable {
             try await cancelWhenGracefulShutdown {
                 try await withThrowingDiscardingTaskGroup { group in
                     for connection in self.connections {
-                        group.addTask { try await connection.run() }
+                        group.addTask {
+                            do {
+                                try await connection.run()
+                            } catch let error as RedisError {
+                                // Before the group cancels the others: commands queued on them
+                                // fail with this error rather than with "connection closed".
+                                for other in self.connections { other.fail(error) }
+                                throw error
+                            }
+                        }
                     }
                 }
             }

@@ -50,7 +50,53 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
         }
     }
 
+    /// TLS settings for a connection (`rediss://`).
+    ///
+    /// The server's certificate is verified by default, against the system's trust roots or a
+    /// given CA; its name must match the endpoint's host (or ``serverName``). Certificate files are
+    /// read when the connection starts (in ``RedisConnection/run()``), not when the value is built.
+    public struct TLS: Sendable, Hashable, CustomStringConvertible {
+        /// Whether the server's certificate is verified. Only ``TLS/insecureNoVerification`` turns it off.
+        public var verifiesServerCertificate: Bool
+        /// PEM file of the CA certificate(s) to trust instead of the system's trust roots.
+        public var caCertificatePath: String?
+        /// PEM file of the client certificate presented to the server (with ``clientKeyPath``).
+        public var clientCertificatePath: String?
+        /// PEM file of the client certificate's private key.
+        public var clientKeyPath: String?
+        /// The name sent in SNI and checked against the server's certificate; the endpoint's host when nil.
+        public var serverName: String?
+
+        /// TLS with the server's certificate verified: against `caCertificatePath` if given, otherwise
+        /// against the system's trust roots. A client certificate needs both its certificate and key files.
+        public static func verified(
+            caCertificatePath: String? = nil,
+            clientCertificatePath: String? = nil,
+            clientKeyPath: String? = nil,
+            serverName: String? = nil
+        ) -> TLS {
+            TLS(
+                verifiesServerCertificate: true, caCertificatePath: caCertificatePath,
+                clientCertificatePath: clientCertificatePath, clientKeyPath: clientKeyPath, serverName: serverName)
+        }
+
+        /// TLS without any check of the server's certificate: encrypted, but open to anyone in the
+        /// middle. **For tests only**; never use it against a real server.
+        public static let insecureNoVerification = TLS(
+            verifiesServerCertificate: false, caCertificatePath: nil, clientCertificatePath: nil, clientKeyPath: nil, serverName: nil)
+
+        public var description: String {
+            var parts = [verifiesServerCertificate ? "verified" : "UNVERIFIED"]
+            if let caCertificatePath { parts.append("ca \(caCertificatePath)") }
+            if let clientCertificatePath { parts.append("cert \(clientCertificatePath)") }
+            if let serverName { parts.append("name \(serverName)") }
+            return "tls (\(parts.joined(separator: ", ")))"
+        }
+    }
+
     public var endpoint: Endpoint
+    /// TLS for TCP endpoints; nil for plain connections. `rediss://` URLs set it.
+    public var tls: TLS?
     /// ACL user name; nil logs in as `default` (password-only AUTH).
     public var username: String?
     public var password: String?
@@ -66,14 +112,20 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
     /// Name set with CLIENT SETNAME on every connection, so operators can tell Rota's connections apart.
     public var clientName: String?
 
-    public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
+    public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0, tls: TLS? = nil) {
         self.endpoint = endpoint
         self.username = username
         self.password = password
         self.database = database
+        self.tls = tls
     }
 
-    /// Parses `redis://[user[:password]@]host[:port][/db]` or `unix://[user[:password]@]/path/to/socket[?db=N]`.
+    /// Parses `redis://[user[:password]@]host[:port][/db]`, `rediss://…` (the same, over TLS) or
+    /// `unix://[user[:password]@]/path/to/socket[?db=N]`.
+    ///
+    /// `rediss://` verifies the server's certificate against the system's trust roots, or against
+    /// the CA given by `?ca=/path/ca.pem`; `&cert=/path/client.pem&key=/path/client.key` present a
+    /// client certificate. Query values are percent-decoded.
     ///
     /// User and password may be percent-encoded. A malformed URL throws an `.invalidArgument` error
     /// naming the bad part; the password never appears in the message.
@@ -83,6 +135,7 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
 
     public var description: String {
         var text = "\(endpoint)"
+        if let tls { text += " \(tls)" }
         if database != 0 { text += " db \(database)" }
         if let username { text += " user \(username)" }
         if password != nil { text += " (password set)" }
@@ -149,8 +202,9 @@ struct RedisURLParser {
 
         var database = 0
         let endpoint: RedisConfiguration.Endpoint
+        var tls: RedisConfiguration.TLS?
         switch scheme {
-        case "redis":
+        case "redis", "rediss":
             var hostPort = rest
             if let slash = rest.firstIndex(of: "/") {
                 hostPort = rest[..<slash]
@@ -158,13 +212,33 @@ struct RedisURLParser {
                 if !path.isEmpty { database = try parseDatabase(path) }
             }
             endpoint = try parseHostPort(hostPort)
-            if !query.isEmpty {
-                for (name, value) in try parameters(query) {
-                    switch name {
-                    case "db": database = try parseDatabase(value)
-                    default: throw fail("unknown query parameter '\(name)'")
+            var ca: String?
+            var cert: String?
+            var key: String?
+            for (name, value) in try parameters(query) {
+                switch name {
+                case "db": database = try parseDatabase(value)
+                case "ca", "cert", "key":
+                    guard scheme == "rediss" else {
+                        throw fail("query parameter '\(name)' is for TLS; use rediss:// instead of redis://")
                     }
+                    let path = try decode(value, part: "'\(name)' parameter")
+                    guard !path.isEmpty else { throw fail("query parameter '\(name)' has an empty path") }
+                    switch name {
+                    case "ca": ca = path
+                    case "cert": cert = path
+                    default: key = path
+                    }
+                default:
+                    let known = scheme == "rediss" ? "'db', 'ca', 'cert', 'key'" : "'db'"
+                    throw fail("unknown query parameter '\(name)' (supported: \(known))")
                 }
+            }
+            if (cert == nil) != (key == nil) {
+                throw fail("a client certificate needs both 'cert' and 'key' query parameters")
+            }
+            if scheme == "rediss" {
+                tls = .verified(caCertificatePath: ca, clientCertificatePath: cert, clientKeyPath: key)
             }
         case "unix":
             guard rest.hasPrefix("/"), rest.count > 1 else {
@@ -177,13 +251,11 @@ struct RedisURLParser {
                 default: throw fail("unknown query parameter '\(name)' (only 'db' is supported)")
                 }
             }
-        case "rediss":
-            throw fail("TLS (rediss://) is not supported by this version of Rota")
         default:
-            throw fail("unknown scheme '\(scheme)'; expected redis:// or unix://")
+            throw fail("unknown scheme '\(scheme)'; expected redis://, rediss:// or unix://")
         }
 
-        return RedisConfiguration(endpoint: endpoint, username: username, password: password, database: database)
+        return RedisConfiguration(endpoint: endpoint, username: username, password: password, database: database, tls: tls)
     }
 
     private func parseHostPort(_ text: Substring) throws(RedisError) -> RedisConfiguration.Endpoint {

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// One reconnecting connection to Redis, on which many commands may be in flight at once.
@@ -273,15 +274,27 @@ public final class RedisConnection: Sendable {
 
     /// Connects, and reconnects with back-off whenever the connection drops, until the task is cancelled.
     ///
-    /// Throws only for errors that retrying cannot fix: a refused AUTH (`.authenticationFailed`) or a
-    /// refused SELECT (`.invalidArgument`). Pending commands fail with the same error.
+    /// Throws only for errors that retrying cannot fix: a refused AUTH (`.authenticationFailed`), a
+    /// refused SELECT or unreadable TLS files (`.invalidArgument`), a TLS certificate failure
+    /// (`.tlsFailed`). Pending commands fail with the same error.
     public func run() async throws {
         var attempt = 0
         defer { shutDown() }
+        // Built once per run: it reads the certificate files.
+        var tlsContext: NIOSSLContext?
+        if let tls = configuration.tls {
+            do {
+                tlsContext = try RedisTLS.makeContext(tls)
+            } catch {
+                fail(error)
+                logger.error("redis TLS configuration refused", metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(error)"])
+                throw error
+            }
+        }
         while !Task.isCancelled {
             setPhase(.connecting)
             do {
-                let channel = try await connect()
+                let channel = try await connect(tlsContext: tlsContext)
                 let handler = try await install(on: channel)
                 try await handshake(handler)
                 attempt = 0
@@ -294,7 +307,9 @@ public final class RedisConnection: Sendable {
                 }
                 if Task.isCancelled { break }
                 logger.info("redis connection lost; reconnecting", metadata: ["redis.endpoint": "\(configuration.endpoint)"])
-            } catch let error as RedisError where error.code == .authenticationFailed || error.code == .invalidArgument {
+            } catch let error as RedisError
+                where error.code == .authenticationFailed || error.code == .invalidArgument || RedisTLS.isFinal(error)
+            {
                 fail(error)
                 logger.error("redis connection refused", metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(error)"])
                 throw error
@@ -310,13 +325,24 @@ public final class RedisConnection: Sendable {
         }
     }
 
-    private func connect() async throws -> any Channel {
+    private func connect(tlsContext: NIOSSLContext?) async throws -> any Channel {
         let timeout = configuration.connectTimeout.components
+        let endpoint = configuration.endpoint
+        let tlsHost: (RedisConfiguration.TLS, String)?
+        switch (configuration.tls, endpoint.kind) {
+        case (nil, _): tlsHost = nil
+        case (let tls?, .tcp(let host, _)): tlsHost = (tls, host)
+        case (.some, .unix): throw RedisError(.invalidArgument, "TLS is not supported over a Unix socket (\(endpoint))")
+        }
         var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.nanoseconds(timeout.seconds * 1_000_000_000 + timeout.attoseconds / 1_000_000_000))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler())
+                    if let tlsContext, let (tls, host) = tlsHost {
+                        // First in the pipeline: everything after it reads and writes plaintext.
+                        try channel.pipeline.syncOperations.addHandler(RedisTLS.makeHandler(context: tlsContext, tls: tls, host: host))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(endpoint: endpoint))
                 }
             }
         switch configuration.endpoint.kind {
@@ -361,15 +387,24 @@ public final class RedisConnection: Sendable {
             commands.append(RedisCommand("CLIENT", "SETNAME", name))
             names.append("CLIENT SETNAME")
         }
+        if configuration.tls != nil {
+            // A round trip proves the TLS session works, so that a failed handshake, or a server
+            // refusing our certificate just after it, is reported here rather than after going ready.
+            commands.append(RedisCommand("PING"))
+            names.append("PING")
+        }
         guard !commands.isEmpty else { return }
 
         var encoded = allocator.buffer(capacity: 64)
         for command in commands { encoded.writeBytes(try command.encoded.get()) }
         let slot = ReplySlot(pipelineOf: commands.count, deadline: deadline(configuration.connectTimeout))
         let bytes = encoded
+        let setupTimeout = configuration.tls == nil
+            ? "no reply to AUTH/SELECT within the connect timeout"
+            : "no TLS handshake and reply to \(names.joined(separator: "/")) within the connect timeout (does \(configuration.endpoint) speak TLS?)"
         eventLoop.execute { handler.value.write(bytes, slots: CollectionOfOne(slot)) }
         let timer = eventLoop.scheduleTask(deadline: slot.deadline) {
-            slot.resolve(.failure(RedisError(.timeout, "no reply to AUTH/SELECT within the connect timeout")))
+            slot.resolve(.failure(RedisError(.timeout, setupTimeout)))
         }
         defer { timer.cancel() }
         guard case .many(let replies) = try await slot.wait() else { return }
@@ -380,6 +415,8 @@ public final class RedisConnection: Sendable {
                 throw RedisError(.authenticationFailed, "AUTH refused by \(configuration.endpoint): \(message)")
             case "SELECT":
                 throw RedisError(.invalidArgument, "SELECT \(configuration.database) refused by \(configuration.endpoint): \(message)")
+            case "PING":
+                continue  // any reply (NOAUTH included) proves the TLS session works; commands report the rest
             default:
                 throw RedisError(.server, "\(name) failed during connection setup: \(message)")
             }

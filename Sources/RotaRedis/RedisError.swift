@@ -21,6 +21,10 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let invalidArgument = Code("invalidArgument")
         /// AUTH was refused: wrong user or password. The client does not retry these.
         public static let authenticationFailed = Code("authenticationFailed")
+        /// The TLS handshake failed or the TLS session broke. Certificate failures (the server's
+        /// certificate did not verify, or the server refused ours) are final: the client does not
+        /// retry them. Others are retried like a refused connection.
+        public static let tlsFailed = Code("tlsFailed")
     }
 
     public var code: Code

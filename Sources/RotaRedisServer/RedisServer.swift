@@ -16,6 +16,26 @@ import Darwin
 public final class RedisServer: Sendable {
     /// How the server is started.
     public struct Options: Sendable {
+        /// Serve TCP over TLS only (`tls-port`, with the plain `port` off); the Unix socket stays plain.
+        public struct TLS: Sendable {
+            /// PEM files of the server's certificate and key.
+            public var certificateFile: String
+            public var keyFile: String
+            /// PEM file of the CA that signed the server's certificate and that client certificates must chain to.
+            public var caCertificateFile: String
+            /// `tls-auth-clients`: `no`, `optional` (verify a client certificate if one is presented) or `yes`.
+            public var authClients: String
+
+            public init(certificateFile: String, keyFile: String, caCertificateFile: String, authClients: String = "optional") {
+                self.certificateFile = certificateFile
+                self.keyFile = keyFile
+                self.caCertificateFile = caCertificateFile
+                self.authClients = authClients
+            }
+        }
+
+        /// TLS on the TCP port; nil for plain TCP.
+        public var tls: TLS?
         /// Listen on a Unix socket in the server's directory as well as on TCP.
         public var unixSocket = true
         /// `requirepass` for the default user.
@@ -41,15 +61,34 @@ public final class RedisServer: Sendable {
     /// The Unix socket path, when ``Options/unixSocket`` is on.
     public var socketPath: String? { options.unixSocket ? directory + "/redis.sock" : nil }
 
-    /// A `redis://` URL for the TCP port (with the password, if any).
+    /// A `redis://` URL for the TCP port (with the password, if any); with TLS, a `rediss://` URL
+    /// trusting the server's CA (`?ca=`).
     public var url: String {
-        if let password = options.password { return "redis://:\(password)@127.0.0.1:\(port)" }
-        return "redis://127.0.0.1:\(port)"
+        let scheme = options.tls == nil ? "redis" : "rediss"
+        var url = "\(scheme)://127.0.0.1:\(port)"
+        if let password = options.password { url = "\(scheme)://:\(password)@127.0.0.1:\(port)" }
+        if let tls = options.tls { url += "?ca=" + Self.percentEncoded(tls.caCertificateFile) }
+        return url
     }
 
-    /// A client configuration for TCP.
+    /// A client configuration for TCP (with TLS verified against the server's CA, when TLS is on).
     public var configuration: RedisConfiguration {
-        RedisConfiguration(endpoint: .tcp(host: "127.0.0.1", port: port), password: options.password)
+        RedisConfiguration(
+            endpoint: .tcp(host: "127.0.0.1", port: port), password: options.password,
+            tls: options.tls.map { .verified(caCertificatePath: $0.caCertificateFile) })
+    }
+
+    private static func percentEncoded(_ text: String) -> String {
+        var result = ""
+        for byte in text.utf8 {
+            let scalar = Unicode.Scalar(byte)
+            if scalar.isASCII, scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || "/-._~".unicodeScalars.contains(scalar) {
+                result.unicodeScalars.append(scalar)
+            } else {
+                result += String(format: "%%%02X", byte)
+            }
+        }
+        return result
     }
 
     /// Picks a port and a directory name; nothing is created or started until ``start(timeout:)``.
@@ -82,7 +121,7 @@ public final class RedisServer: Sendable {
         let executable = try options.executable ?? Self.findExecutable()
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var config = [
-            "port \(port)",
+            options.tls == nil ? "port \(port)" : "port 0",
             "bind 127.0.0.1",
             "dir \(directory)",
             "logfile \(directory)/redis.log",
@@ -93,6 +132,15 @@ public final class RedisServer: Sendable {
         ]
         if let socketPath { config += ["unixsocket \(socketPath)", "unixsocketperm 700"] }
         if let password = options.password { config.append("requirepass \(password)") }
+        if let tls = options.tls {
+            config += [
+                "tls-port \(port)",
+                "tls-cert-file \(tls.certificateFile)",
+                "tls-key-file \(tls.keyFile)",
+                "tls-ca-cert-file \(tls.caCertificateFile)",
+                "tls-auth-clients \(tls.authClients)",
+            ]
+        }
         config += options.extraConfig
         let configPath = directory + "/redis.conf"
         try (config.joined(separator: "\n") + "\n").write(toFile: configPath, atomically: true, encoding: .utf8)

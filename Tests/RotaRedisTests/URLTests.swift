@@ -61,7 +61,8 @@ import Testing
         ("unix:///tmp/r.sock?size=2", "unknown query parameter 'size'"),
         ("redis://:%zz@host", "percent-encoding in the password"),
         ("redis://bob@host", "without a password"),
-        ("rediss://host", "TLS"),
+        ("rediss://host?foo=1", "unknown query parameter 'foo'"),
+        ("redis://host?cert=/c.pem&key=/k.pem", "use rediss://"),
     ])
     func malformed(url: String, expected: String) {
         do {
