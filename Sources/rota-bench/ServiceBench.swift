@@ -66,11 +66,11 @@ struct ServiceBench: ParsableCommand, AsyncBody {
                 children.append(child)
             }
             try await Task.sleep(for: .seconds(warmup))
-            let cpuBefore = children.map { cpuMilliseconds(of: $0.processIdentifier) }
+            let cpuBefore = children.map { cpuSeconds(pid: $0.processIdentifier) * 1000 }
             let from = Date()
             try await Task.sleep(for: .seconds(seconds))
             let until = Date()
-            let cpuAfter = children.map { cpuMilliseconds(of: $0.processIdentifier) }
+            let cpuAfter = children.map { cpuSeconds(pid: $0.processIdentifier) * 1000 }
             for child in children { kill(child.processIdentifier, SIGKILL) }
             for child in children { child.waitUntilExit() }
             // Every node records every round; node 0's history is the pool's.
@@ -104,17 +104,6 @@ struct ServiceBench: ParsableCommand, AsyncBody {
             }
         }
     }
-}
-
-/// User + system CPU time of a process so far, from /proc (Linux).
-func cpuMilliseconds(of pid: Int32) -> Double {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-          let close = text.lastIndex(of: ")") else { return 0 }
-    let fields = text[text.index(after: close)...].split(separator: " ")
-    // After the command: state is field 3; utime and stime are fields 14 and 15.
-    guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-    let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-    return (user + system) / ticks * 1000
 }
 
 extension RedisConfiguration {
