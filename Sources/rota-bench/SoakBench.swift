@@ -34,75 +34,48 @@ struct SoakBench: ParsableCommand, AsyncBody {
     func run() throws {}
 
     func body(nioExecutor: Bool) async throws {
-        let executable = rota ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota").path
-        guard FileManager.default.isExecutableFile(atPath: executable) else {
-            throw ValidationError("rota not found at \(executable): build it first (swift build -c release --product rota)")
-        }
         try await common.withServer { configuration in
-            let url = configuration.urlForChildren
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rota-bench-soak-\(UUID().uuidString)")
-            try FileManager.default.createDirectory(at: directory.appendingPathComponent("plans"), withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(at: directory) }
-            var plan = "pool: soak\nproducers:\n"
-            for producer in 0..<producers {
-                plan += "  - name: p\(producer)\n    every: 1s\n    mode: exact\n    jobs:\n"
-                for job in 0..<jobs { plan += "      - {key: p\(producer)/j\(job), handler: log, payload: {n: \(job)}}\n" }
-            }
-            try plan.write(to: directory.appendingPathComponent("plans/soak.yaml"), atomically: true, encoding: .utf8)
-            var children: [Process] = []
-            defer { for child in children where child.isRunning { kill(child.processIdentifier, SIGKILL) } }
-            for node in 0..<nodes {
-                let child = Process()
-                child.executableURL = URL(fileURLWithPath: executable)
-                child.arguments = [
-                    "run", "--plans", directory.appendingPathComponent("plans").path,
-                    "--db", directory.appendingPathComponent("node\(node).sqlite").path,
-                    "--redis", url, "--pool", "soak", "--workers", "2", "--name", "soak-\(node)", "--log-level", "error",
-                ]
-                child.standardOutput = FileHandle.nullDevice
-                child.standardError = FileHandle.nullDevice
-                try child.run()
-                children.append(child)
-            }
-            if !common.json { print("soak: \(nodes) nodes, \(producers * jobs) jobs, warm-up \(sampleSeconds) s, then \(minutes) samples…") }
-            try await Task.sleep(for: .seconds(sampleSeconds))
-            struct Sample { let rss: Double; let fds: Int; let dbBytes: Int }
-            func sample() -> Sample {
-                let pids = children.map(\.processIdentifier)
-                let rss = pids.map { rssMegabytes(pid: $0) }.reduce(0, +)
-                let fds = pids.map { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\($0)/fd").count) ?? 0 }.reduce(0, +)
-                let db = (0..<nodes).map { node -> Int in
-                    ["", "-wal"].map { suffix in
-                        let path = directory.appendingPathComponent("node\(node).sqlite\(suffix)").path
-                        return ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
-                    }.reduce(0, +)
-                }.reduce(0, +)
-                return Sample(rss: rss, fds: fds, dbBytes: db)
-            }
-            var samples = [sample()]
-            for index in 1...max(1, minutes) {
+            try await withRotaRunNodes(rota: rota, redis: configuration, pool: "soak", nodes: nodes, producers: producers, jobs: jobs) { children, directory in
+                if !common.json { print("soak: \(nodes) nodes, \(producers * jobs) jobs, warm-up \(sampleSeconds) s, then \(minutes) samples…") }
                 try await Task.sleep(for: .seconds(sampleSeconds))
-                guard children.allSatisfy(\.isRunning) else { throw ValidationError("a rota run process exited during the soak") }
-                samples.append(sample())
-                if !common.json {
-                    let last = samples[samples.count - 1]
-                    print("  sample \(index): rss \(format3(last.rss)) MB, fds \(last.fds), sqlite \(last.dbBytes / 1024) KiB")
+                struct Sample { let rss: Double; let fds: Int; let dbBytes: Int }
+                func sample() -> Sample {
+                    let pids = children.map(\.processIdentifier)
+                    let rss = pids.map { rssMegabytes(pid: $0) }.reduce(0, +)
+                    let fds = pids.map { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\($0)/fd").count) ?? 0 }.reduce(0, +)
+                    let db = (0..<nodes).map { node -> Int in
+                        ["", "-wal"].map { suffix in
+                            let path = directory.appendingPathComponent("node\(node).sqlite\(suffix)").path
+                            return ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
+                        }.reduce(0, +)
+                    }.reduce(0, +)
+                    return Sample(rss: rss, fds: fds, dbBytes: db)
                 }
-            }
-            guard let first = samples.first, let last = samples.last else { return }
-            let rssGrowth = (last.rss - first.rss) / first.rss * 100
-            let dbPerMinute = Double(last.dbBytes - first.dbBytes) / Double(max(1, minutes)) * 60 / Double(sampleSeconds) / 1_048_576
-            let rows = [
-                Measurement(suite: "soak", metric: "rss_growth_pct", value: rssGrowth, unit: "%", reference: 5, ratio: nil),
-                Measurement(suite: "soak", metric: "fd_growth", value: Double(last.fds - first.fds), unit: "fds", reference: 0, ratio: nil),
-                Measurement(suite: "soak", metric: "rss_mb", value: last.rss, unit: "MB", reference: nil, ratio: nil),
-                Measurement(suite: "soak", metric: "sqlite_mb_per_minute", value: dbPerMinute, unit: "MB/min", reference: nil, ratio: nil),
-            ]
-            if common.json {
-                for row in rows { print(row.json) }
-            } else {
-                printTable(rows)
-                print("(targets: rss_growth_pct ≤ 5 after warm-up, fd_growth = 0; SQLite grows with the rounds until `rota history prune` — sqlite_mb_per_minute sizes the retention)")
+                var samples = [sample()]
+                for index in 1...max(1, minutes) {
+                    try await Task.sleep(for: .seconds(sampleSeconds))
+                    guard children.allSatisfy(\.isRunning) else { throw ValidationError("a rota run process exited during the soak") }
+                    samples.append(sample())
+                    if !common.json {
+                        let last = samples[samples.count - 1]
+                        print("  sample \(index): rss \(format3(last.rss)) MB, fds \(last.fds), sqlite \(last.dbBytes / 1024) KiB")
+                    }
+                }
+                guard let first = samples.first, let last = samples.last else { return }
+                let rssGrowth = (last.rss - first.rss) / first.rss * 100
+                let dbPerMinute = Double(last.dbBytes - first.dbBytes) / Double(max(1, minutes)) * 60 / Double(sampleSeconds) / 1_048_576
+                let rows = [
+                    Measurement(suite: "soak", metric: "rss_growth_pct", value: rssGrowth, unit: "%", reference: 5, ratio: nil),
+                    Measurement(suite: "soak", metric: "fd_growth", value: Double(last.fds - first.fds), unit: "fds", reference: 0, ratio: nil),
+                    Measurement(suite: "soak", metric: "rss_mb", value: last.rss, unit: "MB", reference: nil, ratio: nil),
+                    Measurement(suite: "soak", metric: "sqlite_mb_per_minute", value: dbPerMinute, unit: "MB/min", reference: nil, ratio: nil),
+                ]
+                if common.json {
+                    for row in rows { print(row.json) }
+                } else {
+                    printTable(rows)
+                    print("(targets: rss_growth_pct ≤ 5 after warm-up, fd_growth = 0; SQLite grows with the rounds until `rota history prune` — sqlite_mb_per_minute sizes the retention)")
+                }
             }
         }
     }
