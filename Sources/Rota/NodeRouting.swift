@@ -144,6 +144,11 @@ extension Node {
         } catch {
             throw PoolError(.redis, "admitting \(key): \(error)", underlying: error)
         }
+        return try Self.claim(from: reply, key: key)
+    }
+
+    /// `{code, value[, event ID]}` of the admission scripts.
+    private static func claim(from reply: RedisValue, key: String) throws -> Claim {
         let items = reply.array ?? []
         let value = items.count > 1 ? items[1].string ?? "" : ""
         switch items.first?.int {
@@ -169,15 +174,9 @@ extension Node {
         } catch {
             throw PoolError(.redis, "dispatching \(record.key): \(error)", underlying: error)
         }
-        let items = reply.array ?? []
-        let value = items.count > 1 ? items[1].string ?? "" : ""
-        switch items.first?.int {
-        case 1: return (.claimed(token: value), items.count > 2 ? items[2].string : nil)
-        case 2: return (.pending(until: value), nil)
-        case 3: return (.exists, nil)
-        case 4: return (.malformed(value), nil)
-        default: throw PoolError(.redis, "dispatching \(record.key): unexpected reply \(reply)")
-        }
+        let claim = try Self.claim(from: reply, key: record.key)
+        guard case .claimed = claim, let items = reply.array, items.count > 2 else { return (claim, nil) }
+        return (claim, items[2].string)
     }
 
     /// Removes the pending guard of `key` if it still holds `token`.
