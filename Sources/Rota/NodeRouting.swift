@@ -222,6 +222,8 @@ extension Node {
         var dropped: [StreamEvent] = []
         var forwards: [(event: StreamEvent, target: String)] = []
         var commands: [RedisCommand] = []
+        // Snapshots of three maps: once per batch, not once per event.
+        let active = activeWorkers()
         for event in events {
             if Date().timeIntervalSince(event.createdAt) > Double(Self.maxEventAge.components.seconds) {
                 logger.info("dropping a stale pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
@@ -233,7 +235,7 @@ extension Node {
                 dropped.append(event)
                 continue
             }
-            let decision = await routeDecision(eventName: event.name, key: key)
+            let decision = await routeDecision(eventName: event.name, key: key, active: active)
             switch decision {
             case .worker(let target):
                 // The topic carries the pool event ID: the worker returns a start's result
@@ -284,8 +286,9 @@ extension Node {
 
     /// The routing decision for an event: starts go to the hash target among active workers;
     /// stops and notifications go to the job's current owner.
-    func routeDecision(eventName: String, key: String) async -> RouteDecision {
-        let active = activeWorkers()
+    /// `active` is the active worker list when the caller already has it (a batch computes it once).
+    func routeDecision(eventName: String, key: String, active: [String]? = nil) async -> RouteDecision {
+        let active = active ?? activeWorkers()
         if eventName == "j" {
             guard !active.isEmpty else { return .noWorkers }
             return .worker(active[options.hasher.bucket(for: key, buckets: active.count)])
