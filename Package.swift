@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "RotaService", targets: ["RotaService"]),
         .executable(name: "rota", targets: ["rota"]),
         .executable(name: "rota-bench", targets: ["rota-bench"]),
+        .executable(name: "rota-chaos", targets: ["rota-chaos"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -178,6 +179,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
 swiftSettings: strict
+        ),
+        // The chaos suite: faults against real `rota run`/`rota worker` processes, an independent checker.
+        .executableTarget(
+            name: "rota-chaos",
+            dependencies: [
+                "Rota",
+                "RotaService",
+                "RotaRedis",
+                "RotaRedisServer",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
         ),
         // Helpers shared by the test targets (polling with a deadline, error capture).
         .target(

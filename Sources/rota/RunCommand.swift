@@ -146,8 +146,10 @@ func bootstrapLogging(format: LogFormat, level: String) -> Logger {
     return logger
 }
 
-/// One JSON object per line on stderr: time, level, label, message, metadata.
+/// One JSON object per line on stderr: time (RFC 3339 UTC with milliseconds: log readers such as
+/// `rota-chaos` order starts and stops of different processes by it), level, label, message, metadata.
 struct JSONLogHandler: LogHandler {
+    static let timeFormat = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
     let label: String
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level = .info
@@ -159,7 +161,7 @@ struct JSONLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         var object: [String: String] = [
-            "time": ISO8601DateFormatter().string(from: Date()),
+            "time": Date().formatted(Self.timeFormat),
             "level": event.level.rawValue,
             "label": label,
             "message": "\(event.message)",

@@ -1,0 +1,110 @@
+import Foundation
+import RotaRedis
+import RotaRedisServer
+import Synchronization
+
+/// The pool a scenario runs against: one redis-server (AOF on, so a restart keeps the state),
+/// `planners` × `rota run` (one embedded worker each, own SQLite file) and `workers` × `rota worker`
+/// (two workers each), all on one plan of `producers` × `jobsPerProducer` always-desired `log`
+/// jobs at a 1 s interval.
+final class ChaosCluster: Sendable {
+    static let pool = "chaos"
+    static let producers = 10
+    static let jobsPerProducer = 50
+
+    let directory: URL
+    let executable: URL
+    let server: RedisServer
+    let planners: Int
+    let workers: Int
+    private let processes = Mutex<[ChaosProcess]>([])
+
+    /// Every job key of the plan: what must be running once the pool settled.
+    static var plannedJobs: Set<String> {
+        var keys = Set<String>()
+        for producer in 0..<producers {
+            for job in 0..<jobsPerProducer { keys.insert("p\(producer)/j\(job)") }
+        }
+        return keys
+    }
+
+    init(directory: URL, executable: URL, planners: Int = 3, workers: Int = 3) {
+        self.directory = directory
+        self.executable = executable
+        self.planners = planners
+        self.workers = workers
+        var options = RedisServer.Options()
+        options.appendOnly = true
+        options.unixSocket = false
+        self.server = RedisServer(options: options)
+    }
+
+    var databaseDirectory: URL { directory.appendingPathComponent("db") }
+    var plansDirectory: URL { directory.appendingPathComponent("plans") }
+    var logDirectory: URL { directory.appendingPathComponent("logs") }
+
+    func database(of slot: String) -> String { databaseDirectory.appendingPathComponent("\(slot).sqlite").path }
+    var plannerSlots: [String] { (0..<planners).map { "r\($0)" } }
+    var workerSlots: [String] { (0..<workers).map { "w\($0)" } }
+
+    /// Starts Redis and every node, and waits until each node is ready.
+    func start() async throws {
+        for folder in [databaseDirectory, plansDirectory, logDirectory] {
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        }
+        var plan = "pool: \(Self.pool)\nproducers:\n"
+        for producer in 0..<Self.producers {
+            plan += "  - name: p\(producer)\n    every: 1s\n    mode: exact\n    jobs:\n"
+            for job in 0..<Self.jobsPerProducer { plan += "      - {key: p\(producer)/j\(job), handler: log, payload: {n: \(job)}}\n" }
+        }
+        try plan.write(to: plansDirectory.appendingPathComponent("chaos.yaml"), atomically: true, encoding: .utf8)
+        do {
+            try await server.start()
+        } catch {
+            throw ChaosFailure(.redis, "redis-server did not start", underlying: error)
+        }
+        let started = try (plannerSlots + workerSlots).map { try spawn($0) }
+        for process in started { try await process.waitUntilReady() }
+    }
+
+    /// Starts a new incarnation of `slot` (its previous one must have ended); does not wait.
+    @discardableResult
+    func spawn(_ slot: String) throws -> ChaosProcess {
+        let incarnation = processes.withLock { list in list.filter { $0.slot == slot }.count }
+        let logPath = logDirectory.appendingPathComponent("\(slot).\(incarnation).log").path
+        let common = ["--redis", server.url, "--pool", Self.pool, "--name", slot, "--log-format", "json"]
+        let role: ChaosProcess.Role = slot.hasPrefix("r") ? .planner : .worker
+        let arguments = role == .planner
+            ? ["run", "--plans", plansDirectory.path, "--db", database(of: slot), "--workers", "1"] + common
+            : ["worker", "--workers", "2"] + common
+        let process = try ChaosProcess(
+            role: role, slot: slot, incarnation: incarnation, executable: executable, arguments: arguments, logPath: logPath)
+        processes.withLock { $0.append(process) }
+        return process
+    }
+
+    /// Every incarnation started so far, in start order.
+    var all: [ChaosProcess] { processes.withLock { $0 } }
+
+    /// The current incarnation of `slot`.
+    func current(_ slot: String) -> ChaosProcess? { all.last { $0.slot == slot } }
+
+    /// The live planner that logged the most recent round: the one to kill to hurt planning most.
+    func currentPlanner() -> ChaosProcess? {
+        let live = plannerSlots.compactMap { current($0) }.filter { !$0.hasEnded }
+        return live.max { lastRound($0) < lastRound($1) }
+    }
+
+    private func lastRound(_ process: ChaosProcess) -> Date {
+        process.records.last { if case .round = $0.kind { return true } else { return false } }?.time ?? .distantPast
+    }
+
+    /// Kills every node and the server.
+    func stop() async {
+        for process in all { await process.killNow() }
+        await server.kill()
+    }
+
+    /// A client configuration for the harness's own connection (the checker and the load generator).
+    var redisConfiguration: RedisConfiguration { server.configuration }
+}

@@ -1,0 +1,201 @@
+import Foundation
+import Rota
+import RotaRedis
+import RotaService
+
+/// How hard and how long: `short` is the CI profile (under 10 minutes on 2 cores), `long` repeats
+/// every fault several times over and floods harder.
+struct Profile: Sendable {
+    var workerKills: Int
+    var workerKillGap: ClosedRange<Double>
+    var plannerKills: Int
+    var plannerKillGap: ClosedRange<Double>
+    var pauses: Int
+    var redisRestarts: Int
+    var redisDownSeconds: Double
+    var clientKills: Int
+    var floodJobs: Int
+    /// Seconds the pool must stay converged to count as settled (and over which overlap is measured).
+    var hold: Double
+
+    static let short = Profile(
+        workerKills: 20, workerKillGap: 2...4, plannerKills: 10, plannerKillGap: 3...5, pauses: 1,
+        redisRestarts: 1, redisDownSeconds: 2, clientKills: 1, floodJobs: 2_500, hold: 5)
+    static let long = Profile(
+        workerKills: 100, workerKillGap: 1...5, plannerKills: 40, plannerKillGap: 2...6, pauses: 3,
+        redisRestarts: 3, redisDownSeconds: 5, clientKills: 5, floodJobs: 10_000, hold: 15)
+}
+
+enum Scenario: String, CaseIterable, Sendable {
+    case sigkillWorkers = "sigkill-workers"
+    case sigkillPlanner = "sigkill-planner"
+    case sigstop
+    case redisRestart = "redis-restart"
+    case clientKill = "client-kill"
+    case flood
+
+    /// What the fault phase did, for the report.
+    struct Injected {
+        var faults = 0
+        var details: [(String, any Sendable)] = []
+    }
+
+    /// Runs the fault phase against a converged pool. Returns when the last fault is over (the
+    /// last process restarted, the paused ones resumed, Redis back); settling is measured from then.
+    func inject(profile: Profile, cluster: ChaosCluster, checker: inout Checker, random: inout SplitMix64) async throws -> Injected {
+        var injected = Injected()
+        let workerTTL = Node.Options().workerTTL
+        switch self {
+        case .sigkillWorkers:
+            for _ in 0..<profile.workerKills {
+                let slot = cluster.workerSlots[Int(random.next() % UInt64(cluster.workerSlots.count))]
+                if let victim = cluster.current(slot) { await victim.killNow() }
+                try cluster.spawn(slot)
+                injected.faults += 1
+                try await Task.sleep(for: .seconds(random.uniform(profile.workerKillGap)))
+            }
+        case .sigkillPlanner:
+            var victims: [String] = []
+            for _ in 0..<profile.plannerKills {
+                guard let victim = cluster.currentPlanner() else { throw ChaosFailure(.process, "no live planner to kill") }
+                await victim.killNow()
+                try cluster.spawn(victim.slot)
+                victims.append(victim.slot)
+                injected.faults += 1
+                try await Task.sleep(for: .seconds(random.uniform(profile.plannerKillGap)))
+            }
+            injected.details.append(("victims", victims.joined(separator: ",")))
+        case .sigstop:
+            // A worker node and the busiest planner together, for longer than the worker TTL:
+            // both come back to a pool that gave their jobs to others.
+            let seconds = Double(workerTTL.components.seconds) + 5
+            for round in 0..<profile.pauses {
+                let worker = cluster.current(cluster.workerSlots[round % cluster.workerSlots.count])
+                let planner = cluster.currentPlanner()
+                let paused = [worker, planner].compactMap { $0 }
+                for process in paused { process.signal(SIGSTOP) }
+                try await Task.sleep(for: .seconds(seconds))
+                for process in paused { process.signal(SIGCONT) }
+                injected.faults += paused.count
+                injected.details.append(("paused_\(round)", paused.map(\.slot).joined(separator: ",")))
+                if round + 1 < profile.pauses {
+                    let settled = await checker.waitSettled(from: Date(), hold: 2, limit: 60)
+                    guard settled.settledAt != nil else { break }
+                }
+            }
+            injected.details.append(("paused_s", seconds))
+        case .redisRestart:
+            for round in 0..<profile.redisRestarts {
+                await cluster.server.kill()
+                try await Task.sleep(for: .seconds(profile.redisDownSeconds))
+                do {
+                    try await cluster.server.start()
+                } catch {
+                    throw ChaosFailure(.redis, "redis-server did not restart", underlying: error)
+                }
+                injected.faults += 1
+                if round + 1 < profile.redisRestarts {
+                    let settled = await checker.waitSettled(from: Date(), hold: 2, limit: 60)
+                    guard settled.settledAt != nil else { break }
+                }
+            }
+            injected.details.append(("down_s", profile.redisDownSeconds))
+        case .clientKill:
+            var killed = 0
+            for round in 0..<profile.clientKills {
+                for type in ["normal", "pubsub"] {
+                    killed += (try? await checker.client.send("CLIENT", "KILL", "TYPE", type, "SKIPME", "yes").int) ?? 0
+                }
+                injected.faults += 1
+                if round + 1 < profile.clientKills { try await Task.sleep(for: .seconds(2)) }
+            }
+            injected.details.append(("connections_killed", killed))
+        case .flood:
+            let result = try await flood(jobs: profile.floodJobs, client: checker.client)
+            checker.desired.formUnion(result.started)
+            checker.optional.formUnion(result.failed.keys)
+            injected.faults = 1
+            injected.details += [
+                ("flood_jobs", profile.floodJobs), ("flood_started", result.started.count), ("flood_failed", result.failed.count),
+                ("pool_stream_peak", result.streamPeak), ("max_queued_jobs", Node.Options().maxQueuedJobs),
+                ("flood_jobs_per_s", (Double(profile.floodJobs) / result.seconds).rounded()),
+            ]
+            if let example = result.failed.first { injected.details.append(("flood_error", "\(example.key): \(example.value)")) }
+        }
+        return injected
+    }
+
+    struct FloodResult {
+        var started: Set<String> = []
+        var failed: [String: String] = [:]
+        var streamPeak = 0
+        var seconds = 0.0
+    }
+
+    /// Dispatches `jobs` extra `log` jobs from a client-only node, 256 at a time, while watching the
+    /// pool stream's length.
+    private func flood(jobs: Int, client: RedisClient) async throws -> FloodResult {
+        var options = Node.Options()
+        options.clientOnly = true
+        options.name = "chaos-flood"
+        let began = Date()
+        var result = try await Node.withNode(pool: ChaosCluster.pool, client: client, options: options) { node in
+            try await withThrowingTaskGroup(of: FloodResult.self) { group in
+                let watching = Task {
+                    var peak = 0
+                    while !Task.isCancelled {
+                        let length = (try? await client.send("XLEN", "rota:{\(ChaosCluster.pool)}:stream:pool").int) ?? 0
+                        peak = max(peak, length)
+                        try? await Task.sleep(for: .milliseconds(20))
+                    }
+                    return peak
+                }
+                let lanes = 256
+                for lane in 0..<lanes {
+                    group.addTask {
+                        var partial = FloodResult()
+                        for index in stride(from: lane, to: jobs, by: lanes) {
+                            let key = "flood/\(index)"
+                            do {
+                                let payload = try JobEnvelope(handler: "log", payload: Array("{\"flood\":\(index)}".utf8)).encoded()
+                                try await node.dispatch(key: key, payload: payload)
+                                partial.started.insert(key)
+                            } catch {
+                                partial.failed[key] = "\(error)"
+                            }
+                        }
+                        return partial
+                    }
+                }
+                var total = FloodResult()
+                for try await partial in group {
+                    total.started.formUnion(partial.started)
+                    total.failed.merge(partial.failed) { first, _ in first }
+                }
+                watching.cancel()
+                total.streamPeak = await watching.value
+                return total
+            }
+        }
+        result.seconds = Date().timeIntervalSince(began)
+        return result
+    }
+}
+
+/// A small seeded generator, so a run's choices can be replayed with `--seed`.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func uniform(_ range: ClosedRange<Double>) -> Double {
+        range.lowerBound + Double(next() >> 11) / Double(1 << 53) * (range.upperBound - range.lowerBound)
+    }
+}
