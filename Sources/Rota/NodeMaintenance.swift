@@ -14,7 +14,7 @@ extension Node {
             },
             { await self.nodeEventsLoop() },
             { await self.every(ttl / 2) { await self.keepNodeAlive() } },
-            { await self.every(ttl) { await self.removeInactiveNodes() } },
+            { await self.every(ttl, sweep: true) { await self.removeInactiveNodes() } },
         ]
         guard let sink, !options.clientOnly else { return loops }
         loops += [
@@ -25,19 +25,32 @@ extension Node {
             { await self.watchWorkers() },
             { await self.watchShutdown() },
             { await self.watchTickers() },
-            { await self.every(ttl) { await self.cleanUpInactiveWorkers() } },
+            { await self.every(ttl, sweep: true) { await self.cleanUpInactiveWorkers() } },
             { await self.every(ttl) { await self.trimPoolStream() } },
-            { await self.every(self.options.ackGracePeriod) { await self.removeStalePendingGuards() } },
+            { await self.every(self.options.ackGracePeriod, sweep: true) { await self.removeStalePendingGuards() } },
         ]
         return loops
     }
 
-    func every(_ period: Duration, _ body: @Sendable () async -> Void) async {
+    /// Runs `body` every `period`.
+    ///
+    /// With `sweep`, a wake-up more than a second late means this process was paused (SIGSTOP,
+    /// a VM freeze) or badly starved: its map replicas have not applied what changed meanwhile,
+    /// and a sweep would judge live peers by keep-alives that are only stale here. That round is
+    /// skipped; the next one runs a period later. (Keep-alives are not sweeps: they run at once.)
+    func every(_ period: Duration, sweep: Bool = false, _ body: @Sendable () async -> Void) async {
+        let clock = ContinuousClock()
         while !Task.isCancelled {
+            let due = clock.now + period
             do {
-                try await Task.sleep(for: period)
+                try await Task.sleep(until: due, clock: clock)
             } catch {
                 return
+            }
+            let late = clock.now - due
+            if sweep && late > .seconds(1) {
+                logger.notice("maintenance woke up late (paused or starved); skipping one sweep", metadata: ["late": "\(late)"])
+                continue
             }
             await body()
         }
@@ -69,9 +82,11 @@ extension Node {
         for (node, value) in maps.nodeKeepAlive.snapshot where node != id {
             if let seen = Int64(String(decoding: value, as: UTF8.self)), now - seen <= ttl { continue }
             do {
+                // Compare-and-delete first: it succeeds only if the node has not written a
+                // keep-alive since the one judged here, whatever this replica has not applied yet.
+                guard try await maps.nodeKeepAlive.testAndDelete(node, test: value).deleted else { continue }
                 try await client.send("DEL", keySpace.key("stream", Self.inboxName(ofNode: node)))
                 try await client.send("HDEL", namesKey, node)
-                _ = try await maps.nodeKeepAlive.testAndDelete(node, test: value)
                 logger.info("removed an inactive node", metadata: ["inactive": "\(node)"])
             } catch {
                 logger.warning("could not remove an inactive node", metadata: ["inactive": "\(node)", "error": "\(error)"])
@@ -338,6 +353,14 @@ extension Node {
                 guard try await maps.cleanup.testAndDelete(worker, test: lock).deleted else { return }
             }
             guard try await maps.cleanup.setIfAbsent(worker, String(now)) else { return }
+            // The verdict came from this node's replica, which may lag (a node resumed after a
+            // pause acts before it applied the keep-alives written meanwhile). Redis decides.
+            let stored = try await client.send("HGET", maps.workerKeepAlive.contentKey, worker).string.flatMap { Int64($0) }
+            if let stored, nowNanos() - stored <= options.workerTTL.nanoseconds {
+                logger.notice("worker looked inactive in this node's lagging view but is alive: left alone", metadata: ["worker": "\(worker)"])
+                _ = try await maps.cleanup.testAndDelete(worker, test: String(now))
+                return
+            }
         } catch {
             logger.warning("could not lock an inactive worker for cleanup", metadata: ["worker": "\(worker)", "error": "\(error)"])
             return

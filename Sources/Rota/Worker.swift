@@ -29,6 +29,11 @@ public final class Worker: Sendable {
         /// The last keep-alive Redis accepted. Peers clean a worker up only once its keep-alive is
         /// older than the worker TTL, so before that a missing registry entry means Redis lost it.
         var lastKeepAlive = ContinuousClock.now
+        /// Set when a keep-alive comes more than a TTL after the previous one (the process was
+        /// paused, or Redis unreachable): peers may have evicted this worker meanwhile, and the
+        /// fresh keep-alive written since does not undo that. Cleared once Redis shows the worker
+        /// still registered and not being cleaned up.
+        var suspectEvicted = false
         /// Test seam: a frozen process writes no keep-alives.
         var keepAliveSuspended = false
         /// The last inbox event handled: the inbox is trimmed up to it.
@@ -70,8 +75,8 @@ public final class Worker: Sendable {
 
     /// True when peers may have decided this worker is dead: no keep-alive for a worker TTL.
     var mayHaveBeenEvicted: Bool {
-        let last = state.withLock { $0.lastKeepAlive }
-        return ContinuousClock.now - last > node.options.workerTTL
+        let (last, suspect) = state.withLock { ($0.lastKeepAlive, $0.suspectEvicted) }
+        return suspect || ContinuousClock.now - last > node.options.workerTTL
     }
 
     /// Test seam: stop writing keep-alives, as a frozen process would.
@@ -110,11 +115,16 @@ public final class Worker: Sendable {
             if state.withLock({ $0.keepAliveSuspended }) { continue }
             do {
                 let attempted = ContinuousClock.now
-                try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
-                let lastEvent = state.withLock { state -> String? in
-                    state.lastKeepAlive = attempted
-                    return state.lastEvent
+                let ttl = node.options.workerTTL
+                state.withLock { state in
+                    if attempted - state.lastKeepAlive > ttl { state.suspectEvicted = true }
                 }
+                try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
+                let (lastEvent, suspect) = state.withLock { state -> (String?, Bool) in
+                    state.lastKeepAlive = attempted
+                    return (state.lastEvent, state.suspectEvicted)
+                }
+                if suspect { try await checkEviction() }
                 try await ensureInbox()
                 await stopJobsOwnedElsewhere()
                 if let lastEvent {
@@ -124,6 +134,24 @@ public final class Worker: Sendable {
             } catch {
                 logger.warning("worker keep-alive failed", metadata: ["error": "\(error)"])
             }
+        }
+    }
+
+    /// After a keep-alive gap: Redis says whether a peer evicted this worker. The keep-alive was
+    /// written first, so a peer that locks the worker for cleanup after this check sees it alive
+    /// and backs off (`Node.cleanUp` checks the keep-alive in Redis under its lock).
+    private func checkEviction() async throws {
+        let replies = try await node.client.pipeline([
+            RedisCommand("HEXISTS", node.maps.workers.contentKey, id),
+            RedisCommand("HEXISTS", node.maps.cleanup.contentKey, id),
+        ])
+        let registered = replies.first?.int == 1, locked = replies.last?.int == 1
+        if registered && !locked {
+            state.withLock { $0.suspectEvicted = false }
+        } else {
+            logger.warning("worker may have been evicted while it was unreachable", metadata: ["registered": "\(registered)", "cleanup": "\(locked)"])
+            // The node's rebalance evicts it once its replica shows the removal.
+            node.rebalanceRequests.continuation.yield()
         }
     }
 
