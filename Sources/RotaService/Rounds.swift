@@ -154,9 +154,43 @@ final class RoundLog: Sendable {
         }
         do {
             try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
+            try store.markPublished(roundID: round.roundID)
         } catch {
+            // Left marked unpublished: `publishPending` tries again.
             logger.warning("could not publish a round on the history stream", metadata: ["round": "\(round.roundID)", "error": "\(error)"])
         }
+    }
+
+    /// The error an interrupted round is closed with.
+    static let interrupted = "interrupted: the planner stopped before recording this round's outcome; what it applied is not known"
+
+    /// Publishes this node's rounds of `pool` that never reached the history stream, so every
+    /// node's history ends up with them. With `closingInterrupted` (at start, before this node
+    /// plans anything; one `rota run` per database) an unfinished round was left by a process that
+    /// died mid-round: it is closed as interrupted first. Otherwise unfinished rounds are in flight
+    /// and left alone, as are rounds finished in the last seconds (their own publish is under way).
+    func publishPending(pool: String, closingInterrupted: Bool) async {
+        var published = 0
+        do {
+            for (pending, actions) in try store.unpublishedRounds(pool: pool) {
+                var round = pending
+                if let finished = round.finishedAt {
+                    if !closingInterrupted && Date().timeIntervalSince(finished) < 5 { continue }
+                } else {
+                    guard closingInterrupted else { continue }
+                    round.finishedAt = Date()
+                    round.error = Self.interrupted
+                    try store.recordOutcome(roundID: round.roundID, finishedAt: round.finishedAt ?? Date(), actions: [], error: round.error)
+                    logger.warning("closed a round left unfinished by an earlier run", metadata: ["round": "\(round.roundID)"])
+                }
+                try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
+                try store.markPublished(roundID: round.roundID)
+                published += 1
+            }
+        } catch {
+            logger.warning("could not publish pending rounds; will retry", metadata: ["error": "\(error)"])
+        }
+        if published > 0 { logger.info("published rounds that had not reached the history stream", metadata: ["rounds": "\(published)"]) }
     }
 
     /// Records every round of the history stream, from its oldest entry (idempotent), then follows

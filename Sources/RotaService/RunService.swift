@@ -128,6 +128,14 @@ public final class RunService: Service, Sendable {
             _ = try await node.addWorker(configuration.makeHandler())
         }
         spawner.continuation.yield { await history.replicate(into: store) }
+        // Before planning: what an earlier run of this node left unpublished goes out first.
+        await history.publishPending(pool: configuration.pool, closingInterrupted: true)
+        spawner.continuation.yield { [configuration] in
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: .seconds(5)) } catch { return }
+                await history.publishPending(pool: configuration.pool, closingInterrupted: false)
+            }
+        }
         try await syncSchedules(store: store, history: history)
         let producers = state.withLock { $0.schedules.keys.sorted() }
         logger.info("rota run ready", metadata: [

@@ -127,7 +127,7 @@ extension PlanStore {
         do {
             return try database.write { db in
                 var chain = try ChainState.load(db)
-                let inserted = try Self.insertIntent(db, round, chain: &chain)
+                let inserted = try Self.insertIntent(db, round, unpublished: true, chain: &chain)
                 try chain.saveIfChanged(db)
                 return inserted
             }
@@ -140,8 +140,13 @@ extension PlanStore {
 
     /// Appends the round to the round chain (see HistoryChain.swift): its hash covers the previous
     /// round's hash, its identity and its intent, none of which change afterwards.
-    private static func insertIntent(_ db: Database, _ round: RoundRecord, chain: inout ChainState) throws -> Bool {
+    private static func insertIntent(_ db: Database, _ round: RoundRecord, unpublished: Bool, chain: inout ChainState) throws -> Bool {
         if try Bool.fetchOne(db, sql: "SELECT 1 FROM round WHERE round_id = ?", arguments: [round.roundID]) == true {
+            if !unpublished {
+                // This node's own round came back from the stream: it is published.
+                try db.cachedStatement(sql: "UPDATE round SET unpublished = 0 WHERE round_id = ? AND unpublished = 1")
+                    .execute(arguments: [round.roundID])
+            }
             return false
         }
         if let other = try String.fetchOne(db, sql: "SELECT round_id FROM round WHERE pool = ? AND producer = ? AND tick_ms = ?",
@@ -158,10 +163,10 @@ extension PlanStore {
         let hash = chain.hasher.roundHash(prev: chain.roundHead, roundID: round.roundID, pool: round.pool, producer: round.producer,
             revision: Int64(round.revision), node: round.node, tickMS: tickMS, startedMS: startedMS, intentHash: intentHash)
         try db.cachedStatement(sql: """
-            INSERT INTO round (round_id, pool, producer, revision, node, tick_ms, started_ms, intent, prev_hash, intent_hash, hash)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO round (round_id, pool, producer, revision, node, tick_ms, started_ms, intent, prev_hash, intent_hash, hash, unpublished)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """).execute(arguments: [round.roundID, round.pool, round.producer, round.revision, round.node,
-                tickMS, startedMS, intent, Data(chain.roundHead), Data(intentHash), Data(hash)])
+                tickMS, startedMS, intent, Data(chain.roundHead), Data(intentHash), Data(hash), unpublished ? 1 : 0])
         chain.roundHead = hash
         chain.changed = true
         return true
@@ -198,7 +203,7 @@ extension PlanStore {
                 var jobIDs: [String: Int64] = [:]
                 var chain = try ChainState.load(db)
                 for (round, actions) in rounds {
-                    _ = try Self.insertIntent(db, round, chain: &chain)
+                    _ = try Self.insertIntent(db, round, unpublished: false, chain: &chain)
                     try Self.insertOutcome(db, roundID: round.roundID, finishedAt: round.finishedAt ?? round.startedAt, actions: actions,
                         error: round.error, jobIDs: &jobIDs, chain: &chain)
                 }
@@ -275,6 +280,35 @@ extension PlanStore {
         chain.outcomeSeq = seq
         chain.outcomeHead = outcomeHash
         chain.changed = true
+    }
+
+    /// This node's rounds of `pool` not yet on the history stream, oldest first, with their
+    /// actions (unfinished ones have none yet).
+    public func unpublishedRounds(pool: String) throws(StoreError) -> [(RoundRecord, [ActionRecord])] {
+        let ids: [String]
+        do {
+            ids = try database.read { db in
+                try String.fetchAll(db, sql: "SELECT round_id FROM round WHERE pool = ? AND unpublished = 1 ORDER BY id", arguments: [pool])
+            }
+        } catch {
+            throw Self.map(error, path: path, doing: "read")
+        }
+        var rounds: [(RoundRecord, [ActionRecord])] = []
+        for id in ids {
+            if let found = try round(id: id) { rounds.append(found) }
+        }
+        return rounds
+    }
+
+    /// Marks a round as put on the history stream.
+    public func markPublished(roundID: String) throws(StoreError) {
+        do {
+            try database.write { db in
+                try db.execute(sql: "UPDATE round SET unpublished = 0 WHERE round_id = ?", arguments: [roundID])
+            }
+        } catch {
+            throw Self.map(error, path: path, doing: "update")
+        }
     }
 
     /// Rounds matching `filter`, newest first.

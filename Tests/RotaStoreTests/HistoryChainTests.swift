@@ -317,7 +317,7 @@ private func populated() throws -> PlanStore {
         #expect(process.terminationStatus == 0)
 
         let store = try PlanStore.open(path: path)
-        #expect(try store.appliedMigrations().last == "0003_history_chain")
+        #expect(try store.appliedMigrations().contains("0003_history_chain"))
         var result = try store.verifyHistory()
         #expect(result.problem == nil && result.verified == 0 && result.unchained == 3)
         // The pending old round's outcome arrives after the upgrade: unchained as its round.

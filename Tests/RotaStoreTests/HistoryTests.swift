@@ -34,6 +34,28 @@ private func round(_ id: String, producer: String = "p", tick: Double, node: Str
         #expect(actions[2].error == "no handler 'x'")
     }
 
+    @Test("own rounds stay unpublished until marked or echoed back by the stream; learnt rounds never are")
+    func publicationTracking() throws {
+        let store = try temporaryStore()
+        try store.recordIntent(round("own1", tick: 0))
+        try store.recordIntent(round("own2", tick: 1))
+        var learnt = round("other", tick: 2, node: "n2")
+        learnt.finishedAt = at(3)
+        try store.recordRound(learnt, actions: [])
+        #expect(try store.unpublishedRounds(pool: "demo").map(\.0.roundID) == ["own1", "own2"])
+        #expect(try store.unpublishedRounds(pool: "elsewhere").isEmpty)
+        try store.recordOutcome(roundID: "own1", finishedAt: at(1), actions: [ActionRecord(job: "a", action: .start, outcome: .started, at: at(0.5))])
+        let pending = try store.unpublishedRounds(pool: "demo")
+        #expect(pending.first?.0.finishedAt == at(1) && pending.first?.1.map(\.job) == ["a"], "a finished round comes with its actions")
+        try store.markPublished(roundID: "own1")
+        #expect(try store.unpublishedRounds(pool: "demo").map(\.0.roundID) == ["own2"])
+        // own2 comes back from the history stream (published by this node before it could mark it).
+        var echoed = round("own2", tick: 1)
+        echoed.finishedAt = at(2)
+        try store.recordRounds([(echoed, [])])
+        #expect(try store.unpublishedRounds(pool: "demo").isEmpty)
+    }
+
     @Test func aSecondRoundForTheSameTickIsRefused() throws {
         let store = try temporaryStore()
         try store.recordIntent(round("r1", tick: 10))
