@@ -61,9 +61,8 @@ struct Chaos: ParsableCommand {
             var fields = line.fields
             fields.insert(("profile", profile.rawValue), at: 1)
             fields.append(("seed", seed))
-            print(jsonLine(fields))
-            // One line per scenario as it ends, even when stdout is a file or a pipe (CI logs).
-            fflush(stdout)
+            // Written straight away (print buffers when stdout is a file or a pipe, as in CI).
+            FileHandle.standardOutput.write(Data((jsonLine(fields) + "\n").utf8))
             if !line.pass {
                 failed.append(scenario.rawValue)
                 FileHandle.standardError.write(Data("rota-chaos: \(scenario.rawValue) failed; logs and databases kept in \(directory.path)\n".utf8))
