@@ -68,22 +68,36 @@ enum Scenario: String, CaseIterable, Sendable {
         case .sigstop:
             // A worker node and the busiest planner together, for longer than the worker TTL:
             // both come back to a pool that gave their jobs to others.
-            let seconds = Double(workerTTL.components.seconds) + 5
+            // They stay paused past the worker TTL and until the pool gave their jobs to other
+            // workers (their copies still "run" in the paused processes: jobs running twice), so
+            // that resuming exercises "stop the jobs you lost" — bounded by TTL + ack grace + 10 s.
+            let least = Double(workerTTL.components.seconds) + 2
+            let most = least + Double(Node.Options().ackGracePeriod.components.seconds) + 10
+            var pausedFor: [Double] = []
+            var takenOver = 0
             for round in 0..<profile.pauses {
                 let worker = cluster.current(cluster.workerSlots[round % cluster.workerSlots.count])
                 let planner = cluster.currentPlanner()
                 let paused = [worker, planner].compactMap { $0 }
+                let began = Date()
                 for process in paused { process.signal(SIGSTOP) }
-                try await Task.sleep(for: .seconds(seconds))
+                try await Task.sleep(for: .seconds(least))
+                while Date().timeIntervalSince(began) < most {
+                    takenOver = checker.logView().copies.values.filter { $0 > 1 }.count
+                    if takenOver > 0 { break }
+                    try await Task.sleep(for: .milliseconds(250))
+                }
                 for process in paused { process.signal(SIGCONT) }
+                pausedFor.append(Date().timeIntervalSince(began))
                 injected.faults += paused.count
                 injected.details.append(("paused_\(round)", paused.map(\.slot).joined(separator: ",")))
+                injected.details.append(("taken_over_\(round)", takenOver))
                 if round + 1 < profile.pauses {
                     let settled = await checker.waitSettled(from: Date(), hold: 2, limit: 60)
                     guard settled.settledAt != nil else { break }
                 }
             }
-            injected.details.append(("paused_s", seconds))
+            injected.details.append(("paused_s", pausedFor.map { ($0 * 10).rounded() / 10 }.map { "\($0)" }.joined(separator: ",")))
         case .redisRestart:
             for round in 0..<profile.redisRestarts {
                 await cluster.server.kill()
