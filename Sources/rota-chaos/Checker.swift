@@ -51,8 +51,12 @@ struct Checker {
 
     /// Seconds during which some job ran in two or more copies at once, within `from`…`until`, by
     /// the logs of every incarnation (a killed process's jobs end at its kill).
-    func overlapSeconds(from: Date, until: Date) -> Double {
+    func overlapSeconds(from: Date, until: Date) -> Double { overlap(from: from, until: until).total }
+
+    /// The same, with the jobs that ran twice longest (job, seconds, slots that logged its starts).
+    func overlap(from: Date, until: Date) -> (total: Double, worst: [String]) {
         var changes: [String: [(Date, Int)]] = [:]
+        var startedBy: [String: [String]] = [:]
         for process in cluster.all {
             var open: [String: Int] = [:]
             for record in process.records {
@@ -60,6 +64,7 @@ struct Checker {
                 case .started:
                     open[record.job, default: 0] += 1
                     changes[record.job, default: []].append((record.time, 1))
+                    startedBy[record.job, default: []].append("\(process.slot)#\(process.incarnation)")
                 case .stopped:
                     guard let count = open[record.job], count > 0 else { continue }
                     open[record.job] = count - 1
@@ -73,7 +78,9 @@ struct Checker {
             }
         }
         var total = 0.0
-        for (_, events) in changes {
+        var perJob: [(String, Double)] = []
+        for (job, events) in changes {
+            var jobTotal = 0.0
             // Stops before starts at the same instant: a hand-over within a millisecond is not an overlap.
             let sorted = events.sorted { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
             var count = 0
@@ -82,10 +89,17 @@ struct Checker {
                 guard count >= 2 else { continue }
                 let end = index + 1 < sorted.count ? sorted[index + 1].0 : until
                 let segment = min(end, until).timeIntervalSince(max(time, from))
-                if segment > 0 { total += segment }
+                if segment > 0 { jobTotal += segment }
+            }
+            if jobTotal > 0 {
+                total += jobTotal
+                perJob.append((job, jobTotal))
             }
         }
-        return total
+        let worst = perJob.sorted { $0.1 > $1.1 }.prefix(3).map { job, seconds in
+            "\(job) \((seconds * 100).rounded() / 100) s (started by \(startedBy[job, default: []].joined(separator: ",")))"
+        }
+        return (total, worst)
     }
 
     // MARK: What Redis says

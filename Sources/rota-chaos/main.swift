@@ -120,7 +120,7 @@ struct Chaos: ParsableCommand {
         let twice = view.copies.filter { $0.value > 1 }
         let settledFrom = settling.settledAt ?? settling.end.addingTimeInterval(-profile.hold)
         let overlap = checker.overlapSeconds(from: settledFrom, until: settling.end)
-        let faultOverlap = checker.overlapSeconds(from: faultStart, until: settledFrom)
+        let (faultOverlap, worstFaultOverlap) = checker.overlap(from: faultStart, until: settledFrom)
         let history = await checker.history(horizon: Date().addingTimeInterval(-3), wait: 20)
         let settle = settling.settledAt.map { $0.timeIntervalSince(faultEnd) }
         var failures: [String] = []
@@ -151,6 +151,7 @@ struct Chaos: ParsableCommand {
             ("skipped_ticks", history.skippedTicks), ("rounds_after_fault", roundsAfter), ("probe_s", rounded(probe)),
         ]
         fields += injected.details
+        if !worstFaultOverlap.isEmpty { fields.append(("fault_overlap_worst", worstFaultOverlap.joined(separator: "; "))) }
         if !failures.isEmpty { fields.append(("failures", failures.joined(separator: " | "))) }
         return Line(pass: failures.isEmpty, fields: fields)
     }
