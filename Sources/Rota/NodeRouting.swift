@@ -287,10 +287,19 @@ extension Node {
     /// The routing decision for an event: starts go to the hash target among active workers;
     /// stops and notifications go to the job's current owner.
     /// `active` is the active worker list when the caller already has it (a batch computes it once).
+    ///
+    /// A start for a job an active worker already owns is a redelivery (admission refuses a second
+    /// dispatch; a requeue releases or outlives the owner first): the routing node that sent it
+    /// died before the worker's ack reached it, and the event came back after the ack grace. It
+    /// goes to the owner, which runs the job already and only records it again. Sent to the hash
+    /// target instead (which may have changed since), a second copy would run until the owner's
+    /// next keep-alive noticed the takeover. If the owner is off target, its rebalance moves the
+    /// job (stop, then start).
     func routeDecision(eventName: String, key: String, active: [String]? = nil) async -> RouteDecision {
         let active = active ?? activeWorkers()
         if eventName == "j" {
             guard !active.isEmpty else { return .noWorkers }
+            if let owner = maps.owners.string(key), active.contains(owner) { return .worker(owner) }
             return .worker(active[options.hasher.bucket(for: key, buckets: active.count)])
         }
         if let owner = maps.owners.string(key), active.contains(owner) {

@@ -174,7 +174,28 @@ public final class Worker: Sendable {
                 try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
                 state.withLock { $0.lastKeepAlive = attempted }
                 try await node.maps.workers.setAndWait(id, String(createdAtNanos))
-                let running = jobs
+                var running = jobs
+                if !running.isEmpty {
+                    // A job that another worker owns in Redis was requeued while this one was out
+                    // of reach (and Redis did not lose it): it runs there now, so it stops here
+                    // rather than being recorded over its new owner.
+                    let owners = try await node.client.send(
+                        RedisCommand(arguments: ["HMGET", node.maps.owners.contentKey] + running.map(\.key))
+                    ).array ?? []
+                    let taken = Set(zip(running, owners).compactMap { job, owner in
+                        owner.string.flatMap { $0 != id ? job.key : nil }
+                    })
+                    for key in taken.sorted() {
+                        logger.warning("job was taken over by another worker while this one was out of reach; stopping it here", metadata: ["job": "\(key)"])
+                        do {
+                            try await handler.stop(key: key)
+                        } catch {
+                            logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
+                        }
+                        forget(key)
+                    }
+                    running.removeAll { taken.contains($0.key) }
+                }
                 if !running.isEmpty { try await recordStart(running) }
                 logger.info("worker registered again", metadata: ["jobs": "\(running.count)"])
             } catch {

@@ -98,6 +98,14 @@ public struct HandlerRegistry: Sendable {
 /// - A failed start forgets the key (a failed replacement leaves nothing running, as the pool
 ///   assumes). Stopping a key this worker does not run is a no-op; a failed stop keeps it.
 /// - Errors of the named handlers (``Rota/PoolError/requeue`` included) pass through unchanged.
+/// What a named handler may want to know about the call it serves beyond its arguments.
+public enum HandlerContext {
+    /// The worker a stop or notification is for, set by ``RegistryJobHandler`` (a start carries
+    /// it in its `Job`). A handler instance shared by several workers of a process tells their
+    /// calls apart with it: the `log` handler names the worker in its "job stopped" lines.
+    @TaskLocal public static var workerID: String?
+}
+
 public final class RegistryJobHandler: NotificationHandler {
     public let registry: HandlerRegistry
     private let logger: Logger
@@ -105,6 +113,8 @@ public final class RegistryJobHandler: NotificationHandler {
     private struct Entry {
         var handler: String
         var generation: UInt64
+        /// The worker that started it (stops and notifications run with it in ``HandlerContext``).
+        var worker: String
     }
 
     private struct State {
@@ -151,7 +161,7 @@ public final class RegistryJobHandler: NotificationHandler {
         }
         let generation = state.withLock { state in
             state.nextGeneration += 1
-            state.entries[job.key] = Entry(handler: envelope.handler, generation: state.nextGeneration)
+            state.entries[job.key] = Entry(handler: envelope.handler, generation: state.nextGeneration, worker: job.workerID)
             return state.nextGeneration
         }
         do {
@@ -168,7 +178,7 @@ public final class RegistryJobHandler: NotificationHandler {
             return
         }
         if let handler = registry.handler(named: entry.handler) {
-            try await handler.stop(key: key)
+            try await HandlerContext.$workerID.withValue(entry.worker) { try await handler.stop(key: key) }
         }
         forget(key, generation: entry.generation)
     }
@@ -178,7 +188,7 @@ public final class RegistryJobHandler: NotificationHandler {
             logger.warning("notification for a job this worker does not run: ignored", metadata: ["job": "\(key)"])
             return
         }
-        try await handler.handleNotification(key: key, payload: payload)
+        try await HandlerContext.$workerID.withValue(entry.worker) { try await handler.handleNotification(key: key, payload: payload) }
     }
 
     /// Removes `key` unless a later start replaced the entry meanwhile.

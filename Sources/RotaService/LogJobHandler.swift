@@ -28,7 +28,9 @@ public struct LogJobHandler: NamedJobHandler {
     }
 
     public func stop(key: String) async throws {
-        logger.info("job stopped", metadata: ["job": "\(key)"])
+        var metadata: Logger.Metadata = ["job": "\(key)"]
+        if let worker = HandlerContext.workerID { metadata["worker"] = "\(worker)" }
+        logger.info("job stopped", metadata: metadata)
     }
 
     public func handleNotification(key: String, payload: [UInt8]) async throws {

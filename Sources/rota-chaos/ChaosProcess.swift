@@ -11,7 +11,7 @@ import Darwin
 /// process itself): the `log` handler's "job started"/"job stopped" lines, the planner's "round"
 /// lines and the "ready" line with the node ID.
 struct LogRecord: Sendable {
-    enum Kind: Sendable { case started(worker: String), stopped, round(producer: String, round: String) }
+    enum Kind: Sendable { case started(worker: String), stopped(worker: String?), round(producer: String, round: String) }
     let time: Date
     let kind: Kind
     let job: String
@@ -116,7 +116,9 @@ final class ChaosProcess: Sendable {
                         state.records.append(LogRecord(time: time, kind: .started(worker: object["worker"] as? String ?? "?"), job: job))
                     }
                 case "job stopped":
-                    if let job = object["job"] as? String { state.records.append(LogRecord(time: time, kind: .stopped, job: job)) }
+                    if let job = object["job"] as? String {
+                        state.records.append(LogRecord(time: time, kind: .stopped(worker: object["worker"] as? String), job: job))
+                    }
                 case "round":
                     if let producer = object["producer"] as? String, let round = object["round"] as? String {
                         state.records.append(LogRecord(time: time, kind: .round(producer: producer, round: round), job: ""))

@@ -28,15 +28,21 @@ struct Checker {
     func logView() -> LogView {
         var view = LogView()
         for process in cluster.all where !process.hasEnded {
-            // Per job, the workers of this process running it, oldest start first (a stop line
-            // does not name its worker: within a process it ends the oldest copy).
+            // Per job, the workers of this process running it, oldest start first. A stop line
+            // names its worker (without one, it ends the oldest copy).
             var open: [String: [String]] = [:]
             for record in process.records {
                 switch record.kind {
                 case .started(let worker):
                     open[record.job, default: []].append(worker)
-                case .stopped:
-                    if open[record.job]?.isEmpty == false { open[record.job]?.removeFirst() }
+                case .stopped(let worker):
+                    guard var workers = open[record.job], !workers.isEmpty else { continue }
+                    if let worker, let index = workers.firstIndex(of: worker) {
+                        workers.remove(at: index)
+                    } else {
+                        workers.removeFirst()
+                    }
+                    open[record.job] = workers
                 case .round:
                     break
                 }

@@ -30,6 +30,28 @@ struct RoutingTests {
         }
     }
 
+    @Test("a redelivered start of a job an active worker owns goes to that owner, not to a changed hash target")
+    func redeliveredStartRoutesToOwner() async throws {
+        try await withPool { pool in
+            let hasher = SwitchableHasher()
+            let node = try await pool.start(testOptions(hasher: hasher)).node
+            let h1 = RecordingHandler()
+            let w1 = try await node.addWorker(h1)
+            let w2 = try await node.addWorker(RecordingHandler())
+            try await node.dispatch(key: "job", payload: bytes("p"))
+            try await eventually("W1 is the replicated owner") { node.maps.owners.string("job") == w1.id }
+            hasher.current.withLock { $0 = 1 }
+            #expect(await node.routeDecision(eventName: "j", key: "job") == .worker(w1.id))
+            #expect(await node.routeDecision(eventName: "j", key: "fresh-job") == .worker(w2.id), "an unowned job goes to its hash target")
+            // An owner that is no longer active (dead, being cleaned up) does not attract the start.
+            try await node.maps.cleanup.setAndWait(w1.id, String(nowNanos()))
+            #expect(await node.routeDecision(eventName: "j", key: "job") == .worker(w2.id))
+            try await node.maps.cleanup.delete(w1.id)
+            #expect(h1.started.count == 1)
+            try await node.shutdown()
+        }
+    }
+
     @Test("S-008 control events wait for an owner while the payload exists, and are dropped once it is gone")
     func ownershipGaps() async throws {
         try await withPool { pool in
