@@ -233,7 +233,7 @@ struct Checker {
     struct HistoryReport {
         var duplicateRounds = 0
         var missingRounds = 0
-        var interruptedRounds = 0
+        var unfinishedRounds = 0
         var skippedTicks = 0
         var rounds = 0
         var examples: [String] = []
@@ -306,7 +306,7 @@ struct Checker {
         report.duplicateRounds = duplicates.count
         report.examples += duplicates.sorted().prefix(5).map { "tick planned twice: \($0)" }
         report.ticks = Dictionary(rows.map { ($0.roundID, $0.tick) }, uniquingKeysWith: { first, _ in first }).map(\.value)
-        report.interruptedRounds = finished.values.filter { !$0 }.count
+        report.unfinishedRounds = finished.values.filter { !$0 }.count
         report.rounds = finished.count
         let ticks = Dictionary(grouping: rows, by: \.producer).mapValues { Set($0.map(\.tick)).sorted() }
         for (_, list) in ticks {

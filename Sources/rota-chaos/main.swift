@@ -147,7 +147,7 @@ struct Chaos: ParsableCommand {
             ("duplicate_rounds", history.duplicateRounds), ("missing_history_rounds", history.missingRounds),
             ("settle_s", settle.map(rounded) ?? -1), ("settle_budget_s", budget),
             ("desired", checker.desired.count), ("running", view.copies.count), ("faults", injected.faults),
-            ("fault_overlap_s", rounded(faultOverlap)), ("rounds", history.rounds), ("interrupted_rounds", history.interruptedRounds),
+            ("fault_overlap_s", rounded(faultOverlap)), ("rounds", history.rounds), ("unfinished_rounds", history.unfinishedRounds),
             ("skipped_ticks", history.skippedTicks), ("rounds_after_fault", roundsAfter), ("probe_s", rounded(probe)),
         ]
         fields += injected.details
