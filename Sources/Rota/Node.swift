@@ -554,6 +554,9 @@ struct NodeState {
     var orphansSeen: [String: ContinuousClock.Instant] = [:]
     /// The last inbox event handled: the inbox is trimmed up to it.
     var lastInboxEvent: String?
+    /// When this node last saw Redis out of reach (a keep-alive failed or took over a second):
+    /// for a TTL afterwards every keep-alive in Redis may be stale for that reason alone.
+    var lastOutage: ContinuousClock.Instant?
     /// Tickers running on this node, woken by the ticker watcher.
     var tickers: [ObjectIdentifier: Ticker] = [:]
 }

@@ -59,8 +59,11 @@ extension Node {
     // MARK: Keep-alive and dead nodes
 
     func keepNodeAlive() async {
+        let began = ContinuousClock.now
         do {
             try await maps.nodeKeepAlive.set(id, String(nowNanos()))
+            // A write that waited for a reconnect lands with the value of when it was issued.
+            if ContinuousClock.now - began > .seconds(1) { state.withLock { $0.lastOutage = .now } }
             // Peers delete the inbox of a node they believe dead; a node that was only paused
             // re-creates it, or it could never receive acks and results again.
             if try await client.send("EXISTS", inbox.key).int == 0 {
@@ -71,12 +74,29 @@ extension Node {
                 try await client.send("XTRIM", inbox.key, "MINID", handled)
             }
         } catch {
+            state.withLock { $0.lastOutage = .now }
             logger.warning("node keep-alive failed", metadata: ["error": "\(error)"])
         }
     }
 
+    /// True when Redis was out of reach for this node within the last TTL, or its own keep-alive
+    /// in Redis is older than one and a half keep-alive periods: its writes did not land, so its
+    /// peers' did not either and their keep-alives look stale only because of the outage. A sweep
+    /// then waits a round: evicting live workers right after an outage would run their jobs twice.
+    func ownKeepAliveLapsed() async -> Bool {
+        if let outage = state.withLock({ $0.lastOutage }), ContinuousClock.now - outage < options.workerTTL { return true }
+        guard let value = try? await client.send("HGET", maps.nodeKeepAlive.contentKey, id).string, let seen = Int64(value) else {
+            return true
+        }
+        return nowNanos() - seen > (options.workerTTL / 2 + options.workerTTL / 4).nanoseconds
+    }
+
     /// Deletes the inbox and keep-alive of nodes silent for longer than the worker TTL.
     func removeInactiveNodes() async {
+        if await ownKeepAliveLapsed() {
+            logger.notice("this node's own keep-alive lapsed (Redis unreachable?): skipping a sweep of inactive nodes")
+            return
+        }
         let now = nowNanos()
         let ttl = options.workerTTL.nanoseconds
         for (node, value) in maps.nodeKeepAlive.snapshot where node != id {
@@ -321,6 +341,10 @@ extension Node {
     /// (requeue their jobs, remove them); then recovers orphaned payloads.
     func cleanUpInactiveWorkers() async {
         guard state.withLock({ $0.phase == .running }) else { return }
+        if await ownKeepAliveLapsed() {
+            logger.notice("this node's own keep-alive lapsed (Redis unreachable?): skipping a sweep of inactive workers")
+            return
+        }
         var owned: [String: [String]] = [:]
         for (key, worker) in maps.owners.snapshot {
             owned[String(decoding: worker, as: UTF8.self), default: []].append(key)
