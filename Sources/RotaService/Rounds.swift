@@ -153,8 +153,10 @@ final class RoundLog: Sendable {
             logger.error("could not record a round's outcome", metadata: ["round": "\(round.roundID)", "error": "\(error)"])
         }
         do {
+            // No write here to mark it published: the round comes back on the history stream
+            // within moments and `replicate` clears the flag in its batched transaction (one
+            // write transaction per round less on the planning path).
             try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
-            try store.markPublished(roundID: round.roundID)
         } catch {
             // Left marked unpublished: `publishPending` tries again.
             logger.warning("could not publish a round on the history stream", metadata: ["round": "\(round.roundID)", "error": "\(error)"])

@@ -2,26 +2,6 @@ import Foundation
 import RotaTestSupport
 import Testing
 
-/// Runs the built `rota` binary (next to the test bundle) and captures its output.
-private func rota(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-    let directory = Bundle.main.bundleURL.deletingLastPathComponent()
-    var executable = directory.appendingPathComponent("rota")
-    if !FileManager.default.isExecutableFile(atPath: executable.path) {
-        executable = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota")
-    }
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    return (process.terminationStatus, output, error)
-}
-
 /// Runs SQL on the file behind rota's back.
 private func sql(_ path: String, _ statement: String) throws {
     let process = Process()

@@ -3,28 +3,6 @@ import RotaRedisServer
 import RotaTestSupport
 import Testing
 
-/// The built `rota` binary (next to the test bundle, or beside the test runner).
-private func rotaExecutable() -> URL {
-    let beside = Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("rota")
-    if FileManager.default.isExecutableFile(atPath: beside.path) { return beside }
-    return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota")
-}
-
-/// Runs `rota` to completion and captures its output (small outputs: stdout, then stderr).
-private func runRota(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-    let process = Process()
-    process.executableURL = rotaExecutable()
-    process.arguments = arguments
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    return (process.terminationStatus, output, error)
-}
-
 /// A `rota worker` process in the background; its output goes to a log file (read on failure).
 private final class BackgroundWorker {
     let process = Process()
@@ -111,7 +89,7 @@ private struct StatusReport {
     }
 
     private func status(_ target: [String]) throws -> StatusReport {
-        let result = try runRota(["status", "--format", "json"] + target)
+        let result = try rota(["status", "--format", "json"] + target)
         guard result.status == 0 else { throw TestFailure("rota status failed: \(result.err)") }
         return try StatusReport(result.out)
     }
@@ -128,7 +106,7 @@ private struct StatusReport {
         // Before its first job the worker's inbox still tells its node.
         #expect(report.workers.first?["node"] as? String == nodeID)
 
-        let dispatched = try runRota(["dispatch", "job/1", "--handler", "log", "--payload", "hello"] + target)
+        let dispatched = try rota(["dispatch", "job/1", "--handler", "log", "--payload", "hello"] + target)
         #expect(dispatched.status == 0, "\(dispatched.err)")
         report = try status(target)
         #expect(report.jobs.contains { $0["key"] as? String == "job/1" && $0["worker"] as? String == workerID && $0["handler"] as? String == "log" })
@@ -138,25 +116,25 @@ private struct StatusReport {
         #expect(listed["node"] as? String == nodeID || listed["node"] is NSNull)
         #expect(report.nodes.contains { $0["id"] as? String == nodeID })
 
-        let again = try runRota(["dispatch", "job/1", "--handler", "log", "--payload", "hello"] + target)
+        let again = try rota(["dispatch", "job/1", "--handler", "log", "--payload", "hello"] + target)
         #expect(again.status == 3)
         #expect(again.err.contains("job job/1 already exists"))
 
-        let unknownStop = try runRota(["stop", "job/none"] + target)
+        let unknownStop = try rota(["stop", "job/none"] + target)
         #expect(unknownStop.status == 4)
         #expect(unknownStop.err.contains("job job/none not found"))
-        let unknownNotify = try runRota(["notify", "job/none", "hi"] + target)
+        let unknownNotify = try rota(["notify", "job/none", "hi"] + target)
         #expect(unknownNotify.status == 4)
-        let notified = try runRota(["notify", "job/1", "hi"] + target)
+        let notified = try rota(["notify", "job/1", "hi"] + target)
         #expect(notified.status == 0, "\(notified.err)")
 
-        let stopped = try runRota(["stop", "job/1"] + target)
+        let stopped = try rota(["stop", "job/1"] + target)
         #expect(stopped.status == 0, "\(stopped.err)")
         try await eventually("job/1 is gone from status", timeout: .seconds(30)) {
             try status(target).jobs.isEmpty
         }
 
-        let unknownHandler = try runRota(["dispatch", "job/2", "--handler", "nope"] + target)
+        let unknownHandler = try rota(["dispatch", "job/2", "--handler", "nope"] + target)
         #expect(unknownHandler.status != 0)
         #expect(unknownHandler.status != 3)
         #expect(unknownHandler.err.contains("unknown handler"))
@@ -172,7 +150,7 @@ private struct StatusReport {
                   - {key: feed/a, handler: log, payload: {city: A}}
                   - {key: feed/later, handler: log, from: 2999-01-01T00:00:00Z}
             """.write(to: plan, atomically: true, encoding: .utf8)
-        let diff = try runRota(["plan", "diff", plan.path, "--format", "json"] + target)
+        let diff = try rota(["plan", "diff", plan.path, "--format", "json"] + target)
         #expect(diff.status == 0, "\(diff.err)")
         #expect(diff.out.trimmingCharacters(in: .whitespacesAndNewlines)
             == #"[{"producer":"feeds","job":"feed/a","action":"start","handler":"log","reason":"desired, not running"}]"#)
@@ -182,7 +160,7 @@ private struct StatusReport {
 
     @Test func poolCommandsNeedRedis() throws {
         for arguments in [["worker"], ["status"], ["stop", "k"], ["dispatch", "k", "--handler", "log"]] {
-            let result = try runRota(arguments + ["--pool", "p"])
+            let result = try rota(arguments + ["--pool", "p"])
             #expect(result.status != 0, "\(arguments)")
             #expect(result.err.contains("--redis"), "\(arguments): \(result.err)")
         }

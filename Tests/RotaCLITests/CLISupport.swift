@@ -1,0 +1,24 @@
+import Foundation
+
+/// The built `rota` binary (next to the test bundle, or beside the test runner in some layouts).
+func rotaExecutable() -> URL {
+    let beside = Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("rota")
+    if FileManager.default.isExecutableFile(atPath: beside.path) { return beside }
+    return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota")
+}
+
+/// Runs `rota ARGUMENTS` to completion and captures its output (small outputs: stdout is read to
+/// the end, then stderr).
+func rota(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+    let process = Process()
+    process.executableURL = rotaExecutable()
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let error = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process.terminationStatus, output, error)
+}
