@@ -32,12 +32,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
-        // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser.
-        .systemLibrary(
-            name: "CHiredis",
-            pkgConfig: "hiredis",
-            providers: [.apt(["libhiredis-dev"])]
-        ),
+        // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser. Found in
+        // /usr/include without pkg-config: its cflags carry -D_FILE_OFFSET_BITS=64, which SwiftPM
+        // refuses with a warning on every build (and which changes nothing on 64-bit Linux).
+        .systemLibrary(name: "CHiredis"),
         .target(
             name: "RotaRedis",
             dependencies: [

@@ -46,6 +46,10 @@ public final class RedisServer: Sendable {
         public var appendOnly = false
         /// Path of the `redis-server` binary; searched on PATH (and /usr/bin, /usr/local/bin) when nil.
         public var executable: String?
+        /// Start the server in a process group of its own, so that a terminal's Ctrl-C (sent to the
+        /// whole foreground group) reaches only the owner, which stops the server after its graceful
+        /// shutdown has used it. Off for test servers: there the group signal is what cleans them up.
+        public var ownProcessGroup = false
 
         public init() {}
     }
@@ -147,7 +151,7 @@ public final class RedisServer: Sendable {
         let logPath = directory + "/redis.log"
         let logSizeBefore = (try? FileManager.default.attributesOfItem(atPath: logPath)[.size] as? Int) ?? 0
 
-        try process.launch(executable: executable, arguments: [configPath])
+        try process.launch(executable: executable, arguments: [configPath], ownProcessGroup: options.ownProcessGroup)
 
         // The server writes this line once it listens; reading the log avoids racing its startup.
         let deadline = ContinuousClock.now + timeout
@@ -254,7 +258,7 @@ private final class LockedProcess: Sendable {
 
     /// Spawns with an empty signal mask and default handlers: the caller's threads (NIO's among them)
     /// block signals, and a child inheriting that mask would ignore SIGTERM.
-    func launch(executable: String, arguments: [String]) throws {
+    func launch(executable: String, arguments: [String], ownProcessGroup: Bool) throws {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -264,7 +268,12 @@ private final class LockedProcess: Sendable {
         var all = sigset_t()
         sigfillset(&all)
         posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
+        if ownProcessGroup {
+            posix_spawnattr_setpgroup(&attributes, 0)
+            flags |= POSIX_SPAWN_SETPGROUP
+        }
+        posix_spawnattr_setflags(&attributes, Int16(flags))
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -99,7 +99,9 @@ func withRedis(_ url: String?, logger: Logger, _ body: (RedisConfiguration) asyn
         try await body(configuration)
         return
     }
-    let server = RedisServer()
+    var options = RedisServer.Options()
+    options.ownProcessGroup = true  // Ctrl-C stops rota, which hands its jobs over, then stops the server
+    let server = RedisServer(options: options)
     do {
         try await server.start()
     } catch {
