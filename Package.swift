@@ -217,7 +217,9 @@ swiftSettings: strict
         ),
         .testTarget(
             name: "RotaStreamsTests",
-            dependencies: ["RotaStreams", "RotaRedis", "RotaRedisServer", "RotaTestSupport"],
+            dependencies: [
+                "RotaStreams", "RotaRedis", "RotaRedisServer", "RotaTestSupport",
+                .product(name: "Logging", package: "swift-log"),],
             swiftSettings: strict
         ),
         .testTarget(

@@ -105,6 +105,13 @@ public final class RedisClient: Service, Sendable {
         try await connection.send(command, timeout: timeout)
     }
 
+    /// Queues a command without waiting for its reply; see ``RedisConnection/send(_:timeout:onReply:)``.
+    public func send(
+        _ command: RedisCommand, timeout: Duration? = nil, onReply: @escaping @Sendable (Result<RedisValue, RedisError>) -> Void
+    ) throws {
+        try connection.send(command, timeout: timeout, onReply: onReply)
+    }
+
     /// Sends `name` with `arguments`, e.g. `send("HSET", key, field, value)`.
     @discardableResult
     public func send(_ name: String, _ arguments: any RedisArgument...) async throws -> RedisValue {

@@ -80,6 +80,29 @@ public final class RedisConnection: Sendable {
         return try await single(slot)
     }
 
+    /// Queues one command without waiting for its reply; `onReply` gets the reply (an error reply as
+    /// a `.server` error), a timeout or a lost connection, on the connection's event loop. It must not
+    /// block. For fire-and-forget commands whose outcome is only logged (a stream sink's
+    /// acknowledgements): the caller saves a round trip, and the write itself leaves at the event
+    /// loop's next turn, together with any other command queued meanwhile.
+    ///
+    /// Throws at once if the connection refuses commands (closed or failed).
+    public func send(
+        _ command: RedisCommand, timeout: Duration? = nil, onReply: @escaping @Sendable (Result<RedisValue, RedisError>) -> Void
+    ) throws {
+        let slot = ReplySlot(deadline: deadline(timeout)) { result in
+            switch result {
+            case .success(.one(.error(let message))): onReply(.failure(RedisError(.server, message)))
+            case .success(.one(let value)): onReply(.success(value))
+            case .success(.many): onReply(.failure(RedisError(.protocolError, "expected one reply")))
+            case .failure(let error as RedisError): onReply(.failure(error))
+            case .failure(let error): onReply(.failure(RedisError(.connectionClosed, "the command failed", underlying: error)))
+            }
+        }
+        let encoded = try command.encoded.get()
+        try encoded.withUnsafeBytes { bytes in try enqueue(bytes, slot: slot, writeAtOnce: false) }
+    }
+
     /// Sends `name` with `arguments`; see ``send(_:timeout:)``.
     @discardableResult
     public func send(_ name: String, _ arguments: any RedisArgument...) async throws -> RedisValue {
@@ -138,7 +161,10 @@ public final class RedisConnection: Sendable {
         return .now() + .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 
-    private func enqueue(_ bytes: UnsafeRawBufferPointer, slot: ReplySlot?) throws(RedisError) {
+    /// `writeAtOnce: false` always goes through the drain task, for callers that do not wait for
+    /// the reply: the write then leaves at the loop's next turn (with whatever else was queued)
+    /// instead of costing the caller a syscall.
+    private func enqueue(_ bytes: UnsafeRawBufferPointer, slot: ReplySlot?, writeAtOnce: Bool = true) throws(RedisError) {
         var scheduleDrain = false
         var armSweep: NIODeadline?
         var writeNow: NIOLoopBound<RedisChannelHandler>?
@@ -151,7 +177,7 @@ public final class RedisConnection: Sendable {
             case .ready(let handler):
                 // A caller already on the loop, with nothing queued or in flight, writes at once:
                 // there is nothing to coalesce with, and a drain task would only add a loop turn.
-                if onLoop, !state.drainScheduled, state.queue.isEmpty, handler.value.inFlightCount == 0 {
+                if writeAtOnce, onLoop, !state.drainScheduled, state.queue.isEmpty, handler.value.inFlightCount == 0 {
                     writeNow = handler
                 } else if !state.drainScheduled {
                     state.drainScheduled = true

@@ -22,22 +22,27 @@ final class ReplySlot: Sendable {
     }
 
     private let state = Mutex<State>(.idle)
+    /// Set for a command nobody awaits (``RedisConnection/send(_:onReply:)``): it gets the result
+    /// instead of a continuation, on whichever thread resolves the slot.
+    private let onResolve: (@Sendable (Result<ReplyPayload, any Error>) -> Void)?
     /// Replies expected: 1 for a command, N for a pipeline of N.
     let expectedReplies: Int
     /// Pipelines resolve with `.many` and keep error replies in place, even a pipeline of one.
     let isPipeline: Bool
     let deadline: NIODeadline
 
-    init(deadline: NIODeadline) {
+    init(deadline: NIODeadline, onResolve: (@Sendable (Result<ReplyPayload, any Error>) -> Void)? = nil) {
         self.expectedReplies = 1
         self.isPipeline = false
         self.deadline = deadline
+        self.onResolve = onResolve
     }
 
     init(pipelineOf count: Int, deadline: NIODeadline) {
         self.expectedReplies = count
         self.isPipeline = true
         self.deadline = deadline
+        self.onResolve = nil
     }
 
     /// Parks the caller. If the slot was resolved before the caller got here, resumes it at once.
@@ -60,20 +65,28 @@ final class ReplySlot: Sendable {
     /// Resolves the slot; returns false when it was already resolved.
     @discardableResult
     func resolve(_ result: Result<ReplyPayload, any Error>) -> Bool {
-        let continuation: UnsafeContinuation<ReplyPayload, any Error>? = state.withLock { state in
+        enum Action { case alreadyResolved, stored, resume(UnsafeContinuation<ReplyPayload, any Error>), callBack }
+        let action: Action = state.withLock { state in
             switch state {
+            case .idle where onResolve != nil:
+                state = .finished
+                return .callBack
             case .idle:
                 state = .resolvedEarly(result)
-                return nil
+                return .stored
             case .waiting(let continuation):
                 state = .finished
-                return continuation
+                return .resume(continuation)
             case .resolvedEarly, .finished:
-                return nil
+                return .alreadyResolved
             }
         }
-        guard let continuation else { return false }
-        continuation.resume(with: result)
+        switch action {
+        case .alreadyResolved: return false
+        case .stored: break
+        case .resume(let continuation): continuation.resume(with: result)
+        case .callBack: onResolve?(result)
+        }
         return true
     }
 

@@ -39,10 +39,10 @@ struct MapBench: ParsableCommand, AsyncBody {
                         var rate: [Double] = [], refRate: [Double] = []
                         for round in 1...max(1, common.rounds) {
                             if !common.json { print("round \(round)/\(common.rounds)…") }
-                            let map = try await propagation(writer: writer, observer: observer)
+                            let (map, raw) = try await propagation(writer: writer, observer: observer,
+                                publisher: writerClient, subscriber: observerClient, space: space)
                             p50.append(percentile(map, 50))
                             p99.append(percentile(map, 99))
-                            let raw = try await publishLatency(publisher: writerClient, subscriber: observerClient, space: space)
                             refP50.append(percentile(raw, 50))
                             refP99.append(percentile(raw, 99))
                             rate.append(try await writeRate { i in try await writer.set("w\(i % 1000)", "value-\(i)") })
@@ -75,46 +75,44 @@ struct MapBench: ParsableCommand, AsyncBody {
         }
     }
 
-    /// From the start of a write on one replica until the other replica's local copy shows it.
-    private func propagation(writer: ReplicatedMap, observer: ReplicatedMap) async throws -> [Double] {
+    /// Propagation samples, each map sample followed by a reference sample, so that both see the
+    /// same machine (a 2-core VM drifts by tens of µs between phases a few seconds apart).
+    ///
+    /// Map: from the start of a write on one replica until the other replica's local copy shows it.
+    /// Reference: from the start of a bare PUBLISH until a subscriber on the observer's client has it.
+    private func propagation(
+        writer: ReplicatedMap, observer: ReplicatedMap, publisher: RedisClient, subscriber: RedisClient, space: RedisKeySpace
+    ) async throws -> (map: [Double], reference: [Double]) {
         let changes = observer.changes()
-        var iterator = changes.makeAsyncIterator()
-        var results: [Double] = []
-        results.reserveCapacity(samples)
-        let clock = ContinuousClock()
-        for i in 0..<samples {
-            let expected = "v\(i)"
-            let start = clock.now
-            async let written = writer.set("probe", expected)
-            while observer.string("probe") != expected {
-                guard await iterator.next() != nil else { throw ValidationError("observer closed") }
-            }
-            results.append(microseconds(clock.now - start))
-            _ = try await written
-        }
-        return results.sorted()
-    }
-
-    /// The same measurement with a bare PUBLISH and a subscriber on another client.
-    private func publishLatency(publisher: RedisClient, subscriber: RedisClient, space: RedisKeySpace) async throws -> [Double] {
+        var changeIterator = changes.makeAsyncIterator()
         let channel = space.key("bench", "raw-channel")
         return try await subscriber.withSubscription(channels: [channel]) { subscription in
-            var iterator = subscription.makeAsyncIterator()
-            var results: [Double] = []
-            results.reserveCapacity(samples)
+            var messages = subscription.makeAsyncIterator()
+            var map: [Double] = [], reference: [Double] = []
+            map.reserveCapacity(samples)
+            reference.reserveCapacity(samples)
             let clock = ContinuousClock()
             for i in 0..<samples {
-                let payload = Array("v\(i)".utf8)
-                let start = clock.now
+                let expected = "v\(i)"
+                var start = clock.now
+                async let written = writer.set("probe", expected)
+                while observer.string("probe") != expected {
+                    guard await changeIterator.next() != nil else { throw ValidationError("observer closed") }
+                }
+                map.append(microseconds(clock.now - start))
+                _ = try await written
+
+                let payload = Array(expected.utf8)
+                start = clock.now
                 async let published = publisher.send("PUBLISH", channel, payload)
                 while true {
-                    guard let event = try await iterator.next() else { throw ValidationError("subscription ended") }
+                    guard let event = try await messages.next() else { throw ValidationError("subscription ended") }
                     if case .message(_, let received) = event, received == payload { break }
                 }
-                results.append(microseconds(clock.now - start))
+                reference.append(microseconds(clock.now - start))
                 _ = try await published
             }
-            return results.sorted()
+            return (map.sorted(), reference.sorted())
         }
     }
 

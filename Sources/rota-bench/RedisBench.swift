@@ -20,6 +20,9 @@ struct RedisBench: ParsableCommand, AsyncBody {
     @Option(help: "Stream hops measured per round.")
     var hops = 3_000
 
+    @Flag(help: "Measure only the sequential PINGs and their reference (for profiling the round trip).")
+    var sequentialOnly = false
+
     func run() throws {}
 
     func body(nioExecutor: Bool) async throws {
@@ -38,20 +41,28 @@ struct RedisBench: ParsableCommand, AsyncBody {
             var four: [Double] = [], fourRef: [Double] = []
             var concurrent: [Double] = []
             var floor: [Double] = []
+            var seqCPU: [Double] = [], seqCPURef: [Double] = [], floorCPU: [Double] = []
             var hop50: [Double] = [], hop99: [Double] = []
             for round in 1...max(1, common.rounds) {
                 if !common.json { print("round \(round)/\(common.rounds)…") }
-                let (rate, latencies) = try await sequential(client)
+                let (rate, latencies, cpu) = try await sequential(client)
+                seqCPU.append(cpu)
                 seq.append(rate)
                 p50.append(percentile(latencies, 50))
                 p99.append(percentile(latencies, 99))
+                let childrenBefore = cpuMicroseconds(RUSAGE_CHILDREN)
                 let refSeq = try await reference.run(clients: 1, pipeline: 1, requests: sequentialCount)
+                // redis-benchmark -t ping runs PING_INLINE and PING_MBULK: two series of `requests`.
+                seqCPURef.append((cpuMicroseconds(RUSAGE_CHILDREN) - childrenBefore) / Double(2 * sequentialCount))
                 seqRef.append(refSeq.rps)
                 if configuration.password == nil {
+                    let before = cpuMicroseconds(RUSAGE_SELF)
                     floor.append(try await transportFloor(host: host, port: port, count: sequentialCount))
+                    floorCPU.append((cpuMicroseconds(RUSAGE_SELF) - before) / Double(sequentialCount))
                 }
                 p50Ref.append(refSeq.p50Microseconds)
                 p99Ref.append(refSeq.p99Microseconds)
+                if sequentialOnly { continue }
 
                 one.append(try await pipelined(client, connections: 1))
                 oneRef.append(try await reference.run(clients: 1, pipeline: 64, requests: pipelinedCount).rps)
@@ -67,11 +78,23 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 let value = median(values), reference = median(references)
                 return Measurement(suite: "redis", metric: metric, value: value, unit: "ops/s", reference: reference, ratio: value / reference)
             }
+            // Context for ping_sequential: process CPU (user + system) per round trip, against
+            // redis-benchmark's in the same round. A sequential round trip waits on this CPU, so it
+            // is the part of the gap that is ours; the rest is waking threads on other vCPUs.
+            func cpu(_ metric: String, _ values: [Double], _ references: [Double]) -> Measurement {
+                let value = median(values), reference = median(references)
+                return Measurement(suite: "redis", metric: metric, value: value, unit: "us", reference: reference, ratio: reference / value)
+            }
             func latency(_ metric: String, _ values: [Double], _ references: [Double]) -> Measurement {
                 let value = median(values), reference = median(references)
                 return Measurement(suite: "redis", metric: metric, value: value, unit: "us", reference: reference, ratio: reference / value)
             }
-            var rows = [
+            var rows = sequentialOnly ? [
+                throughput("ping_sequential", seq, seqRef),
+                latency("ping_latency_p50", p50, p50Ref),
+                latency("ping_latency_p99", p99, p99Ref),
+                cpu("ping_sequential_cpu_per_op", seqCPU, seqCPURef),
+            ] : [
                 throughput("ping_sequential", seq, seqRef),
                 throughput("ping_pipelined_1x64", one, oneRef),
                 throughput("ping_pipelined_4x64", four, fourRef),
@@ -83,9 +106,11 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 latency("stream_hop_p50", hop50, p50Ref),
                 latency("stream_hop_p99", hop99, p99Ref),
             ]
+            if !sequentialOnly { rows.insert(cpu("ping_sequential_cpu_per_op", seqCPU, seqCPURef), at: 1) }
             if !floor.isEmpty {
                 // Context for ping_sequential: a bare NIO handler, no client layers (see TransportFloor.swift).
                 rows.insert(throughput("ping_sequential_nio_floor", floor, seqRef), at: 1)
+                rows.insert(cpu("ping_sequential_nio_floor_cpu_per_op", floorCPU, seqCPURef), at: 2)
             }
             if common.json {
                 for row in rows { print(row.json) }
@@ -105,14 +130,16 @@ struct RedisBench: ParsableCommand, AsyncBody {
         return (host, port)
     }
 
-    /// PING after PING on one connection; returns ops/s and each round trip in µs, sorted.
-    private func sequential(_ client: RedisClient) async throws -> (Double, [Double]) {
+    /// PING after PING on one connection; returns ops/s, each round trip in µs (sorted) and the
+    /// process CPU time per round trip in µs.
+    private func sequential(_ client: RedisClient) async throws -> (Double, [Double], Double) {
         try await client.withDedicatedConnection { connection in
             let ping = RedisCommand("PING")
             for _ in 0..<500 { _ = try await connection.send(ping) }  // warm-up
             var latencies: [Double] = []
             latencies.reserveCapacity(sequentialCount)
             let clock = ContinuousClock()
+            let cpuBefore = cpuMicroseconds(RUSAGE_SELF)
             let start = clock.now
             var last = start
             for _ in 0..<sequentialCount {
@@ -122,7 +149,8 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 last = now
             }
             let rate = Double(sequentialCount) / seconds(clock.now - start)
-            return (rate, latencies.sorted())
+            let cpu = (cpuMicroseconds(RUSAGE_SELF) - cpuBefore) / Double(sequentialCount)
+            return (rate, latencies.sorted(), cpu)
         }
     }
 
@@ -206,6 +234,13 @@ struct RedisBench: ParsableCommand, AsyncBody {
             return results.sorted()
         }
     }
+}
+
+/// User + system CPU time of this process (RUSAGE_SELF) or of its reaped children (RUSAGE_CHILDREN), µs.
+func cpuMicroseconds(_ who: __rusage_who) -> Double {
+    var usage = rusage()
+    getrusage(who.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
 }
 
 func monotonicNanoseconds() -> UInt64 {

@@ -39,16 +39,16 @@ struct StreamsBench: ParsableCommand, AsyncBody {
         try await RedisClient.withClient(configuration) { client in
             let space = try RedisKeySpace("bench\(UInt32.random(in: 0...UInt32.max))")
             var sink50: [Double] = [], sink99: [Double] = [], raw50: [Double] = [], raw99: [Double] = []
-            var sinkRate: [Double] = [], rawRate: [Double] = [], deliver50: [Double] = []
+            var sinkRate: [Double] = [], rawRate: [Double] = [], deliver50: [Double] = [], confirmed50: [Double] = []
             for round in 1...max(1, common.rounds) {
                 if !common.json { print("round \(round)/\(common.rounds)…") }
-                let raw = try await rawHops(client, space: space)
-                raw50.append(percentile(raw, 50))
-                raw99.append(percentile(raw, 99))
-                let sink = try await sinkHops(client, space: space)
-                sink50.append(percentile(sink.acked, 50))
-                sink99.append(percentile(sink.acked, 99))
-                deliver50.append(percentile(sink.delivered, 50))
+                let hopped = try await hops(client, space: space)
+                raw50.append(percentile(hopped.raw, 50))
+                raw99.append(percentile(hopped.raw, 99))
+                sink50.append(percentile(hopped.acked, 50))
+                sink99.append(percentile(hopped.acked, 99))
+                deliver50.append(percentile(hopped.delivered, 50))
+                confirmed50.append(percentile(hopped.confirmed, 50))
                 rawRate.append(try await rawThroughput(client, space: space))
                 sinkRate.append(try await sinkThroughput(client, space: space))
             }
@@ -61,9 +61,10 @@ struct StreamsBench: ParsableCommand, AsyncBody {
             let rows = [
                 latency("sink_e2e_p50", sink50, raw50),
                 latency("sink_e2e_p99", sink99, raw99),
-                // Context for sink_e2e: XADD → the event reaches the consumer, before its ack (whose
-                // round trip sink_e2e includes and the reference hop does not).
+                // Context for sink_e2e: XADD → the event reaches the consumer, before its
+                // acknowledgement; and XADD → an awaited ack's reply (one more round trip).
                 latency("sink_deliver_p50", deliver50, raw50),
+                latency("sink_e2e_confirmed_p50", confirmed50, raw50),
                 Measurement(
                     suite: "streams", metric: "sink_events_per_s", value: rate, unit: "events/s", reference: rawReference,
                     ratio: rate / rawReference),
@@ -73,90 +74,98 @@ struct StreamsBench: ParsableCommand, AsyncBody {
             } else {
                 printTable(rows)
                 print("latency ratios: value / reference, lower is better (target p50 ≤ 1.5);")
+                print("sink_e2e: the consumer acknowledges with acknowledge(_:) (XACK queued, not awaited);")
+                print("sink_e2e_confirmed: with ack(_:), which waits for the XACK's reply.")
                 print("sink_events_per_s: \(instances) sink instances acking each event; reference: one plain")
                 print("connection reading XREADGROUP COUNT 1000 and acking each batch in one pipeline.")
             }
         }
     }
 
-    /// The reference hop: XADD on the shared connections → a consumer already blocked in
-    /// XREADGROUP on a plain dedicated connection. µs from before the XADD to the reply, sorted.
-    private func rawHops(_ client: RedisClient, space: RedisKeySpace) async throws -> [Double] {
-        let key = space.key("stream", "raw-hop-\(UUID().uuidString)")
-        try await client.send("XGROUP", "CREATE", key, "g", "$", "MKSTREAM")
-        let (ready, readyContinuation) = AsyncStream.makeStream(of: Void.self)
-        let count = hops
-        let results = try await withThrowingTaskGroup(of: [Double].self) { group in
-            group.addTask {
-                try await client.withDedicatedConnection { connection in
-                    var results: [Double] = []
-                    results.reserveCapacity(count)
-                    let read = RedisCommand("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "NOACK", "BLOCK", 0, "STREAMS", key, ">")
-                    readyContinuation.yield()
-                    while results.count < count {
-                        let reply = try await connection.send(read, timeout: .seconds(30))
-                        let received = monotonicNanoseconds()
-                        guard let fields = reply.array?.first?.array?.last?.array?.first?.array?.last?.array,
-                            let sent = fields.last?.string.flatMap(UInt64.init)
-                        else { throw RedisError(.protocolError, "unexpected XREADGROUP reply \(reply)") }
-                        results.append(Double(received &- sent) / 1000)
-                        readyContinuation.yield()
-                    }
-                    readyContinuation.finish()
-                    return results
-                }
-            }
-            var iterator = ready.makeAsyncIterator()
-            for _ in 0..<count {
-                guard await iterator.next() != nil else { break }
-                // Let the consumer's next XREADGROUP reach the server and block there.
-                try await Task.sleep(for: .microseconds(500))
-                try await client.send("XADD", key, "*", "t", String(monotonicNanoseconds()))
-            }
-            return try await group.next() ?? []
-        }
-        try await client.send("DEL", key)
-        return results.sorted()
-    }
-
-    /// XADD (``RedisStream/add``) → the sink delivers the event → ``StreamSink/ack(_:)`` completes,
-    /// one event at a time. µs, sorted.
-    private func sinkHops(_ client: RedisClient, space: RedisKeySpace) async throws -> (acked: [Double], delivered: [Double]) {
+    /// Hops, one event at a time, alternating between the reference and the sink so that both see
+    /// the same machine (phases seconds apart drift by tens of µs on a 2-vCPU VM). µs from before
+    /// the XADD, sorted.
+    ///
+    /// Reference: XADD on the shared connections → a consumer already blocked in XREADGROUP (NOACK)
+    /// on a plain dedicated connection. Sink: XADD (``RedisStream/add``) → the sink delivers → the
+    /// consumer acknowledges; sink hops alternate between ``StreamSink/acknowledge(_:)`` (returns
+    /// once the XACK is queued: `acked`) and ``StreamSink/ack(_:)`` (returns with its reply: `confirmed`).
+    private func hops(_ client: RedisClient, space: RedisKeySpace)
+        async throws -> (raw: [Double], acked: [Double], confirmed: [Double], delivered: [Double])
+    {
+        let rawKey = space.key("stream", "raw-hop-\(UUID().uuidString)")
+        try await client.send("XGROUP", "CREATE", rawKey, "g", "$", "MKSTREAM")
         let stream = try RedisStream(name: "sink-hop-\(UUID().uuidString)", keySpace: space, client: client)
         let count = hops
-        let results = try await StreamSink.withSink(name: "bench", streams: [stream], options: .init(start: .newest)) { sink in
-            try await withThrowingTaskGroup(of: ([Double], [Double]).self) { group in
-                let (acked, ackedContinuation) = AsyncStream.makeStream(of: Void.self)
+        enum Side: Sendable { case raw([Double]), sink([Double], [Double], [Double]) }
+        let (rawDone, rawSignal) = AsyncStream.makeStream(of: Void.self)
+        let (sinkDone, sinkSignal) = AsyncStream.makeStream(of: Void.self)
+        let sides = try await StreamSink.withSink(name: "bench", streams: [stream], options: .init(start: .newest)) { sink in
+            try await withThrowingTaskGroup(of: Side.self) { group in
                 group.addTask {
-                    var results: [Double] = [], delivered: [Double] = []
-                    results.reserveCapacity(count)
-                    delivered.reserveCapacity(count)
+                    try await client.withDedicatedConnection { connection in
+                        var results: [Double] = []
+                        results.reserveCapacity(count)
+                        let read = RedisCommand("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "NOACK", "BLOCK", 0, "STREAMS", rawKey, ">")
+                        rawSignal.yield()
+                        while results.count < count {
+                            let reply = try await connection.send(read, timeout: .seconds(30))
+                            let received = monotonicNanoseconds()
+                            guard let fields = reply.array?.first?.array?.last?.array?.first?.array?.last?.array,
+                                let sent = fields.last?.string.flatMap(UInt64.init)
+                            else { throw RedisError(.protocolError, "unexpected XREADGROUP reply \(reply)") }
+                            results.append(Double(received &- sent) / 1000)
+                            rawSignal.yield()
+                        }
+                        rawSignal.finish()
+                        return .raw(results)
+                    }
+                }
+                group.addTask {
+                    var acked: [Double] = [], confirmed: [Double] = [], delivered: [Double] = []
+                    var index = 0
                     for try await event in sink.events {
                         let received = monotonicNanoseconds()
-                        try await sink.ack(event)
+                        let confirm = index % 2 == 1
+                        index += 1
+                        if confirm { try await sink.ack(event) } else { try sink.acknowledge(event) }
                         let done = monotonicNanoseconds()
                         guard let sent = UInt64(String(decoding: event.payload, as: UTF8.self)) else {
                             throw RedisError(.protocolError, "unexpected payload")
                         }
-                        results.append(Double(done &- sent) / 1000)
+                        if confirm { confirmed.append(Double(done &- sent) / 1000) } else { acked.append(Double(done &- sent) / 1000) }
                         delivered.append(Double(received &- sent) / 1000)
-                        ackedContinuation.yield()
-                        if results.count == count { break }
+                        sinkSignal.yield()
+                        if index == count { break }
                     }
-                    ackedContinuation.finish()
-                    return (results, delivered)
+                    sinkSignal.finish()
+                    return .sink(acked, confirmed, delivered)
                 }
-                var iterator = acked.makeAsyncIterator()
+                var rawTurns = rawDone.makeAsyncIterator()
+                var sinkTurns = sinkDone.makeAsyncIterator()
+                guard await rawTurns.next() != nil else { throw ValidationError("the reference consumer stopped") }
                 for index in 0..<count {
-                    if index > 0 { guard await iterator.next() != nil else { break } }
+                    if index > 0 { guard await rawTurns.next() != nil else { break } }
+                    // Let the consumer's next XREADGROUP reach the server and block there.
+                    try await Task.sleep(for: .microseconds(500))
+                    try await client.send("XADD", rawKey, "*", "t", String(monotonicNanoseconds()))
+                    if index > 0 { guard await sinkTurns.next() != nil else { break } }
                     try await Task.sleep(for: .microseconds(500))
                     try await stream.add(name: "t", payload: Array(String(monotonicNanoseconds()).utf8))
                 }
-                return try await group.next() ?? ([], [])
+                var raw: [Double] = [], acked: [Double] = [], confirmed: [Double] = [], delivered: [Double] = []
+                for try await side in group {
+                    switch side {
+                    case .raw(let values): raw = values
+                    case .sink(let a, let c, let d): (acked, confirmed, delivered) = (a, c, d)
+                    }
+                }
+                return (raw.sorted(), acked.sorted(), confirmed.sorted(), delivered.sorted())
             }
         }
         try await stream.destroy()
-        return (results.0.sorted(), results.1.sorted())
+        try await client.send("DEL", rawKey)
+        return sides
     }
 
     /// Fills a stream with `burst` events in pipelined batches while `instances` sinks of one name

@@ -32,6 +32,41 @@ import Testing
         }
     }
 
+    /// `send(_:onReply:)` returns before the reply; the reply, an error reply or a timeout reaches
+    /// the callback once, and replies stay matched to the awaited commands around it.
+    @Test func sendWithoutWaitingReportsEachOutcomeToItsCallback() async throws {
+        try await withRedis { server, client in
+            let p = testPrefix()
+            let outcomes = AsyncStream<(String, Result<RedisValue, RedisError>)>.makeStream()
+            func report(_ tag: String) -> @Sendable (Result<RedisValue, RedisError>) -> Void {
+                { result in outcomes.continuation.yield((tag, result)) }
+            }
+            _ = try await client.send("SET", p + "s", "text")
+            try client.send(RedisCommand("INCR", p + "n"), onReply: report("incr"))
+            try client.send(RedisCommand("INCR", p + "s"), onReply: report("error"))
+            #expect(try await client.send("ECHO", "between").string == "between")
+            var iterator = outcomes.stream.makeAsyncIterator()
+            var seen: [String: Result<RedisValue, RedisError>] = [:]
+            while seen.count < 2, let (tag, result) = await iterator.next() { seen[tag] = result }
+            #expect(try seen["incr"]?.get() == .integer(1))
+            guard case .failure(let refused)? = seen["error"] else { throw TestFailure("INCR of text did not fail: \(String(describing: seen["error"]))") }
+            #expect(refused.code == .server)
+
+            // A paused server: the command's timeout reaches the callback.
+            try await client.withDedicatedConnection { connection in
+                _ = try await connection.send("PING")
+                server.pause(true)
+                defer { server.pause(false) }
+                try connection.send(RedisCommand("PING"), timeout: .milliseconds(200), onReply: report("timeout"))
+                guard let (tag, result) = await iterator.next() else { throw TestFailure("no outcome") }
+                #expect(tag == "timeout")
+                guard case .failure(let error) = result else { throw TestFailure("expected a timeout, got \(result)") }
+                #expect(error.code == .timeout)
+            }
+            #expect(try await client.send("GET", p + "n").string == "1")
+        }
+    }
+
     @Test func binaryPayloadsRoundTrip() async throws {
         try await withRedis { _, client in
             let key: [UInt8] = Array(testPrefix().utf8) + [0, 0xFF, 0x0A, 0]

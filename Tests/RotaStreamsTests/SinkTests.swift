@@ -1,7 +1,9 @@
 import Foundation
+import Logging
 import RotaRedis
 import RotaRedisServer
 import RotaStreams
+import Synchronization
 import Testing
 
 /// Short timings: block 100 ms. The grace period is long unless a test is about redelivery (then
@@ -438,6 +440,57 @@ private func fast(_ start: StreamStart = .oldest, grace: Duration = .seconds(5))
         }
     }
 
+    @Test func acknowledgeReturnsAtOnceAndTheEventIsNotDeliveredAgain() async throws {
+        try await withEnv { env in
+            let stream = try env.stream("s")
+            try await StreamSink.withSink(name: "sink", streams: [stream], options: fast(grace: .milliseconds(300))) { sink in
+                for i in 0..<3 { try await stream.add(name: "e", payload: "\(i)".bytes) }
+                var payloads: [String] = []
+                for _ in 0..<3 {
+                    let event = try await expectEvent(sink.events, within: .seconds(2))
+                    try sink.acknowledge(event)
+                    payloads.append(event.text)
+                }
+                #expect(payloads == ["0", "1", "2"])
+                try await eventually("the acknowledgements land") { try await env.pendingCount(stream, group: "sink") == 0 }
+                // Past two grace periods: an unacknowledged event would have come back by now.
+                #expect(try await nextEvent(sink.events, within: .milliseconds(800)) == nil)
+                let foreign = StreamEvent(id: "1-0", stream: "s", sink: "other", name: "x", topic: nil, payload: [])
+                #expect((await caught { try sink.acknowledge(foreign) } as? RedisError)?.code == .invalidArgument)
+            }
+        }
+    }
+
+    /// An acknowledgement Redis refuses (here: an ACL user without XACK) is logged, and the event
+    /// comes back after the grace period as if the consumer had died; the awaited `ack` throws instead.
+    @Test func refusedAcknowledgeIsLoggedAndTheEventComesBack() async throws {
+        var options = RedisServer.Options()
+        options.extraConfig = ["user consumer on >secret ~* &* +@all -xack"]
+        try await RedisServer.withServer(options: options) { server in
+            var configuration = server.configuration
+            configuration.username = "consumer"
+            configuration.password = "secret"
+            configuration.commandTimeout = .seconds(5)
+            try await RedisClient.withClient(configuration) { client in
+                let space = try RedisKeySpace("t\(UInt32.random(in: 0...UInt32.max))")
+                let stream = try RedisStream(name: "s", keySpace: space, client: client)
+                let warnings = WarningLog()
+                let logger = Logger(label: "test") { _ in warnings }
+                try await StreamSink.withSink(name: "sink", streams: [stream], options: fast(grace: .milliseconds(100)), logger: logger) { sink in
+                    let id = try await stream.add(name: "e", payload: "p".bytes)
+                    let event = try await expectEvent(sink.events, within: .seconds(2))
+                    try sink.acknowledge(event)
+                    try await eventually("the refusal is logged") { warnings.messages.contains { $0.contains("acknowledgement failed") } }
+                    #expect(warnings.messages.contains { $0.contains("NOPERM") })
+                    let again = try await expectEvent(sink.events, within: .seconds(3), "the redelivery")
+                    #expect(again.id == id)
+                    let error = await caught { try await sink.ack(again) }
+                    #expect((error as? RedisError)?.code == .server)
+                }
+            }
+        }
+    }
+
     @Test func runTwiceFails() async throws {
         try await withEnv { env in
             let stream = try env.stream("s")
@@ -557,4 +610,29 @@ func commandCalls(_ client: RedisClient, _ command: String) async throws -> Int 
         return Int(value) ?? 0
     }
     return 0
+}
+
+/// Warning lines, with their metadata, for tests that check what a component logged.
+private final class WarningLog: LogHandler, Sendable {
+    private let lines = Mutex<[String]>([])
+    var messages: [String] { lines.withLock { $0 } }
+
+    var metadata: Logger.Metadata {
+        get { [:] }
+        set {}
+    }
+    var logLevel: Logger.Level {
+        get { .warning }
+        set {}
+    }
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { nil }
+        set {}
+    }
+
+    func log(event: LogEvent) {
+        guard event.level >= .warning else { return }
+        let details = (event.metadata ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        lines.withLock { $0.append("\(event.message) \(details)") }
+    }
 }
