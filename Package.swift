@@ -253,7 +253,7 @@ swiftSettings: strict
         ),
         .testTarget(
             name: "RotaPlansTests",
-            dependencies: ["RotaPlans"],
+            dependencies: ["RotaPlans", "RotaTestSupport"],
             exclude: ["Corpus"],  // fuzzing corpus, read from the source tree (#filePath)
             swiftSettings: strict
         ),

@@ -1,5 +1,6 @@
 import Foundation
 import RotaPlans
+import RotaTestSupport
 import Testing
 
 // MARK: - Helpers
@@ -39,18 +40,6 @@ private func interval(_ from: String, _ until: String) -> CronInterval {
 /// The five masks of an expression, widened, for table comparisons.
 private func masks(_ e: CronExpression) -> [UInt64] {
     [e.minutes, UInt64(e.hours), UInt64(e.daysOfMonth), UInt64(e.months), UInt64(e.daysOfWeek)]
-}
-
-/// Deterministic PRNG (SplitMix64) so fuzz failures are reproducible.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// Reference implementation: sample every UTC minute with `isActive` and merge.

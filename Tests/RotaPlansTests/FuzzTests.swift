@@ -1,5 +1,6 @@
 import Foundation
 import RotaPlans
+import RotaTestSupport
 import Testing
 
 // Fuzzing of the plan-file parser/validator and the cron parser, as ordinary (deterministic) tests:
@@ -74,18 +75,6 @@ private enum PlanExpect: Sendable {
 private enum CronExpect: Sendable { case valid, invalid, either }
 
 // MARK: - Deterministic randomness and mutation
-
-/// SplitMix64: small, fast and seeded, so every mutant is reproducible.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Byte-level mutations of YAML text.
 private enum YAMLMutator {

@@ -16,14 +16,6 @@ import Darwin
 // per test, and polling with deadlines. Nodes are started through ``withRunCluster(plans:_:)``,
 // which SIGKILLs whatever still runs when the body returns or throws (or its task is cancelled).
 
-private func sendSignal(_ pid: Int32, _ signal: Int32) {
-    #if canImport(Glibc)
-    _ = Glibc.kill(pid, signal)
-    #else
-    _ = Darwin.kill(pid, signal)
-    #endif
-}
-
 /// The built `rota` (beside the test bundle; `swift build --build-tests` builds it).
 func rotaExecutable() throws -> URL {
     let candidates = [
@@ -36,29 +28,6 @@ func rotaExecutable() throws -> URL {
         throw TestFailure("rota not found (build it with `swift build --build-tests`); looked at \(candidates.map(\.path))")
     }
     return found
-}
-
-/// Marks both ends of a pipe close-on-exec (the child gets its end through dup2, which clears the
-/// flag): a process spawned later must not inherit another child's pipe ends, or EOF would never
-/// arrive when that child dies.
-private func closeOnExec(_ pipe: Pipe) {
-    for handle in [pipe.fileHandleForReading, pipe.fileHandleForWriting] {
-        _ = fcntl(handle.fileDescriptor, F_SETFD, FD_CLOEXEC)
-    }
-}
-
-/// Reads `fd` until EOF (on the calling thread: callers use threads of their own, never a
-/// concurrency thread).
-private func readAll(_ fd: Int32, _ deliver: (Data) -> Void) {
-    var buffer = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count > 0 {
-            deliver(Data(buffer[0..<count]))
-        } else if count == 0 || errno != EINTR {
-            return
-        }
-    }
 }
 
 struct CommandOutput: Sendable {

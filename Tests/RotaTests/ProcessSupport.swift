@@ -13,14 +13,6 @@ import Darwin
 // ``withPoolNodeProcesses(redis:pool:_:)``, which kills whatever still runs when the body returns
 // or throws, so a failing test never leaves processes behind.
 
-private func sendSignal(_ pid: Int32, _ signal: Int32) {
-    #if canImport(Glibc)
-    _ = Glibc.kill(pid, signal)
-    #else
-    _ = Darwin.kill(pid, signal)
-    #endif
-}
-
 /// The flags of the crash tests: short timings, stretched for a 2-core machine.
 let crashTimingFlags = ["--worker-ttl-ms", "500", "--ack-grace-ms", "400", "--block-ms", "100", "--shutdown-ttl-ms", "500"]
 
@@ -121,12 +113,12 @@ final class PoolNodeProcess: Sendable {
         keepAlive.withLock { $0 = [output.fileHandleForReading, errors.fileHandleForReading] }
         // Blocking reads on threads of their own: they must not hold a concurrency thread.
         Thread { [self] in
-            Self.readAll(outputFD) { self.consume(stdout: $0) }
+            readAll(outputFD) { self.consume(stdout: $0) }
             self.update { $0.stdoutEnded = true }
             self.reapWhenExited()
         }.start()
         Thread { [self] in
-            Self.readAll(errorFD) { data in self.update { $0.stderr.append(data) } }
+            readAll(errorFD) { data in self.update { $0.stderr.append(data) } }
         }.start()
     }
 
@@ -141,18 +133,6 @@ final class PoolNodeProcess: Sendable {
         _ = Darwin.signal(SIGPIPE, SIG_IGN)
         #endif
     }()
-
-    private static func readAll(_ fd: Int32, _ deliver: (Data) -> Void) {
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count > 0 {
-                deliver(Data(buffer[0..<count]))
-            } else if count == 0 || errno != EINTR {
-                return
-            }
-        }
-    }
 
     /// After stdout ended, wait (on this thread) for the exit status.
     private func reapWhenExited() {

@@ -9,19 +9,6 @@ private extension String {
 /// 2022-01-01T00:00:00Z.
 private let newYear2022 = Date(timeIntervalSince1970: 1_640_995_200)
 
-/// Deterministic so a "garbage decodes to nil" failure can be reproduced.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 @Suite("Pool wire records")
 struct WireTests {
     struct JobCase: Sendable, CustomTestStringConvertible {
