@@ -81,7 +81,8 @@ public final class RedisConnection: Sendable {
     }
 
     /// Queues one command without waiting for its reply; `onReply` gets the reply (an error reply as
-    /// a `.server` error), a timeout or a lost connection, on the connection's event loop. It must not
+    /// a `.server` error), a timeout or a lost connection, exactly once: on the connection's event
+    /// loop, or on the thread that closes the connection for commands still queued. It must not
     /// block. For fire-and-forget commands whose outcome is only logged (a stream sink's
     /// acknowledgements): the caller saves a round trip, and the write itself leaves at the event
     /// loop's next turn, together with any other command queued meanwhile.
