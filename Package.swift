@@ -219,7 +219,8 @@ swiftSettings: strict
             name: "RotaStreamsTests",
             dependencies: [
                 "RotaStreams", "RotaRedis", "RotaRedisServer", "RotaTestSupport",
-                .product(name: "Logging", package: "swift-log"),],
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(

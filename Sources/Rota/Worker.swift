@@ -182,17 +182,11 @@ public final class Worker: Sendable {
                     let owners = try await node.client.send(
                         RedisCommand(arguments: ["HMGET", node.maps.owners.contentKey] + running.map(\.key))
                     ).array ?? []
-                    let taken = Set(zip(running, owners).compactMap { job, owner in
-                        owner.string.flatMap { $0 != id ? job.key : nil }
-                    })
-                    for key in taken.sorted() {
-                        logger.warning("job was taken over by another worker while this one was out of reach; stopping it here", metadata: ["job": "\(key)"])
-                        do {
-                            try await handler.stop(key: key)
-                        } catch {
-                            logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
-                        }
-                        forget(key)
+                    var taken: Set<String> = []
+                    for (job, reply) in zip(running, owners) {
+                        guard let owner = reply.string, owner != id else { continue }
+                        await stopTakenOver(job.key, owner: owner)
+                        taken.insert(job.key)
                     }
                     running.removeAll { taken.contains($0.key) }
                 }
@@ -516,15 +510,21 @@ public final class Worker: Sendable {
             for key in suspects where localJob(key) != nil {
                 // The replica may lag behind this worker's own start: Redis has the last word.
                 guard let owner = try? await node.client.send("HGET", owners.contentKey, key).string, owner != id else { continue }
-                logger.warning("job was taken over by another worker; stopping it here", metadata: ["job": "\(key)", "owner": "\(owner)"])
-                do {
-                    try await handler.stop(key: key)
-                } catch {
-                    logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
-                }
-                forget(key)
+                await stopTakenOver(key, owner: owner)
             }
         }
+    }
+
+    /// Stops a job Redis shows owned by another worker (it runs there) and forgets it here,
+    /// without touching its ownership or payload. Called under `serial`.
+    private func stopTakenOver(_ key: String, owner: String) async {
+        logger.warning("job was taken over by another worker; stopping it here", metadata: ["job": "\(key)", "owner": "\(owner)"])
+        do {
+            try await handler.stop(key: key)
+        } catch {
+            logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
+        }
+        forget(key)
     }
 
     /// Shutdown: stops every local job for good (ownership and payload removed).

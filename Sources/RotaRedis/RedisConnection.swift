@@ -91,9 +91,9 @@ public final class RedisConnection: Sendable {
     public func send(
         _ command: RedisCommand, timeout: Duration? = nil, onReply: @escaping @Sendable (Result<RedisValue, RedisError>) -> Void
     ) throws {
+        // The handler already turns an error reply into a `.server` failure for single commands.
         let slot = ReplySlot(deadline: deadline(timeout)) { result in
             switch result {
-            case .success(.one(.error(let message))): onReply(.failure(RedisError(.server, message)))
             case .success(.one(let value)): onReply(.success(value))
             case .success(.many): onReply(.failure(RedisError(.protocolError, "expected one reply")))
             case .failure(let error as RedisError): onReply(.failure(error))

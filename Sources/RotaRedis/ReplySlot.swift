@@ -22,7 +22,7 @@ final class ReplySlot: Sendable {
     }
 
     private let state = Mutex<State>(.idle)
-    /// Set for a command nobody awaits (``RedisConnection/send(_:onReply:)``): it gets the result
+    /// Set for a command nobody awaits (``RedisConnection/send(_:timeout:onReply:)``): it gets the result
     /// instead of a continuation, on whichever thread resolves the slot.
     private let onResolve: (@Sendable (Result<ReplyPayload, any Error>) -> Void)?
     /// Replies expected: 1 for a command, N for a pipeline of N.

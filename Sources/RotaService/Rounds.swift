@@ -180,9 +180,10 @@ final class RoundLog: Sendable {
                     if !closingInterrupted && Date().timeIntervalSince(finished) < 5 { continue }
                 } else {
                     guard closingInterrupted else { continue }
-                    round.finishedAt = Date()
+                    let now = Date()
+                    round.finishedAt = now
                     round.error = Self.interrupted
-                    try store.recordOutcome(roundID: round.roundID, finishedAt: round.finishedAt ?? Date(), actions: [], error: round.error)
+                    try store.recordOutcome(roundID: round.roundID, finishedAt: now, actions: [], error: Self.interrupted)
                     logger.warning("closed a round left unfinished by an earlier run", metadata: ["round": "\(round.roundID)"])
                 }
                 try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))

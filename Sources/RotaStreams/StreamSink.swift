@@ -612,4 +612,3 @@ public final class StreamSink: Sendable {
         return true
     }
 }
-

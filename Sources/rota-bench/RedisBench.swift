@@ -78,13 +78,6 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 let value = median(values), reference = median(references)
                 return Measurement(suite: "redis", metric: metric, value: value, unit: "ops/s", reference: reference, ratio: value / reference)
             }
-            // Context for ping_sequential: process CPU (user + system) per round trip, against
-            // redis-benchmark's in the same round. A sequential round trip waits on this CPU, so it
-            // is the part of the gap that is ours; the rest is waking threads on other vCPUs.
-            func cpu(_ metric: String, _ values: [Double], _ references: [Double]) -> Measurement {
-                let value = median(values), reference = median(references)
-                return Measurement(suite: "redis", metric: metric, value: value, unit: "us", reference: reference, ratio: reference / value)
-            }
             func latency(_ metric: String, _ values: [Double], _ references: [Double]) -> Measurement {
                 let value = median(values), reference = median(references)
                 return Measurement(suite: "redis", metric: metric, value: value, unit: "us", reference: reference, ratio: reference / value)
@@ -93,7 +86,7 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 throughput("ping_sequential", seq, seqRef),
                 latency("ping_latency_p50", p50, p50Ref),
                 latency("ping_latency_p99", p99, p99Ref),
-                cpu("ping_sequential_cpu_per_op", seqCPU, seqCPURef),
+                latency("ping_sequential_cpu_per_op", seqCPU, seqCPURef),
             ] : [
                 throughput("ping_sequential", seq, seqRef),
                 throughput("ping_pipelined_1x64", one, oneRef),
@@ -106,11 +99,14 @@ struct RedisBench: ParsableCommand, AsyncBody {
                 latency("stream_hop_p50", hop50, p50Ref),
                 latency("stream_hop_p99", hop99, p99Ref),
             ]
-            if !sequentialOnly { rows.insert(cpu("ping_sequential_cpu_per_op", seqCPU, seqCPURef), at: 1) }
+            // Context for ping_sequential: process CPU (user + system) per round trip, against
+            // redis-benchmark's in the same round (µs, ratio reference / value like a latency). A
+            // sequential round trip waits on this CPU, so it is the part of the gap that is ours.
+            if !sequentialOnly { rows.insert(latency("ping_sequential_cpu_per_op", seqCPU, seqCPURef), at: 1) }
             if !floor.isEmpty {
                 // Context for ping_sequential: a bare NIO handler, no client layers (see TransportFloor.swift).
                 rows.insert(throughput("ping_sequential_nio_floor", floor, seqRef), at: 1)
-                rows.insert(cpu("ping_sequential_nio_floor_cpu_per_op", floorCPU, seqCPURef), at: 2)
+                rows.insert(latency("ping_sequential_nio_floor_cpu_per_op", floorCPU, seqCPURef), at: 2)
             }
             if common.json {
                 for row in rows { print(row.json) }

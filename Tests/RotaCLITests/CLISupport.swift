@@ -1,17 +1,14 @@
 import Foundation
+import RotaTestSupport
 
-/// The built `rota` binary (next to the test bundle, or beside the test runner in some layouts).
-func rotaExecutable() -> URL {
-    let beside = Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("rota")
-    if FileManager.default.isExecutableFile(atPath: beside.path) { return beside }
-    return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota")
-}
+/// The built `rota`.
+func rotaExecutable() throws -> URL { try builtExecutable("rota") }
 
 /// Runs `rota ARGUMENTS` to completion and captures its output (small outputs: stdout is read to
 /// the end, then stderr).
 func rota(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
     let process = Process()
-    process.executableURL = rotaExecutable()
+    process.executableURL = try rotaExecutable()
     process.arguments = arguments
     let out = Pipe(), err = Pipe()
     process.standardOutput = out

@@ -12,7 +12,7 @@ private final class BackgroundWorker {
         log = FileManager.default.temporaryDirectory.appendingPathComponent("rota-worker-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
-        process.executableURL = rotaExecutable()
+        process.executableURL = try rotaExecutable()
         process.arguments = ["worker"] + arguments
         process.standardOutput = handle
         process.standardError = handle

@@ -16,19 +16,8 @@ import Darwin
 // per test, and polling with deadlines. Nodes are started through ``withRunCluster(plans:_:)``,
 // which SIGKILLs whatever still runs when the body returns or throws (or its task is cancelled).
 
-/// The built `rota` (beside the test bundle; `swift build --build-tests` builds it).
-func rotaExecutable() throws -> URL {
-    let candidates = [
-        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("rota"),
-        Bundle.main.bundleURL.appendingPathComponent("rota"),
-        // Bundle.main is the test runner itself in some layouts: look beside the build products.
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota"),
-    ]
-    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-        throw TestFailure("rota not found (build it with `swift build --build-tests`); looked at \(candidates.map(\.path))")
-    }
-    return found
-}
+/// The built `rota`.
+func rotaExecutable() throws -> URL { try builtExecutable("rota") }
 
 struct CommandOutput: Sendable {
     var status: Int32

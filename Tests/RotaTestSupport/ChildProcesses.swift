@@ -40,3 +40,21 @@ public func readAll(_ fd: Int32, _ deliver: (Data) -> Void) {
         }
     }
 }
+
+private final class BundleMarker {}
+
+/// The built executable `name` of this package (beside the test bundle; `swift build
+/// --build-tests` builds the executables too).
+public func builtExecutable(_ name: String) throws -> URL {
+    let candidates = [
+        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent(name),
+        Bundle.main.bundleURL.appendingPathComponent(name),
+        // Bundle.main is the test runner itself in some layouts: look beside the build products.
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name),
+        Bundle(for: BundleMarker.self).bundleURL.deletingLastPathComponent().appendingPathComponent(name),
+    ]
+    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+        throw TestFailure("\(name) not found (build it with `swift build --build-tests`); looked at \(candidates.map(\.path))")
+    }
+    return found
+}

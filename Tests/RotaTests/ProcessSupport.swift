@@ -16,19 +16,8 @@ import Darwin
 /// The flags of the crash tests: short timings, stretched for a 2-core machine.
 let crashTimingFlags = ["--worker-ttl-ms", "500", "--ack-grace-ms", "400", "--block-ms", "100", "--shutdown-ttl-ms", "500"]
 
-/// The built `rota-pool-node` (beside the test bundle; `swift build --build-tests` builds it).
-func poolNodeExecutable() throws -> URL {
-    let candidates = [
-        Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("rota-pool-node"),
-        // Bundle.main is the test runner itself in some layouts: look beside the build products.
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota-pool-node"),
-        Bundle(for: PoolNodeProcess.self).bundleURL.deletingLastPathComponent().appendingPathComponent("rota-pool-node"),
-    ]
-    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-        throw TestFailure("rota-pool-node not found (build it with `swift build --build-tests`); looked at \(candidates.map(\.path))")
-    }
-    return found
-}
+/// The built `rota-pool-node`.
+func poolNodeExecutable() throws -> URL { try builtExecutable("rota-pool-node") }
 
 /// One `rota-pool-node` child process: its stdout is parsed line by line on a thread of its own
 /// into the state below; waits are event-driven with deadlines.
