@@ -44,6 +44,10 @@ public final class RedisConnection: Sendable {
     public let configuration: RedisConfiguration
     /// The loop this connection's channel, drains and timers run on.
     public let eventLoop: any EventLoop
+    /// Runs tasks on ``eventLoop``: a task doing round trip after round trip on this connection
+    /// runs fastest under `withTaskExecutorPreference(connection.taskExecutor)` (see
+    /// ``EventLoopTaskExecutor`` for why, and for what must not run there).
+    public let taskExecutor: EventLoopTaskExecutor
     let logger: Logger
     private let state: Mutex<State>
     private let onPush: (@Sendable (RedisValue) -> Void)?
@@ -64,6 +68,7 @@ public final class RedisConnection: Sendable {
     ) {
         self.configuration = configuration
         self.eventLoop = eventLoop
+        self.taskExecutor = EventLoopTaskExecutor(eventLoop: eventLoop)
         self.logger = logger
         self.onPush = onPush
         self.onConnected = onConnected
@@ -205,7 +210,12 @@ public final class RedisConnection: Sendable {
         if let writeNow {
             var buffer = allocator.buffer(capacity: bytes.count)
             buffer.writeBytes(bytes)
-            writeNow.value.write(buffer, slots: slot.map { [$0] } ?? [])
+            // No array for the one slot: this is the path of every sequential round trip.
+            if let slot {
+                writeNow.value.write(buffer, slots: CollectionOfOne(slot))
+            } else {
+                writeNow.value.write(buffer, slots: EmptyCollection())
+            }
         }
         if scheduleDrain { eventLoop.execute { self.drain() } }
         if let armSweep { eventLoop.scheduleTask(deadline: armSweep) { self.sweep() } }

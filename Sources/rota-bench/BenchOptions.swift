@@ -13,6 +13,11 @@ struct BenchOptions: ParsableArguments {
     @Option(help: "Rounds per metric; medians are reported.")
     var rounds = 3
 
+    /// Read by main.swift before parsing (the executor must be chosen before any task exists);
+    /// declared here so that every benchmark accepts it.
+    @Flag(help: "Keep Swift's default global executor instead of installing NIO's event loops as it, as an application embedding Rota would.")
+    var defaultExecutor = false
+
     /// Runs `body` against `--redis`, or against a private server started for the run.
     func withServer(_ body: (RedisConfiguration) async throws -> Void) async throws {
         if let redis {

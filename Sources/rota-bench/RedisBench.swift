@@ -35,7 +35,7 @@ struct RedisBench: ParsableCommand, AsyncBody {
         }
         let reference = ReferenceBenchmark(host: host, port: port, password: configuration.password, database: configuration.database)
         try await RedisClient.withClient(configuration) { client in
-            var seq: [Double] = [], seqRef: [Double] = []
+            var seq: [Double] = [], seqRef: [Double] = [], seqNoPreference: [Double] = [], syscallFloor: [Double] = []
             var p50: [Double] = [], p99: [Double] = [], p50Ref: [Double] = [], p99Ref: [Double] = []
             var one: [Double] = [], oneRef: [Double] = []
             var four: [Double] = [], fourRef: [Double] = []
@@ -45,17 +45,22 @@ struct RedisBench: ParsableCommand, AsyncBody {
             var hop50: [Double] = [], hop99: [Double] = []
             for round in 1...max(1, common.rounds) {
                 if !common.json { print("round \(round)/\(common.rounds)…") }
+                // The two variants take turns going first, so neither always follows redis-benchmark.
+                if round % 2 == 0 { seqNoPreference.append(try await sequential(client, onTheConnectionsLoop: false).0) }
                 let (rate, latencies, cpu) = try await sequential(client)
                 seqCPU.append(cpu)
                 seq.append(rate)
                 p50.append(percentile(latencies, 50))
                 p99.append(percentile(latencies, 99))
+                if round % 2 == 1 { seqNoPreference.append(try await sequential(client, onTheConnectionsLoop: false).0) }
                 let childrenBefore = cpuMicroseconds(RUSAGE_CHILDREN)
                 let refSeq = try await reference.run(clients: 1, pipeline: 1, requests: sequentialCount)
                 // redis-benchmark -t ping runs PING_INLINE and PING_MBULK: two series of `requests`.
                 seqCPURef.append((cpuMicroseconds(RUSAGE_CHILDREN) - childrenBefore) / Double(2 * sequentialCount))
                 seqRef.append(refSeq.rps)
                 if configuration.password == nil {
+                    // No event loop at all: what the kernel allows one thread doing write() then read().
+                    syscallFloor.append(try await blockingSocketFloor(host: host, port: port, count: sequentialCount))
                     let before = cpuMicroseconds(RUSAGE_SELF)
                     floor.append(try await transportFloor(host: host, port: port, count: sequentialCount))
                     floorCPU.append((cpuMicroseconds(RUSAGE_SELF) - before) / Double(sequentialCount))
@@ -103,6 +108,12 @@ struct RedisBench: ParsableCommand, AsyncBody {
             // redis-benchmark's in the same round (µs, ratio reference / value like a latency). A
             // sequential round trip waits on this CPU, so it is the part of the gap that is ours.
             if !sequentialOnly { rows.insert(latency("ping_sequential_cpu_per_op", seqCPU, seqCPURef), at: 1) }
+            // Context for ping_sequential: the same loop without the connection's task executor,
+            // i.e. what a caller gets who does not follow EventLoopTaskExecutor's advice.
+            rows.insert(throughput("ping_sequential_no_task_executor", seqNoPreference, seqRef), at: 1)
+            // Context for ping_sequential: blocking write()/read() on a plain socket, no event loop
+            // and no client (see TransportFloor.swift); no client can do less per round trip.
+            if !syscallFloor.isEmpty { rows.insert(throughput("ping_sequential_syscall_floor", syscallFloor, seqRef), at: 1) }
             if !floor.isEmpty {
                 // Context for ping_sequential: a bare NIO handler, no client layers (see TransportFloor.swift).
                 rows.insert(throughput("ping_sequential_nio_floor", floor, seqRef), at: 1)
@@ -127,27 +138,35 @@ struct RedisBench: ParsableCommand, AsyncBody {
     }
 
     /// PING after PING on one connection; returns ops/s, each round trip in µs (sorted) and the
-    /// process CPU time per round trip in µs.
-    private func sequential(_ client: RedisClient) async throws -> (Double, [Double], Double) {
+    /// process CPU time per round trip in µs. `onTheConnectionsLoop` runs the loop the documented
+    /// way for round trip after round trip (under the connection's task executor); without it the
+    /// task runs wherever the global executor puts it.
+    private func sequential(_ client: RedisClient, onTheConnectionsLoop: Bool = true) async throws -> (Double, [Double], Double) {
         try await client.withDedicatedConnection { connection in
-            let ping = RedisCommand("PING")
-            for _ in 0..<500 { _ = try await connection.send(ping) }  // warm-up
-            var latencies: [Double] = []
-            latencies.reserveCapacity(sequentialCount)
-            let clock = ContinuousClock()
-            let cpuBefore = cpuMicroseconds(RUSAGE_SELF)
-            let start = clock.now
-            var last = start
-            for _ in 0..<sequentialCount {
-                _ = try await connection.send(ping)
-                let now = clock.now
-                latencies.append(microseconds(now - last))
-                last = now
+            try await withTaskExecutorPreference(onTheConnectionsLoop ? connection.taskExecutor : nil) {
+                try await pingAfterPing(connection)
             }
-            let rate = Double(sequentialCount) / seconds(clock.now - start)
-            let cpu = (cpuMicroseconds(RUSAGE_SELF) - cpuBefore) / Double(sequentialCount)
-            return (rate, latencies.sorted(), cpu)
         }
+    }
+
+    private func pingAfterPing(_ connection: RedisConnection) async throws -> (Double, [Double], Double) {
+        let ping = RedisCommand("PING")
+        for _ in 0..<500 { _ = try await connection.send(ping) }  // warm-up
+        var latencies: [Double] = []
+        latencies.reserveCapacity(sequentialCount)
+        let clock = ContinuousClock()
+        let cpuBefore = cpuMicroseconds(RUSAGE_SELF)
+        let start = clock.now
+        var last = start
+        for _ in 0..<sequentialCount {
+            _ = try await connection.send(ping)
+            let now = clock.now
+            latencies.append(microseconds(now - last))
+            last = now
+        }
+        let rate = Double(sequentialCount) / seconds(clock.now - start)
+        let cpu = (cpuMicroseconds(RUSAGE_SELF) - cpuBefore) / Double(sequentialCount)
+        return (rate, latencies.sorted(), cpu)
     }
 
     /// Batches of 64 PINGs in one write (redis-benchmark's -P 64), on `connections` connections at once.

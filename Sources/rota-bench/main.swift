@@ -3,8 +3,10 @@ import NIOCore
 import NIOPosix
 
 // Swift concurrency runs on NIO's event loops: a task resumed by a reply continues on the loop that
-// read it, with no hop to another thread. Installed before any task exists, as NIO requires.
-let installed = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+// read it, with no hop to another thread. Installed before any task exists, as NIO requires, unless
+// --default-executor asks for what an embedding application gets by default.
+let installed = CommandLine.arguments.contains("--default-executor")
+    ? false : NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
 
 do {
     var command = try RotaBench.parseAsRoot()

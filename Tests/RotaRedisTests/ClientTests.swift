@@ -205,11 +205,15 @@ import Testing
         }
     }
 
-    @Test func cancellationReturnsPromptlyAndKeepsRepliesMatched() async throws {
+    /// Also under the connection's task executor, where the cancelled task awaits on the loop.
+    @Test(arguments: [false, true])
+    func cancellationReturnsPromptlyAndKeepsRepliesMatched(onTheConnectionsExecutor: Bool) async throws {
         try await withRedis { _, client in
             let p = testPrefix()
             try await client.withDedicatedConnection { connection in
-                let blocked = Task { try await connection.send(RedisCommand("BLPOP", p + "list", 10), timeout: .seconds(20)) }
+                let blocked = Task(executorPreference: onTheConnectionsExecutor ? connection.taskExecutor : nil) {
+                    try await connection.send(RedisCommand("BLPOP", p + "list", 10), timeout: .seconds(20))
+                }
                 try await eventually("BLPOP blocks") {
                     try await infoField(client, section: "clients", field: "blocked_clients") == 1
                 }
@@ -236,6 +240,31 @@ import Testing
             #expect(throws: CancellationError.self) { try result.get() }
             let exists = try await client.send("EXISTS", p + "k")
             #expect(exists == .integer(0))
+        }
+    }
+
+    /// Under the connection's task executor, a task and its child tasks run on the connection's
+    /// event loop, before and after every round trip; without it they do not (the test process
+    /// keeps Swift's default global executor). Replies still reach their own callers.
+    @Test func tasksPreferringTheConnectionsExecutorRunOnItsLoop() async throws {
+        try await withRedis { _, client in
+            try await client.withDedicatedConnection { connection in
+                _ = try await connection.send("PING")
+                #expect(!connection.eventLoop.inEventLoop)
+                let onLoop = try await withTaskExecutorPreference(connection.taskExecutor) {
+                    var everyStep = connection.eventLoop.inEventLoop
+                    for index in 0..<200 {
+                        let reply = try await connection.send("ECHO", "m\(index)")
+                        everyStep = everyStep && reply.string == "m\(index)" && connection.eventLoop.inEventLoop
+                    }
+                    async let child: Bool = {
+                        let reply = try await connection.send("ECHO", "child")
+                        return reply.string == "child" && connection.eventLoop.inEventLoop
+                    }()
+                    return try await child && everyStep
+                }
+                #expect(onLoop)
+            }
         }
     }
 }
