@@ -517,6 +517,44 @@ struct RunEndToEndTests {
             print("badEditKeepsOldPlan: errors logged:\n  \(first.replacingOccurrences(of: "\n", with: "\n  "))\n  \(second.replacingOccurrences(of: "\n", with: "\n  "))")
         }
     }
+
+    @Test("a round left unfinished by a node that died mid-round is closed as interrupted when the node starts again, and reaches the other nodes")
+    func interruptedRoundIsClosedAndPublished() async throws {
+        try await withRunCluster(plans: beatPlan(["alpha"])) { cluster in
+            // What a planner SIGKILLed between recording a round's intent and its outcome leaves in
+            // its database: an unfinished round, never published on the history stream.
+            let database = cluster.directory.appendingPathComponent("n1.sqlite").path
+            let tick = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 - 3600).rounded())  // whole ms, as stored
+            do {
+                let store = try PlanStore.open(path: database)
+                try store.recordIntent(RoundRecord(roundID: "died-mid-round", pool: cluster.pool, producer: "alpha", revision: 1,
+                    node: "n1-before-the-crash", tick: tick, startedAt: tick, planned: [PlannedAction(job: "alpha/one", action: .start)]))
+                try #require(try store.unpublishedRounds(pool: cluster.pool).map(\.0.roundID) == ["died-mid-round"])
+            }
+            let nodes = try await cluster.launch(["n1", "n2"])
+
+            for node in nodes {
+                let closed = try await poll("\(node.label) holds the interrupted round, closed", timeout: .seconds(30),
+                    diagnostics: cluster.diagnostics) { () -> RoundRecord? in
+                    guard let round = try node.store().round(id: "died-mid-round")?.0, round.finishedAt != nil else { return nil }
+                    return round
+                }
+                #expect(closed.error?.hasPrefix("interrupted:") == true, "\(node.label): \(closed.error ?? "no error")")
+                #expect(closed.tick == tick && closed.planned == [PlannedAction(job: "alpha/one", action: .start)])
+                #expect(try node.actions(of: "died-mid-round").isEmpty, "what the dead planner applied is not known")
+            }
+            #expect(nodes[0].logs("closed a round left unfinished by an earlier run").count == 1)
+            // Its echo from the history stream marks it published on n1: it is not published again.
+            try await poll("n1 has nothing left to publish", timeout: .seconds(15), diagnostics: cluster.diagnostics) {
+                try nodes[0].store().unpublishedRounds(pool: cluster.pool).isEmpty ? () : nil
+            }
+            // The hash chains of both histories still verify with the closed round in them.
+            for node in nodes {
+                let verify = try await rotaCommand(["history", "verify", "--db", node.database])
+                #expect(verify.status == 0, "rota history verify --db \(node.label): \(verify.out) \(verify.err)")
+            }
+        }
+    }
 }
 
 extension ISO8601DateFormatter {
