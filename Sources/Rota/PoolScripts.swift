@@ -27,18 +27,41 @@ enum PoolScripts {
 
         """
 
+    /// The admission check shared by ``claimDispatch`` and ``claimAndAppend`` (same first keys and
+    /// arguments): nil once the pending guard is set, else the refusal to return.
+    private static let admission = """
+        local function admit()
+          if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {3, ''} end
+          local guard = redis.call('HGET', KEYS[2], ARGV[1])
+          if guard then
+            if not string.match(guard, '^%d+$') then return {4, guard} end
+            if newer_or_equal(guard, ARGV[2]) then return {2, guard} end
+          end
+          mset(KEYS[2], KEYS[3], ARGV[1], ARGV[3])
+          return nil
+        end
+
+        """
+
+    /// A worker's record of one job it started, shared by ``recordStart`` and ``commitBatch``
+    /// (same first six keys): owner and payload written only when different, and for a fresh
+    /// dispatch ("1") the pending guard removed.
+    private static let startRecord = """
+        local function record_start(w, k, p, fresh)
+          if redis.call('HGET', KEYS[1], k) ~= w then mset(KEYS[1], KEYS[2], k, w) end
+          if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
+          if fresh == '1' then mdel(KEYS[5], KEYS[6], k) end
+        end
+
+        """
+
     /// Atomic admission of a fresh dispatch.
     /// KEYS: payloads hash, pending hash, pending channel. ARGV: key, now nanos, pending-until nanos.
     /// → {1, token} claimed · {2, guard} another dispatch is pending · {3, ""} the job exists ·
     ///   {4, guard} the guard is malformed (left untouched).
-    static let claimDispatch = RedisScript(helpers + """
-        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {3, ''} end
-        local guard = redis.call('HGET', KEYS[2], ARGV[1])
-        if guard then
-          if not string.match(guard, '^%d+$') then return {4, guard} end
-          if newer_or_equal(guard, ARGV[2]) then return {2, guard} end
-        end
-        mset(KEYS[2], KEYS[3], ARGV[1], ARGV[3])
+    static let claimDispatch = RedisScript(helpers + admission + """
+        local refused = admit()
+        if refused then return refused end
         return {1, ARGV[3]}
         """)
 
@@ -48,14 +71,9 @@ enum PoolScripts {
     /// KEYS: payloads hash, pending hash, pending channel, pool stream.
     /// ARGV: key, now nanos, pending-until nanos, max stream length (0: no cap), job record.
     /// → as claimDispatch, and {1, token, event ID} when claimed.
-    static let claimAndAppend = RedisScript(helpers + """
-        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {3, ''} end
-        local guard = redis.call('HGET', KEYS[2], ARGV[1])
-        if guard then
-          if not string.match(guard, '^%d+$') then return {4, guard} end
-          if newer_or_equal(guard, ARGV[2]) then return {2, guard} end
-        end
-        mset(KEYS[2], KEYS[3], ARGV[1], ARGV[3])
+    static let claimAndAppend = RedisScript(helpers + admission + """
+        local refused = admit()
+        if refused then return refused end
         local id
         if ARGV[4] == '0' then
           id = redis.call('XADD', KEYS[4], '*', 'n', 'j', 'p', ARGV[5])
@@ -78,13 +96,10 @@ enum PoolScripts {
     /// key admitted, and the dispatcher need not spend a round trip releasing it.
     /// KEYS: owners hash/channel, payloads hash/channel, pending hash/channel.
     /// ARGV: worker ID, then (key, payload, "1" if fresh) triples. → the number of jobs.
-    static let recordStart = RedisScript(helpers + """
+    static let recordStart = RedisScript(helpers + startRecord + """
         local n = 0
         for i = 2, #ARGV, 3 do
-          local k, p = ARGV[i], ARGV[i + 1]
-          if redis.call('HGET', KEYS[1], k) ~= ARGV[1] then mset(KEYS[1], KEYS[2], k, ARGV[1]) end
-          if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
-          if ARGV[i + 2] == '1' then mdel(KEYS[5], KEYS[6], k) end
+          record_start(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 2])
           n = n + 1
         end
         return n
@@ -98,15 +113,11 @@ enum PoolScripts {
     /// KEYS: owners h/c, payloads h/c, pending h/c, then the inboxes replied to.
     /// ARGV: worker ID, number of jobs, (key, payload, "1" if fresh) per job, then
     /// (index of the inbox in KEYS, event name, payload) per reply. → the number of jobs.
-    static let commitBatch = RedisScript(helpers + """
-        local w = ARGV[1]
+    static let commitBatch = RedisScript(helpers + startRecord + """
         local n = tonumber(ARGV[2])
         local i = 3
         for _ = 1, n do
-          local k, p = ARGV[i], ARGV[i + 1]
-          if redis.call('HGET', KEYS[1], k) ~= w then mset(KEYS[1], KEYS[2], k, w) end
-          if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
-          if ARGV[i + 2] == '1' then mdel(KEYS[5], KEYS[6], k) end
+          record_start(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 2])
           i = i + 3
         end
         while i + 2 <= #ARGV do
