@@ -132,7 +132,12 @@ struct TickerBench: ParsableCommand, AsyncBody {
             say("starting \(nodes) nodes with a \(intervalMs) ms ticker…")
             for index in 0..<nodes {
                 let arguments = ["--redis", url, "--pool", pool, "--workers", "0", "--quiet", "--ticker", "bench:\(intervalMs)"]
-                let child = try TickerChild.spawn(index: index, executable: executable, arguments: arguments, log: log)
+                let child = try NodeChild.spawn(index: index, name: nodeName(index), executable: executable, arguments: arguments) { line, read, pid in
+                    guard let tick = parseTick(line, child: index, read: read.unixMicroseconds) else { return false }
+                    // Not reaped until the bench's kill() waits for it: the pid cannot be reused.
+                    if log.record(tick) { _ = Glibc.kill(pid, SIGKILL) }
+                    return true
+                }
                 children.append(child)
                 try await child.waitUntilReady(timeout: .seconds(30))
             }
@@ -543,11 +548,11 @@ struct ReconcileProducer: JobProducer {
 
 /// The ticker phase's children, by index (a killed child stays in the list).
 final class TickerChildren: Sendable {
-    private let children = Mutex<[TickerChild]>([])
+    private let children = Mutex<[NodeChild]>([])
 
-    var all: [TickerChild] { children.withLock { $0 } }
+    var all: [NodeChild] { children.withLock { $0 } }
 
-    func append(_ child: TickerChild) { children.withLock { $0.append(child) } }
+    func append(_ child: NodeChild) { children.withLock { $0.append(child) } }
 
     /// Throws if a child exited that was not killed on purpose.
     func checkAlive(log: TickLog, during phase: String) throws {
@@ -602,205 +607,16 @@ final class TickerChildren: Sendable {
     }
 }
 
-/// One `rota-pool-node` with a ticker: `tick` lines go to the ``TickLog`` (and may get the process
-/// killed right away by the reading thread), every other line to ``control``.
-final class TickerChild: Sendable {
-    let index: Int
-    let name: String
-    let pid: pid_t
-    private let input: Mutex<Int32>
-    private let control = LineQueue()
-    private let sent = Mutex(0)
-    private let status = Mutex<Int32?>(nil)
 
-    private init(index: Int, pid: pid_t, input: Int32) {
-        self.index = index
-        self.name = "rota-pool-node \(Character(UnicodeScalar(UInt8(65 + index % 26))))"
-        self.pid = pid
-        self.input = Mutex(input)
-    }
-
-    /// Spawns with an empty signal mask and default handlers (the caller's threads block signals)
-    /// and pipes on stdin and stdout; stderr is inherited.
-    static func spawn(index: Int, executable: String, arguments: [String], log: TickLog) throws -> TickerChild {
-        var inPipe: [Int32] = [-1, -1]
-        var outPipe: [Int32] = [-1, -1]
-        // Close-on-exec: no child may inherit another child's pipes (its stdin would never end).
-        // Children are spawned one at a time, so nothing spawns between pipe() and fcntl().
-        guard pipe(&inPipe) == 0 else { throw BenchError("pipe: \(String(cString: strerror(errno)))") }
-        guard pipe(&outPipe) == 0 else {
-            let error = errno
-            close(inPipe[0])
-            close(inPipe[1])
-            throw BenchError("pipe: \(String(cString: strerror(error)))")
-        }
-        for fd in inPipe + outPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var child: pid_t = 0
-        let result = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
-        close(inPipe[0])
-        close(outPipe[1])
-        guard result == 0 else {
-            close(inPipe[1])
-            close(outPipe[0])
-            throw BenchError("cannot start \(executable): \(String(cString: strerror(result)))")
-        }
-        let process = TickerChild(index: index, pid: child, input: inPipe[1])
-        process.startReading(outPipe[0], log: log)
-        return process
-    }
-
-    private func startReading(_ fd: Int32, log: TickLog) {
-        let (control, index, pid) = (self.control, self.index, self.pid)
-        let thread = Thread {
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
-            var pending: [UInt8] = []
-            while true {
-                let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { break }
-                let now = unixMicroseconds()
-                pending.append(contentsOf: chunk[0..<count])
-                var lineStart = 0
-                for position in pending.indices where pending[position] == UInt8(ascii: "\n") {
-                    let line = String(decoding: pending[lineStart..<position], as: UTF8.self)
-                    lineStart = position + 1
-                    if let tick = Self.parseTick(line, child: index, read: now) {
-                        // Not reaped until the bench's kill() waits for it: the pid cannot be reused.
-                        if log.record(tick) { _ = Glibc.kill(pid, SIGKILL) }
-                    } else {
-                        control.push(line)
-                    }
-                }
-                pending.removeFirst(lineStart)
-            }
-            close(fd)
-            control.finish()
-        }
-        thread.start()
-    }
-
-    /// `tick <name> <token> <delivered> missed=N dropped=N`.
-    private static func parseTick(_ line: String, child: Int, read: Int64) -> TickLine? {
-        guard line.hasPrefix("tick ") else { return nil }
-        let parts = line.split(separator: " ")
-        guard parts.count == 6, let token = Int64(parts[2]), let delivered = Int64(parts[3]),
-              parts[4].hasPrefix("missed="), let missed = Int(parts[4].dropFirst("missed=".count)),
-              parts[5].hasPrefix("dropped="), let dropped = Int(parts[5].dropFirst("dropped=".count))
-        else { return nil }
-        return TickLine(child: child, token: token, delivered: delivered, missed: missed, dropped: dropped, read: read)
-    }
-
-    func waitUntilReady(timeout: Duration) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            guard let line = await control.next(until: deadline) else {
-                throw BenchError("\(name) did not report ready within \(timeout)\(exitNote())")
-            }
-            if line.hasPrefix("ready ") { return }
-        }
-    }
-
-    /// Sends a command line and waits for its `result` line; returns the lines printed before it.
-    func command(_ text: String, timeout: Duration) async throws -> [String] {
-        let number = sent.withLock { count -> Int in
-            count += 1
-            return count
-        }
-        try write(text + "\n")
-        let deadline = ContinuousClock.now + timeout
-        let prefix = "result \(number) "
-        var lines: [String] = []
-        while true {
-            guard let line = await control.next(until: deadline) else {
-                throw BenchError("\(name): no result for '\(text)' within \(timeout)\(exitNote())")
-            }
-            guard line.hasPrefix(prefix) else {
-                lines.append(line)
-                continue
-            }
-            let outcome = line.dropFirst(prefix.count)
-            guard outcome == "ok" else { throw BenchError("\(name): '\(text)' failed: \(outcome)") }
-            return lines
-        }
-    }
-
-    private func write(_ text: String) throws {
-        try input.withLock { fd in
-            guard fd >= 0 else { throw BenchError("\(name): input already closed") }
-            var bytes = Array(text.utf8)[...]
-            while !bytes.isEmpty {
-                let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    throw BenchError("\(name): writing a command failed: \(String(cString: strerror(errno)))\(exitNote())")
-                }
-                bytes = bytes.dropFirst(written)
-            }
-        }
-    }
-
-    /// End of input: the node closes and the process exits.
-    func closeInput() {
-        input.withLock { fd in
-            if fd >= 0 { close(fd) }
-            fd = -1
-        }
-    }
-
-    /// The exit status once the process has exited (reaping it), nil while it runs.
-    var exitStatus: Int32? {
-        status.withLock { status in
-            if let status { return status }
-            var raw: Int32 = 0
-            let result = waitpid(pid, &raw, WNOHANG)
-            if result == pid {
-                status = raw
-            } else if result < 0 {
-                status = -1
-            }
-            return status
-        }
-    }
-
-    var hasExited: Bool { exitStatus != nil }
-
-    func waitForExit(timeout: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while !hasExited {
-            guard ContinuousClock.now < deadline else { return false }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return true
-    }
-
-    /// SIGKILL, then waits until the process is gone.
-    func kill() async {
-        closeInput()
-        guard !hasExited else { return }
-        _ = Glibc.kill(pid, SIGKILL)
-        _ = await waitForExit(timeout: .seconds(10))
-    }
-
-    private func exitNote() -> String {
-        exitStatus.map { "; it exited (wait status \($0))" } ?? ""
-    }
+/// `tick <name> <token> <delivered> missed=N dropped=N`.
+private func parseTick(_ line: String, child: Int, read: Int64) -> TickLine? {
+    guard line.hasPrefix("tick ") else { return nil }
+    let parts = line.split(separator: " ")
+    guard parts.count == 6, let token = Int64(parts[2]), let delivered = Int64(parts[3]),
+          parts[4].hasPrefix("missed="), let missed = Int(parts[4].dropFirst("missed=".count)),
+          parts[5].hasPrefix("dropped="), let dropped = Int(parts[5].dropFirst("dropped=".count))
+    else { return nil }
+    return TickLine(child: child, token: token, delivered: delivered, missed: missed, dropped: dropped, read: read)
 }
 
 /// A JSON number with 3 decimals at most; null when not finite.
