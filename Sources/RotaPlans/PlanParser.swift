@@ -350,13 +350,13 @@ private struct Walker {
 
     mutating func timestamp(_ node: Node, field: String) -> Date? {
         guard let text = scalarString(node, field: field) else { return nil }
-        let plain = ISO8601DateFormatter()
-        plain.formatOptions = [.withInternetDateTime]
-        let fractional = ISO8601DateFormatter()
-        fractional.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let date = plain.date(from: text) ?? fractional.date(from: text) { return date }
-        error(node, "invalid '\(field)' time '\(text)': use RFC 3339, e.g. 2026-12-01T00:00:00Z")
-        return nil
+        switch RFC3339.parse(text) {
+        case .success(let date):
+            return date
+        case .failure(let problem):
+            error(node, "invalid '\(field)' time '\(text)': \(problem.reason); use RFC 3339, e.g. 2026-12-01T00:00:00Z")
+            return nil
+        }
     }
 
     /// Any YAML value, as JSON. Mapping keys must be strings.

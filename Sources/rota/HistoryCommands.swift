@@ -21,9 +21,7 @@ extension RoundRecord {
 
 func time(_ text: String?, option: String) throws -> Date? {
     guard let text else { return nil }
-    guard let date = parseTime(text) else {
-        throw CommandFailure("\(option) '\(text)' is not an RFC 3339 time or a duration (e.g. 2h, 1d)")
-    }
+    guard let date = parseTime(text) else { throw invalidTime(option, text) }
     return date
 }
 

@@ -48,17 +48,23 @@ func currentActor() -> String {
     return "\(user)@\(ProcessInfo.processInfo.hostName)"
 }
 
-/// Parses RFC 3339 times, or a duration meaning "that long ago" (`2h`, `1d`, `90s`).
+/// Parses RFC 3339 times (strictly: no February 30), or a duration meaning "that long ago"
+/// (`2h`, `1d`, `90s`).
 func parseTime(_ text: String, now: Date = Date()) -> Date? {
-    let formatter = ISO8601DateFormatter()
-    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    if let date = formatter.date(from: text) { return date }
-    formatter.formatOptions = [.withInternetDateTime]
-    if let date = formatter.date(from: text) { return date }
+    if let date = RFC3339.date(from: text) { return date }
     if let duration = parseDuration(text) {
         return now.addingTimeInterval(-(Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18))
     }
     return nil
+}
+
+/// The failure for an `option` whose value `text` is neither a time nor a duration: for a text
+/// that reads like a timestamp, it says which field is wrong.
+func invalidTime(_ option: String, _ text: String) -> CommandFailure {
+    if text.first?.isNumber == true, text.contains("-"), case .failure(let problem) = RFC3339.parse(text) {
+        return CommandFailure("\(option) '\(text)' is not a valid RFC 3339 time: \(problem.reason)")
+    }
+    return CommandFailure("\(option) '\(text)' is not an RFC 3339 time or a duration (e.g. 2h, 1d)")
 }
 
 func rfc3339(_ date: Date) -> String {

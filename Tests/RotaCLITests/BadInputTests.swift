@@ -35,6 +35,12 @@ struct BadInputTests {
         let before = try Data(contentsOf: URL(fileURLWithPath: corrupt))
         expectClearFailure(try rota(["history", "--db", corrupt]), mentioning: "corrupt.sqlite")
         #expect(try Data(contentsOf: URL(fileURLWithPath: corrupt)) == before)
+        // Times: an impossible date names its field (Foundation would have read March 2); other
+        // text is neither a time nor a duration.
+        expectClearFailure(try rota(["jobs", "--db", db, "--at", "2026-02-30T00:00:00Z"]),
+            mentioning: "--at '2026-02-30T00:00:00Z' is not a valid RFC 3339 time: day 30 is not in 2026-02, which has 28 days")
+        expectClearFailure(try rota(["history", "--db", db, "--since", "2026-12-01T10:00:00+25:00"]), mentioning: "UTC offset")
+        expectClearFailure(try rota(["history", "--db", db, "--since", "last week"]), mentioning: "not an RFC 3339 time or a duration")
         // A database in a directory that does not exist.
         expectClearFailure(try rota(["history", "--db", scratch.appendingPathComponent("no/dir/h.sqlite").path]), mentioning: "h.sqlite")
         // A wrong password: refused before anything is written.

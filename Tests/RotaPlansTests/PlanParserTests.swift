@@ -126,6 +126,8 @@ private func problems(_ yaml: String) -> [String] {
         ("producers:\n  - name: p\n    every: 1s\n    jobs:\n      - {key: \"a=b\", handler: h}\n", "contains '=' (reserved)"),
         ("producers:\n  - name: p\n    every: 1s\n    jobs:\n      - {key: k, handler: h, from: 2027-01-01T00:00:00Z, until: 2026-01-01T00:00:00Z}\n", "'until' must be later than 'from'"),
         ("producers:\n  - name: p\n    every: 1s\n    jobs:\n      - {key: k, handler: h, from: yesterday}\n", "invalid 'from' time 'yesterday'"),
+        ("producers:\n  - name: p\n    every: 1s\n    jobs:\n      - {key: k, handler: h, until: 2026-02-30T00:00:00Z}\n",
+         "plan.yaml:5:37: error: invalid 'until' time '2026-02-30T00:00:00Z': day 30 is not in 2026-02, which has 28 days"),
         ("producers:\n  - name: p\n    every: 1s\n    mode: sometimes\n", "invalid mode 'sometimes'"),
         ("producers:\n  - name: p\n", "missing 'every:'"),
         ("pool: 'a b'\nproducers: []\n", "invalid pool name 'a b'"),
