@@ -233,8 +233,9 @@ final class RoundLog: Sendable {
     }
 }
 
-/// Rounds on the history stream: JSON, one complete round per entry.
-enum HistoryWire {
+/// Rounds on the history stream: JSON, one complete round per entry. Public for readers of the
+/// stream outside a node (`rota status`), so there is one definition of the format.
+public enum HistoryWire {
     struct Round: Codable {
         var id: String
         var pool: String
@@ -277,7 +278,9 @@ enum HistoryWire {
         return Array(try JSONEncoder().encode(wire))
     }
 
-    static func decode(_ bytes: [UInt8]) throws -> (RoundRecord, [ActionRecord]) {
+    /// A round and its actions from one history stream entry's payload; throws for a payload that
+    /// is not a round (not JSON, a field missing, an unknown action or outcome).
+    public static func decode(_ bytes: [UInt8]) throws -> (RoundRecord, [ActionRecord]) {
         let wire = try JSONDecoder().decode(Round.self, from: Data(bytes))
         var round = RoundRecord(
             roundID: wire.id, pool: wire.pool, producer: wire.producer, revision: wire.revision, node: wire.node,

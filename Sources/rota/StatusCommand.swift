@@ -99,17 +99,6 @@ func workerNode(fromFirstInboxEntry reply: RedisValue, worker: String) -> String
     return String(decoding: sender, as: UTF8.self)
 }
 
-/// A round as published on the history stream (the fields `rota status` needs).
-struct HistoryRound: Decodable {
-    var id: String
-    var producer: String
-    var node: String
-    var tick: Double
-    var finished: Double?
-    var counts: [Int]?
-    var error: String?
-}
-
 func dateFromNanos(_ text: String) -> Date? {
     guard let nanos = Int64(text) else { return nil }
     return Date(timeIntervalSince1970: Double(nanos / 1_000_000_000) + Double(nanos % 1_000_000_000) / 1e9)
@@ -249,14 +238,15 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
             let entry = parseTickerEntry(value)
             producers[producer] = ProducerRow(name: producer, nextTick: entry?.next, interval: entry?.interval)
         }
-        let decoder = JSONDecoder()
         for entry in history where entry.fields["n"] == Array("round".utf8) {
-            guard let payload = entry.fields["p"], let round = try? decoder.decode(HistoryRound.self, from: Data(payload)) else { continue }
+            guard let payload = entry.fields["p"], let (round, _) = try? HistoryWire.decode(payload) else { continue }
             var row = producers[round.producer] ?? ProducerRow(name: round.producer)
-            guard row.lastRound == nil else { continue }   // newest first: the first one is the last round
+            // The latest tick, not the newest entry: a node restarting publishes rounds it could
+            // not publish before (an interrupted one, closed at start) after newer ones.
+            if let lastTick = row.lastTick, lastTick >= round.tick { continue }
             row.planner = round.node
-            row.lastRound = round.id
-            row.lastTick = Date(timeIntervalSince1970: round.tick)
+            row.lastRound = round.roundID
+            row.lastTick = round.tick
             row.lastError = round.error
             producers[round.producer] = row
         }

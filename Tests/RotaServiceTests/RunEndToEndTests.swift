@@ -531,7 +531,14 @@ struct RunEndToEndTests {
                     node: "n1-before-the-crash", tick: tick, startedAt: tick, planned: [PlannedAction(job: "alpha/one", action: .start)]))
                 try #require(try store.unpublishedRounds(pool: cluster.pool).map(\.0.roundID) == ["died-mid-round"])
             }
-            let nodes = try await cluster.launch(["n1", "n2"])
+            // n2 plans first; n1 comes back afterwards with the interrupted round, which therefore
+            // reaches the history stream after newer rounds.
+            let n2 = try await cluster.launch(["n2"])[0]
+            let before = try await poll("a finished round of alpha on n2", timeout: .seconds(30), diagnostics: cluster.diagnostics) {
+                try n2.rounds(producer: "alpha").last { $0.finishedAt != nil }
+            }
+            let n1 = try await cluster.launch(["n1"])[0]
+            let nodes = [n1, n2]
 
             for node in nodes {
                 let closed = try await poll("\(node.label) holds the interrupted round, closed", timeout: .seconds(30),
@@ -543,10 +550,22 @@ struct RunEndToEndTests {
                 #expect(closed.tick == tick && closed.planned == [PlannedAction(job: "alpha/one", action: .start)])
                 #expect(try node.actions(of: "died-mid-round").isEmpty, "what the dead planner applied is not known")
             }
-            #expect(nodes[0].logs("closed a round left unfinished by an earlier run").count == 1)
+            #expect(n1.logs("closed a round left unfinished by an earlier run").count == 1)
+
+            // `rota status`, right away: alpha's last round is its latest tick, not the newest
+            // stream entry (the interrupted round, an hour older).
+            let result = try await rotaCommand(["status", "--redis", cluster.redisURL, "--pool", cluster.pool, "--format", "json"])
+            #expect(result.status == 0, "\(result.err)")
+            let object = try JSONSerialization.jsonObject(with: Data(result.out.utf8)) as? [String: Any]
+            let alpha = try #require((object?["producers"] as? [[String: Any]])?.first { $0["name"] as? String == "alpha" }, "\(result.out)")
+            #expect(alpha["last_round"] as? String != "died-mid-round", "\(alpha)")
+            let lastTick = (alpha["last_tick"] as? String).flatMap { ISO8601DateFormatter.fractional.date(from: $0) }
+            #expect(lastTick.map { $0 >= before.tick } == true, "last_tick \(alpha["last_tick"] ?? "-") vs \(before.tick)")
+            #expect(Set(nodes.compactMap(\.nodeID)).contains(alpha["planner"] as? String ?? "?"), "planner: \(alpha)")
+
             // Its echo from the history stream marks it published on n1: it is not published again.
             try await poll("n1 has nothing left to publish", timeout: .seconds(15), diagnostics: cluster.diagnostics) {
-                try nodes[0].store().unpublishedRounds(pool: cluster.pool).isEmpty ? () : nil
+                try n1.store().unpublishedRounds(pool: cluster.pool).isEmpty ? () : nil
             }
             // The hash chains of both histories still verify with the closed round in them.
             for node in nodes {
