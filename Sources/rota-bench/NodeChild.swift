@@ -24,6 +24,7 @@ typealias LineInterceptor = @Sendable (_ line: String, _ read: ReadTime, _ pid: 
 final class NodeChild: Sendable {
     /// Its position in launch order.
     let index: Int
+    /// `rota-pool-node A`, `… B`…, by launch order.
     let name: String
     let pid: pid_t
     private let input: Mutex<Int32>
@@ -33,9 +34,9 @@ final class NodeChild: Sendable {
     /// The words of its `ready <node> <worker>…` line after `ready`.
     private let readyFields = Mutex<[String]?>(nil)
 
-    private init(index: Int, name: String, pid: pid_t, input: Int32) {
+    private init(index: Int, pid: pid_t, input: Int32) {
         self.index = index
-        self.name = name
+        self.name = "rota-pool-node \(Character(UnicodeScalar(UInt8(65 + index % 26))))"
         self.pid = pid
         self.input = Mutex(input)
     }
@@ -45,7 +46,7 @@ final class NodeChild: Sendable {
 
     /// Spawns with an empty signal mask and default handlers (the caller's threads block signals)
     /// and pipes on stdin and stdout; stderr is inherited.
-    static func spawn(index: Int, name: String, executable: String, arguments: [String], intercept: @escaping LineInterceptor) throws -> NodeChild {
+    static func spawn(index: Int, executable: String, arguments: [String], intercept: @escaping LineInterceptor) throws -> NodeChild {
         var inPipe: [Int32] = [-1, -1]
         var outPipe: [Int32] = [-1, -1]
         // Close-on-exec: no child may inherit another child's pipes (its stdin would never end).
@@ -84,7 +85,7 @@ final class NodeChild: Sendable {
             close(outPipe[0])
             throw BenchError("cannot start \(executable): \(String(cString: strerror(result)))")
         }
-        let process = NodeChild(index: index, name: name, pid: child, input: inPipe[1])
+        let process = NodeChild(index: index, pid: child, input: inPipe[1])
         process.startReading(outPipe[0], intercept: intercept)
         return process
     }
@@ -288,9 +289,4 @@ final class LineQueue: Sendable {
             return first
         }
     }
-}
-
-/// `rota-pool-node A`, `… B`…: the name of the child launched `index`-th.
-func nodeName(_ index: Int) -> String {
-    "rota-pool-node \(Character(UnicodeScalar(UInt8(65 + index % 26))))"
 }

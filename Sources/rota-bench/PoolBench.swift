@@ -594,7 +594,7 @@ final class ChildSet: Sendable {
         for index in 0..<nodes {
             var arguments = ["--redis", url, "--pool", pool, "--workers", String(workersPerNode)]
             if quiet { arguments.append("--quiet") }
-            let child = try NodeChild.spawn(index: index, name: nodeName(index), executable: executable, arguments: arguments) { line, read, _ in
+            let child = try NodeChild.spawn(index: index, executable: executable, arguments: arguments) { line, read, _ in
                 // `start <worker> <key>` / `stop <worker> <key>`: where each job runs.
                 let isStart = line.hasPrefix("start "), isStop = line.hasPrefix("stop ")
                 guard isStart || isStop else { return false }

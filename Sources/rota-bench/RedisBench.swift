@@ -310,23 +310,26 @@ struct ReferenceBenchmark {
 /// Runs a process to completion on a thread of its own (its blocking wait must not occupy an event
 /// loop, which is where tasks run here) and returns its standard output.
 func runProcess(_ executable: String, _ arguments: [String]) async throws -> String {
-    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<String, any Error>) in
-        let thread = Thread {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = arguments
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = FileHandle.nullDevice
-            do {
-                try process.run()
-                let data = pipe.fileHandleForReading.readDataToEndOfFile()
-                process.waitUntilExit()
-                continuation.resume(returning: String(decoding: data, as: UTF8.self))
-            } catch {
-                continuation.resume(throwing: error)
-            }
-        }
+    try await onOwnThread(named: "rota-bench \(URL(fileURLWithPath: executable).lastPathComponent)") {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Runs blocking work on a thread of its own, so that no event loop or cooperative thread blocks,
+/// and returns its result.
+func onOwnThread<T: Sendable>(named name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        let thread = Thread { continuation.resume(with: Result { try body() }) }
+        thread.name = name
         thread.start()
     }
 }

@@ -132,7 +132,7 @@ struct TickerBench: ParsableCommand, AsyncBody {
             say("starting \(nodes) nodes with a \(intervalMs) ms ticker…")
             for index in 0..<nodes {
                 let arguments = ["--redis", url, "--pool", pool, "--workers", "0", "--quiet", "--ticker", "bench:\(intervalMs)"]
-                let child = try NodeChild.spawn(index: index, name: nodeName(index), executable: executable, arguments: arguments) { line, read, pid in
+                let child = try NodeChild.spawn(index: index, executable: executable, arguments: arguments) { line, read, pid in
                     guard let tick = parseTick(line, child: index, read: read.unixMicroseconds) else { return false }
                     // Not reaped until the bench's kill() waits for it: the pid cannot be reused.
                     if log.record(tick) { _ = Glibc.kill(pid, SIGKILL) }

@@ -67,16 +67,9 @@ func transportFloor(host: String, port: Int, count: Int) async throws -> Double 
 /// The kernel's floor for sequential PINGs: one thread doing a blocking `write()` then blocking
 /// `read()`s on a plain TCP socket, with no event loop and no client at all. Fewer syscalls per
 /// round trip than redis-benchmark (2 against its 9), so on a quiet machine nothing that talks to
-/// the server over TCP one command at a time can be faster. Runs on its own thread so that no
-/// event loop or cooperative thread blocks. No AUTH: for servers without a password.
+/// the server over TCP one command at a time can be faster. No AUTH: for servers without a password.
 func blockingSocketFloor(host: String, port: Int, count: Int) async throws -> Double {
-    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Double, any Error>) in
-        let thread = Thread {
-            continuation.resume(with: Result { try blockingPings(host: host, port: port, count: count) })
-        }
-        thread.name = "rota-bench syscall floor"
-        thread.start()
-    }
+    try await onOwnThread(named: "rota-bench syscall floor") { try blockingPings(host: host, port: port, count: count) }
 }
 
 private func blockingPings(host: String, port: Int, count: Int) throws -> Double {

@@ -19,10 +19,14 @@ extension RoundRecord {
     static let header = ["ROUND", "PRODUCER", "REV", "NODE", "TICK", "STARTED", "STOPPED", "FAILED", "ERROR"]
 }
 
-func time(_ text: String?, option: String) throws -> Date? {
-    guard let text else { return nil }
+/// The time an option names (RFC 3339, or a duration meaning that long ago); a clear failure otherwise.
+func time(_ text: String, option: String) throws -> Date {
     guard let date = parseTime(text) else { throw invalidTime(option, text) }
     return date
+}
+
+func time(_ text: String?, option: String) throws -> Date? {
+    try text.map { try time($0, option: option) }
 }
 
 struct History: ParsableCommand {

@@ -135,8 +135,8 @@ struct Plan: ParsableCommand {
         var format: OutputFormat = .table
 
         func run() throws {
-            guard let start = parseTime(from) else { throw invalidTime("--from", from) }
-            guard let end = parseTime(until) else { throw invalidTime("--until", until) }
+            let start = try time(from, option: "--from")
+            let end = try time(until, option: "--until")
             guard start < end else { throw CommandFailure("--from must be earlier than --until") }
             guard end.timeIntervalSince(start) <= 366 * 86_400 else { throw CommandFailure("the range is limited to 366 days") }
             let store = try openStore(db)
