@@ -7,51 +7,74 @@ import RotaStore
 import RotaStreams
 import Synchronization
 
-/// Plans the rounds of one producer from its stored definition: at each tick it computes the jobs
-/// desired at the tick's scheduled time (windows on the producer's clock, bounds, mode) and records
-/// the round's intent before the schedule applies it.
+/// Plans the rounds of one producer from the pool's current definition (read from Redis at each
+/// tick, never a local copy): it computes the jobs desired at the tick's scheduled time (windows on
+/// the producer's clock, bounds, mode) and records the round's intent before the schedule applies
+/// it. A paused producer plans nothing (or, paused with `stop_jobs`, stops what it started); a
+/// retired one plans one last round that stops every job it started.
 final class ProducerPlanner: JobProducer {
     let name: String
     let pool: String
     let node: Node
     let history: RoundLog
+    let plan: PoolPlan
+    let logger: Logger
+
+    /// Why a round is planned when it is not the producer's own plan.
+    enum Special: String {
+        case retired, paused
+    }
 
     private struct State {
-        var definition: ProducerDefinition
-        var revision: Int
+        /// The last definition decoded, by its content hash: decoding once per change, not per tick.
+        var cached: (hash: String, definition: ProducerDefinition)?
         /// Rounds planned by this node and not applied yet, by tick token.
         var open: [Int64: OpenRound] = [:]
+        /// What was logged about the plan last (logged once per change, not per tick).
+        var lastNotice = ""
     }
 
     struct OpenRound {
         var record: RoundRecord
         var starts: Set<String>
         var payloadHashes: [String: String]
+        var special: Special?
+        var missed: Int
     }
 
-    private let state: Mutex<State>
+    private let state = Mutex(State())
 
-    init(definition: ProducerDefinition, revision: Int, pool: String, node: Node, history: RoundLog) {
-        self.name = definition.name
+    init(name: String, pool: String, node: Node, history: RoundLog, plan: PoolPlan, logger: Logger) {
+        self.name = name
         self.pool = pool
         self.node = node
         self.history = history
-        self.state = Mutex(State(definition: definition, revision: revision))
+        self.plan = plan
+        self.logger = logger
     }
-
-    /// A new revision of the definition, used from the next round on.
-    func update(_ definition: ProducerDefinition, revision: Int) {
-        state.withLock {
-            $0.definition = definition
-            $0.revision = revision
-        }
-    }
-
-    var revision: Int { state.withLock { $0.revision } }
-    var interval: Duration { state.withLock { $0.definition.interval } }
 
     func plan(for tick: Tick) async throws -> JobPlan {
-        let (definition, revision) = state.withLock { ($0.definition, $0.revision) }
+        let (producer, pause, retired) = try await plan.producer(name)
+        guard let producer else {
+            guard let retired else {
+                notice("producer is not in the pool's plan: planning nothing")
+                return JobPlan()
+            }
+            // Retired: one last round stops every job the schedule started, pool-wide.
+            return try await stopAll(tick: tick, revision: retired.revision, special: .retired)
+        }
+        if let pause {
+            if pause.holds(at: Date()) {
+                notice("paused: planning nothing")
+                guard pause.stopJobs else { return JobPlan() }
+                return try await stopAll(tick: tick, revision: producer.revision, special: .paused)
+            }
+            // Its `until` passed: this planner ends it (that pause only, not a newer one).
+            _ = try? await plan.resume(name, actor: "rota (pause until \((pause.until ?? Date()).formatted(.iso8601)) passed)", expecting: pause)
+        }
+        let definition = try definition(of: producer)
+        notice("")
+        let revision = producer.revision
         let zone = TimeZone(identifier: definition.timeZone) ?? TimeZone(secondsFromGMT: 0) ?? .current
         var start: [PlannedJob] = []
         var idle: [String] = []
@@ -65,7 +88,7 @@ final class ProducerPlanner: JobProducer {
             start.append(PlannedJob(key: job.key, payload: envelope))
             hashes[job.key] = fingerprint(String(decoding: envelope, as: UTF8.self))
         }
-        let plan = definition.mode == .exact
+        let jobPlan = definition.mode == .exact
             ? JobPlan(start: start, stopAll: true)
             : JobPlan(start: start, stop: definition.stop + idle)
         // The intent: what this round means to change, judged against the pool as this node sees it.
@@ -77,51 +100,94 @@ final class ProducerPlanner: JobProducer {
             case _?: planned.append(PlannedAction(job: job.key, action: .restart, payloadHash: hashes[job.key]))
             }
         }
-        for key in plan.stop where (try? await node.jobPayload(key)) != nil {
+        for key in jobPlan.stop where (try? await node.jobPayload(key)) != nil {
             planned.append(PlannedAction(job: key, action: .stop))
         }
+        try open(tick: tick, revision: revision, planned: planned, starts: Set(start.map(\.key)), hashes: hashes, special: nil)
+        return jobPlan
+    }
+
+    /// A round that stops every job the schedule started (none: no round at all).
+    private func stopAll(tick: Tick, revision: Int, special: Special) async throws -> JobPlan {
+        let jobs = try await node.scheduledJobs(producer: name)
+        guard !jobs.isEmpty || special == .retired else { return JobPlan() }
+        try open(tick: tick, revision: revision, planned: jobs.map { PlannedAction(job: $0, action: .stop) }, starts: [], hashes: [:],
+            special: special)
+        return JobPlan(start: [], stopAll: true)
+    }
+
+    private func open(tick: Tick, revision: Int, planned: [PlannedAction], starts: Set<String>, hashes: [String: String],
+                      special: Special?) throws {
         let record = RoundRecord(
             roundID: "\(pool)/\(name)/\(tick.token)", pool: pool, producer: name, revision: revision,
             node: node.id, tick: tick.scheduled, startedAt: Date(), planned: planned
         )
         try history.recordIntent(record)
-        state.withLock { $0.open[tick.token] = OpenRound(record: record, starts: Set(start.map(\.key)), payloadHashes: hashes) }
-        return plan
+        state.withLock {
+            $0.open[tick.token] = OpenRound(record: record, starts: starts, payloadHashes: hashes, special: special, missed: tick.missed)
+        }
     }
 
-    /// The schedule applied this node's plan: record and publish the outcome.
-    func finish(_ report: PlanReport) async -> RoundRecord? {
+    private func definition(of producer: PlanProducer) throws -> ProducerDefinition {
+        if let cached = state.withLock({ $0.cached }), cached.hash == producer.contentHash { return cached.definition }
+        let definition: ProducerDefinition
+        do {
+            definition = try ProducerDefinition(canonicalJSON: producer.definition)
+        } catch {
+            throw ServiceError(.invalidArgument, "producer \(name) revision \(producer.revision): \(error)", underlying: error)
+        }
+        guard definition.name == name else {
+            throw ServiceError(.invalidArgument, "producer \(name) revision \(producer.revision) defines '\(definition.name)'")
+        }
+        state.withLock { $0.cached = (producer.contentHash, definition) }
+        return definition
+    }
+
+    /// Logs a state of the plan once, when it changes.
+    private func notice(_ message: String) {
+        let changed = state.withLock { state -> Bool in
+            defer { state.lastNotice = message }
+            return state.lastNotice != message
+        }
+        if changed && !message.isEmpty { logger.info("\(message)", metadata: ["producer": "\(name)"]) }
+    }
+
+    /// The schedule applied this node's plan: record and publish the outcome. `final` is set for a
+    /// retired producer's last round that stopped everything: its schedule can end.
+    func finish(_ report: PlanReport) async -> (record: RoundRecord, final: Bool)? {
         guard let open = state.withLock({ $0.open.removeValue(forKey: report.tick.token) }) else { return nil }
         let now = Date()
         var record = open.record
         var actions: [ActionRecord] = []
+        let reason = open.special?.rawValue
         for (key, outcome) in report.outcomes {
             let isStart = open.starts.contains(key)
             let hash = open.payloadHashes[key]
             switch outcome {
             case .started:
-                actions.append(ActionRecord(job: key, action: .start, outcome: .started, payloadHash: hash, at: now))
+                actions.append(ActionRecord(job: key, action: .start, outcome: .started, payloadHash: hash, at: now, reason: reason))
                 record.started += 1
             case .alreadyRunning:
                 // Nothing changed: a row per running job per round would bury the changes (100
                 // jobs at 1 s is 8.6 million rows a day) and say nothing the previous start did not.
                 break
             case .restarted:
-                actions.append(ActionRecord(job: key, action: .restart, outcome: .started, payloadHash: hash, at: now))
+                actions.append(ActionRecord(job: key, action: .restart, outcome: .started, payloadHash: hash, at: now, reason: reason))
                 record.started += 1
             case .stopped:
-                actions.append(ActionRecord(job: key, action: .stop, outcome: .stopped, at: now))
+                actions.append(ActionRecord(job: key, action: .stop, outcome: .stopped, at: now, reason: reason))
                 record.stopped += 1
             case .notFound:
-                actions.append(ActionRecord(job: key, action: .stop, outcome: .notFound, at: now))
+                actions.append(ActionRecord(job: key, action: .stop, outcome: .notFound, at: now, reason: reason))
             case .failed(let message):
-                actions.append(ActionRecord(job: key, action: isStart ? .start : .stop, outcome: .failed, error: message, payloadHash: hash, at: now))
+                actions.append(ActionRecord(job: key, action: isStart ? .start : .stop, outcome: .failed, error: message, payloadHash: hash,
+                    at: now, reason: reason))
                 record.failed += 1
             }
         }
         record.finishedAt = now
-        await history.recordOutcome(record, actions: actions)
-        return record
+        await history.recordOutcome(record, actions: actions, missed: open.missed)
+        return (record, open.special == .retired && record.failed == 0)
     }
 }
 
@@ -130,15 +196,18 @@ final class ProducerPlanner: JobProducer {
 final class RoundLog: Sendable {
     let store: PlanStore
     let stream: RedisStream
+    let plan: PoolPlan
     let logger: Logger
 
     /// The history stream keeps about this many rounds: a node down for longer than it takes the
     /// pool to plan them catches up only on what is left.
     static let streamLength = 10_000
 
-    init(store: PlanStore, keySpace: RedisKeySpace, client: RedisClient, logger: Logger) throws {
+    init(store: PlanStore, plan: PoolPlan, logger: Logger) throws {
         self.store = store
-        self.stream = try RedisStream(name: "history", keySpace: keySpace, client: client, options: .init(maxLength: Self.streamLength))
+        self.plan = plan
+        self.stream = try RedisStream(name: "history", keySpace: try RedisKeySpace(plan.pool), client: plan.client,
+            options: .init(maxLength: Self.streamLength))
         self.logger = logger
     }
 
@@ -146,7 +215,7 @@ final class RoundLog: Sendable {
         try store.recordIntent(round)
     }
 
-    func recordOutcome(_ round: RoundRecord, actions: [ActionRecord]) async {
+    func recordOutcome(_ round: RoundRecord, actions: [ActionRecord], missed: Int) async {
         do {
             try store.recordOutcome(roundID: round.roundID, finishedAt: round.finishedAt ?? Date(), actions: actions, error: round.error)
         } catch {
@@ -156,7 +225,14 @@ final class RoundLog: Sendable {
             // No write here to mark it published: the round comes back on the history stream
             // within moments and `replicate` clears the flag in its batched transaction (one
             // write transaction per round less on the planning path).
+            // The producer's last round, for `rota status` and `rota producer list`, beside it.
+            async let last: Void = plan.recordLastRound(producer: round.producer, LastRound(round, missed: missed))
             try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
+            do {
+                try await last
+            } catch {
+                logger.warning("could not record a producer's last round", metadata: ["round": "\(round.roundID)", "error": "\(error)"])
+            }
         } catch {
             // Left marked unpublished: `publishPending` tries again.
             logger.warning("could not publish a round on the history stream", metadata: ["round": "\(round.roundID)", "error": "\(error)"])
@@ -264,6 +340,7 @@ public enum HistoryWire {
         var error: String?
         var hash: String?
         var at: Double
+        var reason: String?
     }
 
     static func encode(_ round: RoundRecord, _ actions: [ActionRecord]) throws -> [UInt8] {
@@ -273,7 +350,8 @@ public enum HistoryWire {
             finished: round.finishedAt?.timeIntervalSince1970,
             planned: round.planned.map { Planned(job: $0.job, action: $0.action.rawValue, hash: $0.payloadHash) },
             counts: [round.started, round.stopped, round.failed], error: round.error,
-            actions: actions.map { Action(job: $0.job, action: $0.action.rawValue, outcome: $0.outcome.rawValue, error: $0.error, hash: $0.payloadHash, at: $0.at.timeIntervalSince1970) }
+            actions: actions.map { Action(job: $0.job, action: $0.action.rawValue, outcome: $0.outcome.rawValue, error: $0.error, hash: $0.payloadHash,
+                at: $0.at.timeIntervalSince1970, reason: $0.reason) }
         )
         return Array(try JSONEncoder().encode(wire))
     }
@@ -302,7 +380,7 @@ public enum HistoryWire {
                 throw ServiceError(.invalidArgument, "unknown action or outcome in round \(wire.id)")
             }
             return ActionRecord(job: action.job, action: kind, outcome: outcome, error: action.error, payloadHash: action.hash,
-                                at: Date(timeIntervalSince1970: action.at))
+                                at: Date(timeIntervalSince1970: action.at), reason: action.reason)
         }
         return (round, actions)
     }

@@ -5,15 +5,18 @@ import Rota
 import RotaPlans
 import RotaRedis
 import RotaStore
+import RotaStreams
 import ServiceLifecycle
 import Synchronization
 import UnixSignals
 
-/// `rota run`: plan files → store → one schedule per producer on the pool (each round planned by
-/// one node per tick), embedded workers, and the pool's history recorded in this node's SQLite.
+/// `rota run`: follows the pool's plan (in Redis, the same for every node), schedules each of its
+/// producers on the pool (each round planned by one node per tick), hosts embedded workers, and
+/// records the pool's history and plan changes in this node's SQLite. With plan files it also
+/// writes them to the pool's plan when they change, under the drift policy of ``applyFiles()``.
 public final class RunService: Service, Sendable {
     public struct Configuration: Sendable {
-        /// Plan files, or directories of `*.yaml` files.
+        /// Plan files, or directories of `*.yaml` files; empty: follow the pool's plan only.
         public var planPaths: [String]
         public var databasePath: String
         /// The pool this node serves; producers of plan files naming another pool are ignored.
@@ -25,11 +28,14 @@ public final class RunService: Service, Sendable {
         public var nodeOptions: Node.Options
         /// How often plan files are checked for changes (SIGHUP reloads at once).
         public var reloadInterval: Duration
+        /// How often the pool's plan is read again even without a change log entry (a safety net:
+        /// changes arrive through the change log within milliseconds).
+        public var planCheckInterval: Duration
         public var logger: Logger
 
         public init(planPaths: [String], databasePath: String, pool: String, workers: Int,
                     makeHandler: @escaping @Sendable () -> any JobHandler, nodeOptions: Node.Options = Node.Options(),
-                    reloadInterval: Duration = .seconds(2), logger: Logger) {
+                    reloadInterval: Duration = .milliseconds(500), planCheckInterval: Duration = .seconds(10), logger: Logger) {
             self.planPaths = planPaths
             self.databasePath = databasePath
             self.pool = pool
@@ -37,6 +43,7 @@ public final class RunService: Service, Sendable {
             self.makeHandler = makeHandler
             self.nodeOptions = nodeOptions
             self.reloadInterval = reloadInterval
+            self.planCheckInterval = planCheckInterval
             self.logger = logger
         }
     }
@@ -44,20 +51,29 @@ public final class RunService: Service, Sendable {
     public let configuration: Configuration
     public let node: Node
     let client: RedisClient
+    let plan: PoolPlan
     let logger: Logger
     let spawner: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
     let readyLatch = ReadyLatch()
+    /// Why the plan is looked at again: this node's files changed, or the pool's plan did.
+    enum Reload { case files, pool }
+    let reloads = AsyncStream.makeStream(of: Reload.self, bufferingPolicy: .bufferingNewest(4))
 
     private struct Scheduled {
         let planner: ProducerPlanner
         let schedule: Schedule
+        let interval: Duration
     }
 
     private struct State {
         var schedules: [String: Scheduled] = [:]
         var filesSignature = ""
-        var store: PlanStore?
-        var history: RoundLog?
+        /// The pool revision this node last compared its files with: an edit of its files is
+        /// written as a compare-and-set against it.
+        var lastSeenRevision: Int?
+        var drift: PlanDrift?
+        /// Unreadable plan entries already logged.
+        var loggedSkips: Set<String> = []
     }
 
     private let state = Mutex(State())
@@ -68,22 +84,22 @@ public final class RunService: Service, Sendable {
         var nodeOptions = configuration.nodeOptions
         nodeOptions.logger = configuration.logger
         self.node = try Node(pool: configuration.pool, client: client, options: nodeOptions)
+        self.plan = try PoolPlan(pool: configuration.pool, client: client)
         var logger = configuration.logger
         logger[metadataKey: "node"] = "\(node.id)"
         self.logger = logger
         spawner = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
     }
 
+    /// Who this node is in the plan's change log and drift reports.
+    var actor: String { "rota run \(configuration.nodeOptions.name)" }
+
     /// Returns once the node joined, the workers run and every producer is scheduled.
     public func waitUntilReady() async throws { try await readyLatch.wait() }
 
     public func run() async throws {
         let store = try PlanStore.open(path: configuration.databasePath)
-        let history = try RoundLog(store: store, keySpace: try RedisKeySpace(configuration.pool), client: client, logger: logger)
-        state.withLock {
-            $0.store = store
-            $0.history = history
-        }
+        let history = try RoundLog(store: store, plan: plan, logger: logger)
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.node.run() }
             group.addTask {
@@ -102,6 +118,7 @@ public final class RunService: Service, Sendable {
                 guard !Task.isCancelled else { return }
                 self.logger.info("shutting down: closing schedules and handing jobs over")
                 for scheduled in self.state.withLock({ Array($0.schedules.values) }) { await scheduled.schedule.close() }
+                if self.state.withLock({ $0.drift }) != nil { try? await self.plan.setDrift(nil, node: self.node.id) }
                 try? await self.node.close()
                 self.spawner.continuation.finish()
             }
@@ -112,17 +129,21 @@ public final class RunService: Service, Sendable {
 
     private func start(store: PlanStore, history: RoundLog) async throws {
         // Joined first: a Redis that refuses us (wrong password, ACL) fails the run before the
-        // plan files change anything in the store.
+        // plan files change anything.
         try await node.waitUntilReady()
-        do {
-            try loadPlans(into: store)
-        } catch {
-            // Plans stored by an earlier run keep running; with none, there is nothing to run.
-            guard try !store.producers(pool: configuration.pool).filter({ $0.retiredAt == nil }).isEmpty else {
-                let cause = (error as? ServiceError)?.underlying ?? error
-                throw ServiceError(.invalidArgument, "plan files are invalid (and no plans of pool \(configuration.pool) are stored to fall back on):\n\(cause)", underlying: cause)
+        state.withLock { $0.lastSeenRevision = nil }
+        if !configuration.planPaths.isEmpty {
+            do {
+                try await applyFiles(store: store)
+            } catch let error as ServiceError where error.code == .invalidArgument {
+                // The pool's plan keeps running; with none, there is nothing to run.
+                guard try await !plan.read().producers.isEmpty else {
+                    let cause = error.underlying ?? error
+                    throw ServiceError(.invalidArgument, "plan files are invalid (and pool \(configuration.pool) has no plan to follow):\n\(cause)",
+                        underlying: cause)
+                }
+                logger.error("plan files are invalid; following the pool's plan", metadata: ["error": "\(error)"])
             }
-            logger.error("plan files are invalid; running the definitions stored by an earlier run", metadata: ["error": "\(error)"])
         }
         for _ in 0..<configuration.workers {
             _ = try await node.addWorker(configuration.makeHandler())
@@ -136,7 +157,8 @@ public final class RunService: Service, Sendable {
                 await history.publishPending(pool: configuration.pool, closingInterrupted: false)
             }
         }
-        try await syncSchedules(store: store, history: history)
+        spawner.continuation.yield { await self.followPlanLog(store: store) }
+        try await syncSchedules(history: history)
         let producers = state.withLock { $0.schedules.keys.sorted() }
         logger.info("rota run ready", metadata: [
             "pool": "\(configuration.pool)", "workers": "\(configuration.workers)",
@@ -145,26 +167,117 @@ public final class RunService: Service, Sendable {
         spawner.continuation.yield { await self.reloadLoop(store: store, history: history) }
     }
 
-    // MARK: Plans
+    // MARK: Plan files → the pool's plan
 
-    /// Validates and stores the plan files. A file that fails validation changes nothing: the last
-    /// good definitions keep running.
-    @discardableResult
-    func loadPlans(into store: PlanStore) throws -> Bool {
+    /// The producers of the plan files for this pool. Throws `.invalidArgument` for invalid files.
+    private func loadFiles() throws -> [PoolPlan.Update] {
         let signature = filesSignature()
+        defer { state.withLock { $0.filesSignature = signature } }
         let files: [PlanFile]
         do {
             files = try PlanParser.load(paths: configuration.planPaths, defaultPool: configuration.pool)
         } catch {
-            state.withLock { $0.filesSignature = signature }
-            throw ServiceError(.invalidArgument, "plan files are invalid; keeping the last good plans:\n\(error)", underlying: error)
+            throw ServiceError(.invalidArgument, "plan files are invalid; the pool's plan is unchanged:\n\(error)", underlying: error)
         }
-        let applied = try store.apply(files, defaultPool: configuration.pool, actor: "rota run \(node.id)")
-        state.withLock { $0.filesSignature = signature }
-        for producer in applied where producer.pool == configuration.pool && producer.outcome != .unchanged {
-            logger.info("plan \(producer.outcome.rawValue)", metadata: ["producer": "\(producer.name)", "revision": "\(producer.revision)"])
+        return files.filter { ($0.pool ?? configuration.pool) == configuration.pool }
+            .flatMap { file in file.producers.map { PoolPlan.Update(definition: $0, source: file.path) } }
+    }
+
+    /// Writes this node's plan files to the pool's plan, under this policy:
+    /// - files equal to the pool's plan: nothing to write (two nodes with the same files never
+    ///   churn), and this node agrees with that revision;
+    /// - files unchanged since this node last applied them (or never applied while the pool has
+    ///   a plan): the pool's plan is newer. Not written: *plan drift* is reported;
+    /// - otherwise (the files were edited): written as a compare-and-set against the revision this
+    ///   node last saw, retiring producers no longer in them. A lost race is drift, not a forced write.
+    func applyFiles(store: PlanStore) async throws {
+        let updates = try loadFiles()
+        let digest = Self.digest(updates)
+        var snapshot = try await plan.read()
+        if Self.matches(updates, snapshot) {
+            try await agree(store: store, digest: digest, revision: snapshot.revision)
+            return
         }
-        return true
+        let record = try store.nodePlan(pool: configuration.pool)
+        let base = state.withLock { $0.lastSeenRevision } ?? record?.poolRevision
+        if record?.filesDigest == digest || (base == nil && snapshot.revision != 0) {
+            let why = record == nil
+                ? "this node never applied its plan files and the pool has a plan (revision \(snapshot.revision))"
+                : "this node's plan files are unchanged since it applied them at revision \(record?.poolRevision ?? 0); the pool is at revision \(snapshot.revision)"
+            await reportDrift(updates, snapshot, nodeRevision: record?.poolRevision ?? 0, why: why)
+            return
+        }
+        let result = try await plan.apply(updates, expectRevision: base ?? 0, prune: true, actor: actor)
+        if result.conflict {
+            snapshot = try await plan.read()
+            if Self.matches(updates, snapshot) {
+                try await agree(store: store, digest: digest, revision: snapshot.revision)
+            } else {
+                await reportDrift(updates, snapshot, nodeRevision: base ?? 0,
+                    why: "this node's plan files changed, but the pool's plan moved from revision \(base ?? 0) to \(snapshot.revision) first")
+            }
+            return
+        }
+        try await agree(store: store, digest: digest, revision: result.revision)
+        for change in result.changes where change.outcome != .unchanged {
+            logger.info("plan \(change.outcome.rawValue)", metadata: ["producer": "\(change.producer)", "revision": "\(change.revision)"])
+            if change.outcome == .retired {
+                // Its last round (stopping its jobs) now, not at its next tick.
+                _ = try? await node.triggerTicker(named: "schedule-" + change.producer)
+            }
+        }
+    }
+
+    private func agree(store: PlanStore, digest: String, revision: Int) async throws {
+        try store.setNodePlan(pool: configuration.pool, NodePlanRecord(filesDigest: digest, poolRevision: revision))
+        state.withLock { $0.lastSeenRevision = revision }
+        await reportDrift(nil)
+    }
+
+    private func reportDrift(_ updates: [PoolPlan.Update], _ snapshot: PlanSnapshot, nodeRevision: Int, why: String) async {
+        state.withLock { $0.lastSeenRevision = snapshot.revision }
+        let files = Dictionary(updates.map { ($0.name, PoolPlan.contentHash($0.definition.canonicalJSON)) }, uniquingKeysWith: { $1 })
+        let differing = Set(files.keys).union(snapshot.producers.keys)
+            .filter { files[$0] != snapshot.producers[$0]?.contentHash }.sorted()
+        let since = state.withLock { $0.drift?.since } ?? Date()
+        await reportDrift(PlanDrift(node: node.id, name: configuration.nodeOptions.name, since: since, nodeRevision: nodeRevision,
+            poolRevision: snapshot.revision, differing: differing, message: why))
+    }
+
+    /// Records drift (nil: none) in Redis, the metric and the log (once per change).
+    private func reportDrift(_ drift: PlanDrift?) async {
+        let previous = state.withLock { state -> PlanDrift? in
+            defer { state.drift = drift }
+            return state.drift
+        }
+        Gauge(label: "rota_plan_drift", dimensions: [("pool", configuration.pool)]).record(drift == nil ? 0 : 1)
+        if let drift {
+            if previous?.poolRevision != drift.poolRevision || previous?.differing != drift.differing {
+                logger.warning("plan drift: this node's plan files differ from the pool's plan and were not applied", metadata: [
+                    "why": "\(drift.message)", "pool_revision": "\(drift.poolRevision)",
+                    "differing": "\(drift.differing.joined(separator: ","))",
+                ])
+            }
+        } else if previous != nil {
+            logger.info("plan drift resolved: this node's plan files match the pool's plan")
+        }
+        guard previous != drift else { return }
+        do {
+            try await plan.setDrift(drift, node: node.id)
+        } catch {
+            logger.warning("could not report plan drift in Redis", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Names and content hashes of the files' producers, as one SHA-256.
+    static func digest(_ updates: [PoolPlan.Update]) -> String {
+        let text = updates.map { "\($0.name) \(PoolPlan.contentHash($0.definition.canonicalJSON))\n" }.sorted().joined()
+        return PoolPlan.contentHash(text)
+    }
+
+    static func matches(_ updates: [PoolPlan.Update], _ snapshot: PlanSnapshot) -> Bool {
+        guard updates.count == snapshot.producers.count else { return false }
+        return updates.allSatisfy { snapshot.producers[$0.name]?.contentHash == PoolPlan.contentHash($0.definition.canonicalJSON) }
     }
 
     /// Paths, sizes and modification times of the plan files: a cheap change detector.
@@ -190,26 +303,76 @@ public final class RunService: Service, Sendable {
         return parts.joined(separator: "|")
     }
 
+    // MARK: Following the pool's plan
+
+    /// Records the pool's plan change log into SQLite (from its oldest entry; idempotent) and
+    /// asks for a re-read of the plan after each batch. Runs until cancelled.
+    private func followPlanLog(store: PlanStore) async {
+        do {
+            let stream = try RedisStream(name: PoolPlan.logStreamName, keySpace: try RedisKeySpace(configuration.pool), client: client,
+                options: .init(maxLength: PoolPlan.logLength))
+            let reader = try StreamReader(stream: stream, options: .init(blockDuration: .seconds(2), maxPolled: 1000, start: .oldest),
+                logger: logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await reader.run() }
+                defer { group.cancelAll() }
+                while let batch = try await reader.events.nextBatch(max: 1000) {
+                    var events: [PlanEvent] = []
+                    for event in batch {
+                        do {
+                            events.append(try plan.decodeEvent(entryID: event.id, kind: event.name, payload: event.payload))
+                        } catch {
+                            Counter(label: "rota_plan_log_skipped", dimensions: [("pool", configuration.pool)]).increment()
+                            logger.error("ignoring an unreadable plan change", metadata: ["event": "\(event.id)", "error": "\(error)"])
+                        }
+                    }
+                    do {
+                        try store.recordPlanEvents(events)
+                    } catch {
+                        logger.error("could not record plan changes", metadata: ["error": "\(error)"])
+                    }
+                    reloads.continuation.yield(.pool)
+                }
+            }
+        } catch {
+            if !Task.isCancelled { logger.error("plan change log following stopped", metadata: ["error": "\(error)"]) }
+        }
+    }
+
     private func reloadLoop(store: PlanStore, history: RoundLog) async {
         await withTaskGroup(of: Void.self) { group in
-            let (requests, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
             group.addTask {
                 for await _ in await UnixSignalsSequence(trapping: .sighup) {
                     self.logger.info("SIGHUP: reloading plan files")
-                    continuation.yield()
+                    self.reloads.continuation.yield(.files)
+                }
+            }
+            if !configuration.planPaths.isEmpty {
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: self.configuration.reloadInterval)
+                        if self.filesSignature() != self.state.withLock({ $0.filesSignature }) { self.reloads.continuation.yield(.files) }
+                    }
                 }
             }
             group.addTask {
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: self.configuration.reloadInterval)
-                    if self.filesSignature() != self.state.withLock({ $0.filesSignature }) { continuation.yield() }
+                    try? await Task.sleep(for: self.configuration.planCheckInterval)
+                    self.reloads.continuation.yield(.pool)
                 }
             }
-            for await _ in requests {
+            for await reason in reloads.stream {
                 if node.isClosed { break }
                 do {
-                    try loadPlans(into: store)
-                    try await syncSchedules(store: store, history: history)
+                    if !configuration.planPaths.isEmpty {
+                        do {
+                            try await applyFiles(store: store)
+                        } catch let error as ServiceError where error.code == .invalidArgument {
+                            // Logged when the files change, not at every change of the pool.
+                            if reason == .files { logger.error("plan reload failed", metadata: ["error": "\(error)"]) }
+                        }
+                    }
+                    try await syncSchedules(history: history)
                 } catch {
                     logger.error("plan reload failed", metadata: ["error": "\(error)"])
                 }
@@ -218,45 +381,54 @@ public final class RunService: Service, Sendable {
         }
     }
 
-    /// Schedules new producers, updates changed ones and closes retired ones.
-    private func syncSchedules(store: PlanStore, history: RoundLog) async throws {
-        let current = try store.producers(pool: configuration.pool).filter { $0.retiredAt == nil }
-        var wanted: [String: (ProducerDefinition, Int)] = [:]
-        for revision in current {
+    /// Schedules the pool's live producers (a new interval: a new schedule), keeps retired ones
+    /// scheduled until their last round ended them (and schedules one whose ticker still runs,
+    /// so that round happens even if every node that had it left), and closes the rest.
+    private func syncSchedules(history: RoundLog) async throws {
+        let snapshot = try await plan.read()
+        let newSkips = state.withLock { state in
+            snapshot.skipped.filter { state.loggedSkips.insert("\($0.field)|\($0.cause)").inserted }
+        }
+        for skip in newSkips {
+            Counter(label: "rota_plan_entries_skipped", dimensions: [("pool", configuration.pool)]).increment()
+            logger.error("ignoring an unreadable entry of the pool's plan", metadata: ["field": "\(skip.field)", "error": "\(skip.cause)"])
+        }
+        var wanted: [String: Duration] = [:]
+        for (name, producer) in snapshot.producers {
             do {
-                wanted[revision.name] = (try ProducerDefinition(canonicalJSON: revision.definition), revision.revision)
+                wanted[name] = try ProducerDefinition(canonicalJSON: producer.definition).interval
             } catch {
-                logger.error("stored definition unreadable; producer not scheduled", metadata: ["producer": "\(revision.name)", "error": "\(error)"])
+                logger.error("definition unreadable; producer not scheduled", metadata: ["producer": "\(name)", "error": "\(error)"])
             }
         }
         let existing = state.withLock { $0.schedules }
-        for (name, scheduled) in existing where wanted[name] == nil {
-            logger.info("producer retired: no longer planned by this node", metadata: ["producer": "\(name)"])
+        for name in snapshot.retired.keys where existing[name] == nil {
+            if let interval = try? await node.tickerInterval(named: "schedule-" + name) { wanted[name] = interval }
+        }
+        for (name, scheduled) in existing where wanted[name] == nil && snapshot.retired[name] == nil {
+            logger.info("producer no longer in the pool's plan: not planned by this node", metadata: ["producer": "\(name)"])
             await scheduled.schedule.close()
             state.withLock { _ = $0.schedules.removeValue(forKey: name) }
         }
-        for (name, (definition, revision)) in wanted.sorted(by: { $0.key < $1.key }) {
+        for (name, interval) in wanted.sorted(by: { $0.key < $1.key }) {
             if let scheduled = existing[name] {
-                guard scheduled.planner.revision != revision else { continue }
-                if scheduled.planner.interval == definition.interval {
-                    scheduled.planner.update(definition, revision: revision)
-                    continue
-                }
+                guard scheduled.interval != interval else { continue }
                 await scheduled.schedule.close()
             }
-            let planner = ProducerPlanner(definition: definition, revision: revision, pool: configuration.pool, node: node, history: history)
-            let schedule = try await node.schedule(planner, interval: definition.interval)
-            state.withLock { $0.schedules[name] = Scheduled(planner: planner, schedule: schedule) }
+            let planner = ProducerPlanner(name: name, pool: configuration.pool, node: node, history: history, plan: plan, logger: logger)
+            let schedule = try await node.schedule(planner, interval: interval)
+            state.withLock { $0.schedules[name] = Scheduled(planner: planner, schedule: schedule, interval: interval) }
             spawner.continuation.yield { await self.follow(schedule, planner: planner) }
         }
     }
 
-    /// One log line per round this node planned, and its outcome in the history.
+    /// One log line per round this node planned, and its outcome in the history. A retired
+    /// producer's last round, once every stop succeeded, ends its schedule on every node.
     private func follow(_ schedule: Schedule, planner: ProducerPlanner) async {
         for await event in schedule.events {
             switch event {
             case .applied(let report):
-                guard let round = await planner.finish(report) else { continue }
+                guard let (round, final) = await planner.finish(report) else { continue }
                 let duration = (round.finishedAt ?? Date()).timeIntervalSince(round.startedAt)
                 let dimensions = [("producer", round.producer)]
                 Counter(label: "rota_rounds", dimensions: dimensions).increment()
@@ -269,10 +441,22 @@ public final class RunService: Service, Sendable {
                     "started": "\(round.started)", "stopped": "\(round.stopped)", "failed": "\(round.failed)",
                     "duration_ms": "\(Int(duration * 1000))",
                 ])
+                if final {
+                    logger.info("producer retired: its jobs are stopped and its schedule ends on every node", metadata: ["producer": "\(round.producer)"])
+                    do {
+                        try await schedule.stop()
+                    } catch {
+                        logger.warning("could not end a retired producer's schedule; its next tick tries again", metadata: [
+                            "producer": "\(round.producer)", "error": "\(error)",
+                        ])
+                    }
+                }
             case .planFailed(let tick, let error):
                 logger.error("round failed to plan", metadata: ["producer": "\(planner.name)", "tick": "\(tick.token)", "error": "\(error)"])
             case .ended:
-                break
+                state.withLock { state in
+                    if state.schedules[planner.name]?.schedule === schedule { state.schedules.removeValue(forKey: planner.name) }
+                }
             }
         }
     }

@@ -24,6 +24,8 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
         /// A caller passed something invalid: a handler name, a duplicate registration, an
         /// allow-list pattern that is not an absolute path.
         public static let invalidArgument = Code("invalidArgument")
+        /// Redis failed or refused an operation of the service (the pool's plan, its history).
+        public static let redis = Code("redis")
     }
 
     public var code: Code

@@ -36,14 +36,18 @@ public struct ActionRecord: Sendable, Hashable {
     public var error: String?
     public var payloadHash: String?
     public var at: Date
+    /// Why the action was taken (`retired`, `paused`); nil where the round's plan is the reason.
+    public var reason: String?
 
-    public init(job: String, action: ActionKind, outcome: ActionOutcome, error: String? = nil, payloadHash: String? = nil, at: Date) {
+    public init(job: String, action: ActionKind, outcome: ActionOutcome, error: String? = nil, payloadHash: String? = nil, at: Date,
+                reason: String? = nil) {
         self.job = job
         self.action = action
         self.outcome = outcome
         self.error = error
         self.payloadHash = payloadHash
         self.at = at
+        self.reason = reason
     }
 }
 
@@ -233,7 +237,7 @@ extension PlanStore {
         let insertJob = try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?)")
         let findJob = try db.cachedStatement(sql: "SELECT id FROM job WHERE key = ?")
         let insertAction = try db.cachedStatement(sql: """
-            INSERT INTO action (round, seq, job, action, outcome, error, payload_hash, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO action (round, seq, job, action, outcome, error, payload_hash, at_ms, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         var started = 0, stopped = 0, failed = 0
         for (seq, action) in actions.enumerated() {
@@ -249,10 +253,10 @@ extension PlanStore {
             jobIDs[action.job] = jobID
             let atMS = ms(action.at)
             try insertAction.execute(arguments: [id, seq, jobID, action.action.rawValue, action.outcome.rawValue, action.error,
-                action.payloadHash, atMS])
+                action.payloadHash, atMS, action.reason])
             if roundHash != nil {
                 chain.hasher.addAction(seq: Int64(seq), job: action.job, action: action.action.rawValue, outcome: action.outcome.rawValue,
-                    error: action.error, payloadHash: action.payloadHash, atMS: atMS)
+                    error: action.error, payloadHash: action.payloadHash, atMS: atMS, reason: action.reason)
             }
             switch action.outcome {
             case .started: started += 1
@@ -345,12 +349,12 @@ extension PlanStore {
             return try database.read { db in
                 guard let row = try Row.fetchOne(db, sql: "SELECT * FROM round WHERE round_id = ?", arguments: [roundID]) else { return nil }
                 let actions = try Row.fetchAll(db, sql: """
-                    SELECT j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms
+                    SELECT j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms, a.reason
                     FROM action a JOIN job j ON j.id = a.job WHERE a.round = ? ORDER BY a.seq
                     """, arguments: [row["id"] as Int64]).map { row in
                     ActionRecord(job: row["key"], action: ActionKind(rawValue: row["action"]) ?? .start,
                         outcome: ActionOutcome(rawValue: row["outcome"]) ?? .failed, error: row["error"],
-                        payloadHash: row["payload_hash"], at: Self.date(row["at_ms"]))
+                        payloadHash: row["payload_hash"], at: Self.date(row["at_ms"]), reason: row["reason"])
                 }
                 return (Self.round(row), actions)
             }

@@ -141,7 +141,8 @@ struct ChainHasher {
         actionCount = 0
     }
 
-    mutating func addAction(seq: Int64, job: String?, action: String, outcome: String, error: String?, payloadHash: String?, atMS: Int64) {
+    mutating func addAction(seq: Int64, job: String?, action: String, outcome: String, error: String?, payloadHash: String?, atMS: Int64,
+                            reason: String?) {
         append(seq)
         append(job)
         append(code: Self.code(action: action), action)
@@ -149,6 +150,11 @@ struct ChainHasher {
         append(error)
         append(payloadHash)
         append(atMS)
+        // Appended only when set (migration 0005): actions recorded before it hash as they did.
+        if let reason {
+            append("reason")
+            append(reason)
+        }
         actionCount += 1
     }
 
@@ -435,17 +441,18 @@ extension PlanStore {
             FROM round ORDER BY id
             """)
         let actions = try Row.fetchCursor(db, sql: """
-            SELECT a.round, a.seq, j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms
+            SELECT a.round, a.seq, j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms, a.reason
             FROM action a LEFT JOIN job j ON j.id = a.job ORDER BY a.round, a.seq
             """)
         // The next action row not consumed yet, copied out of the cursor.
         struct ActionRow {
             var round: Int64, seq: Int64, job: String?, action: String, outcome: String, error: String?, payloadHash: String?, atMS: Int64
+            var reason: String?
         }
         func nextAction() throws -> ActionRow? {
             guard let row = try actions.next() else { return nil }
             return ActionRow(round: row[0], seq: row[1], job: row[2], action: row[3], outcome: row[4], error: row[5], payloadHash: row[6],
-                atMS: row[7])
+                atMS: row[7], reason: row[8])
         }
         var pending = try nextAction()
 
@@ -528,7 +535,7 @@ extension PlanStore {
             hasher.startActions()
             while let action = pending, action.round == id {
                 hasher.addAction(seq: action.seq, job: action.job, action: action.action, outcome: action.outcome, error: action.error,
-                    payloadHash: action.payloadHash, atMS: action.atMS)
+                    payloadHash: action.payloadHash, atMS: action.atMS, reason: action.reason)
                 actionRows += 1
                 pending = try nextAction()
             }

@@ -1,8 +1,8 @@
 /// SHA-256 (FIPS 180-4) of a byte string: the history chain's hash (Foundation on Linux has no
 /// CryptoKit). One-shot: the chain hashes short messages it has just built in a buffer.
-enum SHA256 {
+package enum SHA256 {
     /// The 32-byte digest of `message`.
-    static func hash(_ message: [UInt8]) -> [UInt8] {
+    package static func hash(_ message: [UInt8]) -> [UInt8] {
         message.withUnsafeBytes { hash($0) }
     }
 
@@ -42,7 +42,7 @@ enum SHA256 {
     }
 
     /// Lower-case hexadecimal of a digest.
-    static func hex(_ digest: some Collection<UInt8>) -> String {
+    package static func hex(_ digest: some Collection<UInt8>) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
         text.reserveCapacity(digest.count * 2)

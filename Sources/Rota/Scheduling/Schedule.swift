@@ -360,6 +360,68 @@ extension Node {
         return schedule
     }
 
+    /// What ``triggerTicker(named:)`` did.
+    public enum TriggerOutcome: Sendable, Hashable {
+        /// One extra tick is due now, on exactly one of the ticker's nodes; the regular ticks
+        /// keep their times.
+        case triggered
+        /// A triggered tick is pending already: this one adds nothing.
+        case alreadyPending
+        /// The regular tick is due within a millisecond: it is the tick asked for.
+        case dueNow
+    }
+
+    /// Makes the pool-wide ticker `name` deliver one tick now, on exactly one of its nodes (the
+    /// same compare-and-set as every tick: fenced like one), without moving its regular ticks.
+    /// Works from client-only nodes. Throws ``PoolError/Code-swift.struct/invalidArgument`` when no
+    /// such ticker runs in the pool.
+    public func triggerTicker(named name: String) async throws -> TriggerOutcome {
+        try Self.validate(scheduleName: name)
+        for _ in 0..<10 {
+            let raw: String?
+            do {
+                raw = try await client.send("HGET", maps.tickers.contentKey, name).string
+            } catch {
+                throw PoolError(.redis, "reading ticker \(name): \(error)", underlying: error)
+            }
+            guard let raw else { throw PoolError(.invalidArgument, "no ticker \(name) runs in pool \(pool)") }
+            guard let entry = TickerEntry(raw) else { throw PoolError(.invalidArgument, "ticker \(name) holds an unreadable entry '\(raw.prefix(100))'") }
+            if entry.after != nil { return .alreadyPending }
+            let now = nowMicros()
+            guard entry.next > now + 1000 else { return .dueNow }
+            let triggered = TickerEntry(next: now, interval: entry.interval, after: entry.next)
+            do {
+                if try await maps.tickers.testAndSet(name, test: raw, triggered.raw).updated { return .triggered }
+            } catch {
+                throw PoolError(.redis, "triggering ticker \(name): \(error)", underlying: error)
+            }
+            // A tick was claimed meanwhile: try again against the new entry.
+        }
+        throw PoolError(.redis, "ticker \(name) kept changing; trigger not applied")
+    }
+
+    /// The interval of the pool-wide ticker `name`, or nil when no such ticker runs.
+    public func tickerInterval(named name: String) async throws -> Duration? {
+        try Self.validate(scheduleName: name)
+        do {
+            return try await client.send("HGET", maps.tickers.contentKey, name).string.flatMap(TickerEntry.init)?.interval
+        } catch {
+            throw PoolError(.redis, "reading ticker \(name): \(error)", underlying: error)
+        }
+    }
+
+    /// The jobs the schedule of producer `name` started and has not stopped (its bookkeeping, as
+    /// Redis holds it now): what "stop all" stops.
+    public func scheduledJobs(producer name: String) async throws -> [String] {
+        try Self.validate(scheduleName: name)
+        do {
+            let reply = try await client.send("HKEYS", keySpace.key("map", "schedule-" + name))
+            return (reply.array ?? []).compactMap(\.string).filter { !$0.hasPrefix("=") }.sorted()
+        } catch {
+            throw PoolError(.redis, "reading the jobs of schedule \(name): \(error)", underlying: error)
+        }
+    }
+
     static func validate(scheduleName name: String) throws(PoolError) {
         guard !name.isEmpty, name.count <= 200 else { throw PoolError(.invalidArgument, "names of tickers and producers must be 1-200 characters") }
         let reserved: Set<Character> = [" ", "*", "?", "[", "]", "{", "}", ":", "=", "\0"]

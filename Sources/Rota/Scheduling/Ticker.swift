@@ -44,6 +44,8 @@ public final class Ticker: Sendable {
         var stopping = false
         /// The replica has shown the entry at least once: from then on, its absence means a stop.
         var seen = false
+        /// The last triggered entry this node delivered a tick for.
+        var deliveredTrigger: String?
     }
 
     private let state: Mutex<State>
@@ -130,8 +132,11 @@ public final class Ticker: Sendable {
                     continue
                 }
                 // The replica trails this node's own compare-and-set (it arrives on another
-                // connection): an entry behind the known one, same interval, is old news.
-                if entry.interval != known.interval || entry.next > known.next {
+                // connection): an entry behind the known one, same interval, is old news. A
+                // trigger moves `next` back on purpose: it names the tick it preempts in `after`
+                // (one this node delivered already is old news too).
+                let triggered = entry.after == known.next && raw != state.withLock({ $0.deliveredTrigger })
+                if entry.interval != known.interval || entry.next > known.next || triggered {
                     state.withLock {
                         $0.known = entry
                         $0.interval = entry.interval
@@ -163,9 +168,14 @@ public final class Ticker: Sendable {
         let step = known.interval.microseconds
         var candidate = known.next + step
         var missed = 0
-        while candidate < now {
-            candidate += step
-            missed += 1
+        if let after = known.after {
+            // A triggered tick: delivered alone, then the regular tick it preempted is due.
+            candidate = after
+        } else {
+            while candidate < now {
+                candidate += step
+                missed += 1
+            }
         }
         let next = TickerEntry(next: candidate, interval: known.interval)
         do {
@@ -181,7 +191,10 @@ public final class Ticker: Sendable {
                 }
                 return
             }
-            state.withLock { $0.known = next }
+            state.withLock {
+                $0.known = next
+                if known.after != nil { $0.deliveredTrigger = known.raw }
+            }
             // The tick that was due is this node's. Ticks the ticker fell behind on are skipped;
             // the delivered one is the latest that was due.
             let scheduled = known.next + Int64(missed) * step
@@ -352,20 +365,35 @@ final class WakeSignal: Sendable {
 struct TickerEntry: Sendable, Hashable {
     let next: Int64
     let interval: Duration
+    /// Set by a trigger (``Node/triggerTicker(named:)``): `next` is the triggered tick, and the
+    /// regular tick it preempted, `after`, comes next (the phase is kept). Written as a third
+    /// field, `next|interval|after`; entries without it are what pulse writes.
+    let after: Int64?
 
-    init(next: Int64, interval: Duration) {
+    init(next: Int64, interval: Duration, after: Int64? = nil) {
         self.next = next
         self.interval = interval
+        self.after = after
     }
 
     init?(_ raw: String) {
-        let parts = raw.split(separator: "|", maxSplits: 1)
-        guard parts.count == 2, let next = Int64(parts[0]), let interval = parseGoDuration(String(parts[1])), interval > .zero else { return nil }
+        let parts = raw.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 2 || parts.count == 3, let next = Int64(parts[0]), let interval = parseGoDuration(String(parts[1])),
+              interval > .zero else { return nil }
+        if parts.count == 3 {
+            guard let after = Int64(parts[2]), after > next else { return nil }
+            self.after = after
+        } else {
+            self.after = nil
+        }
         self.next = next
         self.interval = interval
     }
 
-    var raw: String { "\(next)|\(formatGoDuration(interval))" }
+    var raw: String {
+        let base = "\(next)|\(formatGoDuration(interval))"
+        return after.map { "\(base)|\($0)" } ?? base
+    }
 }
 
 func nowMicros() -> Int64 { nowNanos() / 1000 }
