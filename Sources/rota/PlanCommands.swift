@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RotaPlans
+import RotaService
 import RotaStore
 
 struct Plan: ParsableCommand {
@@ -30,32 +31,79 @@ struct Plan: ParsableCommand {
         }
     }
 
-    struct Apply: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Store the producers of plan files; a bad file changes nothing.")
+    struct Apply: ParsableCommand, AsyncCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write the producers of plan files to the pool's plan: one atomic step, one new revision; a bad file changes nothing.",
+            discussion: """
+                With --redis, the files' producers (of --pool) are written to the pool's plan in Redis, which every \
+                `rota run` node plans from: created, updated, unchanged and (with --prune) retired producers are \
+                printed with the new revision. The write is a compare-and-set against the revision read first \
+                (or --expect-revision): when someone else changed the plan meanwhile nothing is written.
+                With --db instead, the files are stored in a local database only (validation and previews).
+                Exit codes: 0 applied (or nothing to change), 1 invalid files or another failure, 5 the pool's \
+                plan is at another revision than expected: nothing written.
+                """
+        )
 
         @Argument(help: "Plan files or directories of *.yaml files.")
         var paths: [String]
 
-        @Option(help: "The SQLite database (created on first use).")
-        var db: String
+        @OptionGroup var poolOptions: PoolOptions
 
-        @Option(help: "Pool for files that name none.")
-        var pool = "default"
+        @Option(help: "A local SQLite database instead of the pool (created on first use).")
+        var db: String?
+
+        @Option(help: "Write only if the pool's plan is at this revision (exit code 5 otherwise).")
+        var expectRevision: Int?
+
+        @Flag(help: "Retire the pool's producers that the files do not define: their jobs are stopped.")
+        var prune = false
+
+        @Flag(help: "Show what would change; write nothing.")
+        var dryRun = false
 
         @Option(help: "Output format: table, json or csv.")
         var format: OutputFormat = .table
 
-        func run() throws {
+        func execute() async throws {
             let files: [PlanFile]
             do {
-                files = try PlanParser.load(paths: paths, defaultPool: pool)
+                files = try PlanParser.load(paths: paths, defaultPool: poolOptions.pool)
             } catch {
                 throw fail(error)
+            }
+            guard poolOptions.redis != nil else {
+                guard let db else {
+                    throw CommandFailure("rota plan apply writes to a pool: give --redis URL (or --db FILE to store the files in a local database)")
+                }
+                try applyLocally(files, db: db)
+                return
+            }
+            guard db == nil else { throw CommandFailure("give --redis (the pool's plan) or --db (a local database), not both") }
+            if let expectRevision, expectRevision < 0 { throw ValidationError("--expect-revision must be 0 or more") }
+            let updates = files.filter { ($0.pool ?? poolOptions.pool) == poolOptions.pool }
+                .flatMap { file in file.producers.map { PoolPlan.Update(definition: $0, source: file.path) } }
+            let outcome = try await applyToPool(updates, poolOptions: poolOptions, expectRevision: expectRevision, prune: prune,
+                dryRun: dryRun)
+            printApplied(outcome.result, format: format, pool: poolOptions.pool, dryRun: dryRun)
+            if let refusal = outcome.refusal { throw refusal }
+            let retired = outcome.result.changes.filter { $0.outcome == .retired }.map(\.producer)
+            if !dryRun && !retired.isEmpty {
+                // Their last round now, on one node, rather than at their next tick.
+                try? await withClientNode(poolOptions, command: "plan-apply") { node in
+                    for name in retired { _ = try? await node.triggerTicker(named: "schedule-" + name) }
+                }
+            }
+        }
+
+        private func applyLocally(_ files: [PlanFile], db: String) throws {
+            guard expectRevision == nil, !prune, !dryRun else {
+                throw CommandFailure("--expect-revision, --prune and --dry-run work on the pool's plan: give --redis URL")
             }
             let store = try openStore(db)
             let results: [AppliedProducer]
             do {
-                results = try store.apply(files, defaultPool: pool, actor: currentActor())
+                results = try store.apply(files, defaultPool: poolOptions.pool, actor: currentActor())
             } catch {
                 throw CommandFailure("\(error.message)")
             }

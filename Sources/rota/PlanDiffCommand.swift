@@ -21,9 +21,11 @@ struct PlanCommands: ParsableCommand {
 struct PlanDiff: ParsableCommand, AsyncCommand {
     static let configuration = CommandConfiguration(
         commandName: "diff",
-        abstract: "Show what the next round of each producer would start, stop and restart in the pool (nothing is applied).",
+        abstract: "Compare plan files with the pool: what `plan apply` would change in the pool's plan, and what the next round of each producer would start, stop and restart (nothing is applied).",
         discussion: """
-            For each producer of the pool in the plan files: the jobs desired at --at (now by default; \
+            PLAN: each producer of the files (and, with --prune, each of the pool's producers the files lack) \
+            as `rota plan apply` would leave it: created, updated, unchanged or retired, against the pool's plan revision.
+            JOBS: for each producer of the pool in the plan files: the jobs desired at --at (now by default; \
             windows on the producer's time zone) that do not run are started, those running with \
             another payload restarted; exact mode stops the running jobs this producer started that \
             are no longer desired, additive mode the running ones listed under stop: or not desired.
@@ -40,6 +42,9 @@ struct PlanDiff: ParsableCommand, AsyncCommand {
 
     @Option(help: "Output format: table or json.")
     var format: ReportFormat = .table
+
+    @Flag(help: "Show the pool's producers the files lack as retired (what `plan apply --prune` would do).")
+    var prune = false
 
     enum Action: String {
         case start, restart, stop
@@ -65,14 +70,31 @@ struct PlanDiff: ParsableCommand, AsyncCommand {
         let producers = files.filter { ($0.pool ?? pool) == pool }.flatMap(\.producers)
         var configuration = try requiredRedisConfiguration(poolOptions, command: "plan diff")
         configuration.commandConnections = 1
-        let (changes, unchanged) = try await withPoolClient(configuration) { client in
-            try await Self.diff(producers, at: instant, reader: try PoolReader(client: client, pool: pool))
+        let updates = files.filter { ($0.pool ?? pool) == pool }
+            .flatMap { file in file.producers.map { PoolPlan.Update(definition: $0, source: file.path) } }
+        let (planned, changes, unchanged) = try await withPoolClient(configuration) { client in
+            let plan: PoolPlan.ApplyResult
+            do {
+                plan = try await PoolPlan(pool: pool, client: client).apply(updates, expectRevision: nil, prune: prune, dryRun: true,
+                    actor: currentActor())
+            } catch let error as ServiceError {
+                throw CommandFailure(error.message)
+            }
+            let (changes, unchanged) = try await Self.diff(producers, at: instant, reader: try PoolReader(client: client, pool: pool))
+            return (plan, changes, unchanged)
         }
         switch format {
         case .json:
-            print(jsonArray(changes.map { [("producer", .string($0.producer)), ("job", .string($0.job)), ("action", .string($0.action.rawValue)),
-                ("handler", .optional($0.handler)), ("reason", .string($0.reason))] }), terminator: "")
+            let plan: [JSONValue] = planned.changes.map {
+                .object([("producer", .string($0.producer)), ("outcome", .string($0.outcome.rawValue)), ("revision", .int($0.revision))])
+            }
+            let jobs: [JSONValue] = changes.map { .object([("producer", .string($0.producer)), ("job", .string($0.job)),
+                ("action", .string($0.action.rawValue)), ("handler", .optional($0.handler)), ("reason", .string($0.reason))]) }
+            print(JSONValue.object([("pool_revision", .int(planned.previousRevision)), ("plan", .array(plan)), ("jobs", .array(jobs))]).text)
         case .table:
+            print("PLAN (pool \(pool) at revision \(planned.previousRevision))")
+            print(render(["PRODUCER", "OUTCOME"], planned.changes.map { [$0.producer, $0.outcome.rawValue] }, format: .table))
+            print("JOBS")
             print(render(["PRODUCER", "JOB", "ACTION", "HANDLER", "REASON"],
                 changes.map { [$0.producer, $0.job, $0.action.rawValue, $0.handler ?? "-", $0.reason] }, format: .table), terminator: "")
             let count = { (action: Action) in changes.filter { $0.action == action }.count }

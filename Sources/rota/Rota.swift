@@ -1,5 +1,8 @@
 import ArgumentParser
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import RotaPlans
 import RotaStore
 
@@ -11,7 +14,7 @@ struct Rota: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rota",
         abstract: "Rota: a Redis-backed dedicated worker pool for long-running jobs, with a scheduler on top.",
-        subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self]
+        subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, ProducerCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self]
     )
 }
 
@@ -44,8 +47,10 @@ func openStore(_ path: String) throws -> PlanStore {
 
 /// Who is acting, recorded with new revisions.
 func currentActor() -> String {
-    let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
-    return "\(user)@\(ProcessInfo.processInfo.hostName)"
+    // USER may be unset (cron, containers, CI): the password database names the user then.
+    var user = ProcessInfo.processInfo.environment["USER"] ?? ""
+    if user.isEmpty, let entry = getpwuid(getuid()), let name = entry.pointee.pw_name { user = String(cString: name) }
+    return "\(user.isEmpty ? "uid\(getuid())" : user)@\(ProcessInfo.processInfo.hostName)"
 }
 
 /// Parses RFC 3339 times (strictly: no February 30), or a duration meaning "that long ago"

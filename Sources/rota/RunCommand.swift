@@ -22,11 +22,18 @@ struct PoolOptions: ParsableArguments {
 
 struct Run: ParsableCommand, AsyncCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the scheduler: plan files → one planner per producer and tick across the nodes → the pool's workers; history in SQLite."
+        abstract: "Run the scheduler: the pool's plan → one planner per producer and tick across the nodes → the pool's workers; history in SQLite.",
+        discussion: """
+            Every node plans from the pool's plan in Redis (`rota plan apply`, `rota producer …`). With --plans, \
+            this node also writes its files to the pool's plan when they change: files equal to the pool's plan \
+            write nothing; files unchanged since this node applied them while the pool moved on are reported \
+            as plan drift (log, metric rota_plan_drift, `rota status`) and not written; edited files are written \
+            as a compare-and-set against the revision this node last saw, retiring producers they no longer define.
+            """
     )
 
-    @Option(help: "Plan files or directories of *.yaml files (repeatable).")
-    var plans: [String] = ["plans"]
+    @Option(help: "Plan files or directories of *.yaml files (repeatable). None: follow the pool's plan only.")
+    var plans: [String] = []
 
     @Option(help: "The SQLite database of definitions and history (created on first use).")
     var db = "rota.sqlite"

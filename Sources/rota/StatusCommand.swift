@@ -104,11 +104,11 @@ func dateFromNanos(_ text: String) -> Date? {
     return Date(timeIntervalSince1970: Double(nanos / 1_000_000_000) + Double(nanos % 1_000_000_000) / 1e9)
 }
 
-/// `<next tick, Unix µs>|<interval>` of a ticker entry.
+/// `<next tick, Unix µs>|<interval>[|<regular tick after a triggered one>]` of a ticker entry.
 func parseTickerEntry(_ bytes: [UInt8]) -> (next: Date, interval: String)? {
     let text = String(decoding: bytes, as: UTF8.self)
-    let parts = text.split(separator: "|", maxSplits: 1)
-    guard parts.count == 2, let micros = Int64(parts[0]) else { return nil }
+    let parts = text.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
+    guard parts.count >= 2, let micros = Int64(parts[0]), micros >= 0, micros < 7_258_118_400_000_000 else { return nil }
     return (Date(timeIntervalSince1970: Double(micros / 1_000_000) + Double(micros % 1_000_000) / 1e6), String(parts[1]))
 }
 
@@ -117,8 +117,9 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
         commandName: "status",
         abstract: "Show a pool: nodes, workers and their jobs, jobs, and each producer's planner, last round and next tick.",
         discussion: """
-            Reads Redis directly (it does not join the pool). \
-            Planners and last rounds come from the newest 1000 rounds of the history stream.
+            Reads Redis directly (it does not join the pool). Producers come from the pool's plan, each \
+            with the last round kept for it; nodes whose plan files differ from the pool's plan are listed \
+            under plan drift.
             """
     )
 
@@ -126,9 +127,6 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
 
     @Option(help: "Output format: table or json.")
     var format: ReportFormat = .table
-
-    /// Rounds of the history stream read to find each producer's last round.
-    static let historyDepth = 1000
 
     struct NodeRow {
         var id: String
@@ -152,17 +150,6 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
         var handler: String?
     }
 
-    struct ProducerRow {
-        var name: String
-        var planner: String?
-        var lastRound: String?
-        var lastTick: Date?
-        var lastError: String?
-        var nextTick: Date?
-        var interval: String?
-        var jobs = 0
-    }
-
     func execute() async throws {
         var configuration = try requiredRedisConfiguration(poolOptions, command: "status")
         configuration.commandConnections = 1
@@ -182,8 +169,6 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
             reader.hash(reader.mapKey("worker-keepalive")),
             reader.hash(reader.mapKey("owners")),
             reader.hash(reader.mapKey("job-payloads")),
-            reader.hash(reader.mapKey("tickers")),
-            RedisCommand("XREVRANGE", reader.streamKey("history"), "+", "-", "COUNT", String(historyDepth)),
         ])
         let nodeKeepAlive = PoolReader.fields(replies[0])
         let names = PoolReader.fields(replies[1]).mapValues { String(decoding: $0, as: UTF8.self) }
@@ -191,8 +176,6 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
         let workerKeepAlive = PoolReader.fields(replies[3])
         let owners = PoolReader.fields(replies[4]).mapValues { String(decoding: $0, as: UTF8.self) }
         let payloads = PoolReader.fields(replies[5])
-        let tickers = PoolReader.fields(replies[6])
-        let history = StreamEntry.entries(replies[7])
 
         // Workers, and their node (recorded by the node when it added the worker; for workers of
         // older nodes, the init entry of the inbox, while it is still there).
@@ -231,29 +214,15 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
             JobRow(key: key, worker: owners[key], handler: payloads[key].flatMap { try? JobEnvelope(decoding: $0).handler })
         }
 
-        // Producers: the schedules' tickers, and producers with rounds on the history stream.
-        var producers: [String: ProducerRow] = [:]
-        for (name, value) in tickers where name.hasPrefix("schedule-") {
-            let producer = String(name.dropFirst("schedule-".count))
-            let entry = parseTickerEntry(value)
-            producers[producer] = ProducerRow(name: producer, nextTick: entry?.next, interval: entry?.interval)
+        // Producers: the pool's plan with each producer's last round (kept per producer: a slow
+        // producer beside fast ones still shows its last round), and nodes reporting plan drift.
+        let (producerRows, revision) = try await ProducerInfo.load(reader)
+        let drifts: [PlanDrift]
+        do {
+            drifts = try await PoolPlan(pool: reader.space.name, client: reader.client).drifts()
+        } catch let error as ServiceError {
+            throw CommandFailure(error.message)
         }
-        for entry in history where entry.fields["n"] == Array("round".utf8) {
-            guard let payload = entry.fields["p"], let (round, _) = try? HistoryWire.decode(payload) else { continue }
-            var row = producers[round.producer] ?? ProducerRow(name: round.producer)
-            // The latest tick, not the newest entry: a node restarting publishes rounds it could
-            // not publish before (an interrupted one, closed at start) after newer ones.
-            if let lastTick = row.lastTick, lastTick >= round.tick { continue }
-            row.planner = round.node
-            row.lastRound = round.roundID
-            row.lastTick = round.tick
-            row.lastError = round.error
-            producers[round.producer] = row
-        }
-        let producerNames = producers.keys.sorted()
-        let bookkeeping = try await reader.pipeline(producerNames.map { RedisCommand("HKEYS", reader.mapKey("schedule-\($0)")) })
-        for (index, name) in producerNames.enumerated() { producers[name]?.jobs = PoolReader.keys(bookkeeping[index]).count }
-        let producerRows = producerNames.compactMap { producers[$0] }
 
         switch format {
         case .json:
@@ -270,10 +239,15 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
                 ("jobs", .array(jobs.map { .object([
                     ("key", .string($0.key)), ("worker", .optional($0.worker)), ("handler", .optional($0.handler)),
                 ]) })),
-                ("producers", .array(producerRows.map { .object([
-                    ("name", .string($0.name)), ("planner", .optional($0.planner)), ("planner_name", .optional($0.planner.flatMap { names[$0] })),
-                    ("last_round", .optional($0.lastRound)), ("last_tick", date($0.lastTick)), ("last_error", .optional($0.lastError)),
-                    ("next_tick", date($0.nextTick)), ("interval", .optional($0.interval)), ("jobs", .int($0.jobs)),
+                ("plan_revision", .int(revision)),
+                ("producers", .array(producerRows.map { row in
+                    guard case .object(var members) = row.json else { return row.json }
+                    members.append(("planner_name", .optional(row.last.flatMap { names[$0.node] })))
+                    return .object(members)
+                })),
+                ("plan_drift", .array(drifts.map { .object([
+                    ("node", .string($0.node)), ("name", .optional($0.name)), ("since", date($0.since)), ("node_revision", .int($0.nodeRevision)),
+                    ("pool_revision", .int($0.poolRevision)), ("differing", .array($0.differing.map { .string($0) })), ("message", .string($0.message)),
                 ]) })),
             ])
             return object.text + "\n"
@@ -290,9 +264,16 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
                 workers.map { [$0.id, node($0.node), String($0.jobs), date($0.created), date($0.lastSeen), $0.retiring ? "retiring" : "active"] },
                 format: .table)
             out += "\nJOBS\n" + render(["KEY", "WORKER", "HANDLER"], jobs.map { [$0.key, $0.worker ?? "(awaiting a worker)", $0.handler ?? "-"] }, format: .table)
-            out += "\nPRODUCERS\n" + render(["NAME", "PLANNER", "LAST ROUND", "LAST TICK", "NEXT TICK", "INTERVAL", "JOBS", "LAST ERROR"],
-                producerRows.map { [$0.name, node($0.planner), $0.lastRound ?? "-", date($0.lastTick), date($0.nextTick), $0.interval ?? "-",
-                    String($0.jobs), $0.lastError ?? "-"] }, format: .table)
+            out += "\nPRODUCERS (plan revision \(revision))\n" + render(
+                ["NAME", "REVISION", "STATE", "PLANNER", "LAST ROUND", "LAST TICK", "NEXT TICK", "INTERVAL", "JOBS", "LAST ERROR"],
+                producerRows.map { [$0.name, String($0.revision), $0.pause == nil ? "active" : "paused", node($0.last?.node), $0.last?.id ?? "-",
+                    date($0.last?.tick), date($0.nextTick), $0.interval ?? "-", String($0.jobs), $0.last?.error ?? "-"] }, format: .table)
+            if !drifts.isEmpty {
+                out += "\nPLAN DRIFT (nodes whose plan files differ from the pool's plan; not applied)\n" + render(
+                    ["NODE", "SINCE", "NODE REVISION", "POOL REVISION", "DIFFERING", "WHY"],
+                    drifts.map { [node($0.node), date($0.since), String($0.nodeRevision), String($0.poolRevision),
+                        $0.differing.joined(separator: ","), $0.message] }, format: .table)
+            }
             return out
         }
     }
