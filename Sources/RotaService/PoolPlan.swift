@@ -66,6 +66,20 @@ public struct LastRound: Sendable, Hashable, Codable {
     public var error: String?
     /// Ticks skipped just before this round because every node was busy or down.
     public var missed: Int
+
+    public init(id: String, tick: Date, node: String, revision: Int, finished: Date?, started: Int, stopped: Int, failed: Int,
+                error: String?, missed: Int) {
+        self.id = id
+        self.tick = tick
+        self.node = node
+        self.revision = revision
+        self.finished = finished
+        self.started = started
+        self.stopped = stopped
+        self.failed = failed
+        self.error = error
+        self.missed = missed
+    }
 }
 
 /// A node's report that its plan files differ from the pool's plan and were not applied.
@@ -140,7 +154,7 @@ public struct PoolPlan: Sendable {
             let name = String(field.dropFirst(2))
             do {
                 switch field.first {
-                case "d": snapshot.producers[name] = try Self.decodeProducer(value, name: name)
+                case "d": snapshot.producers[name] = try Self.decodeProducer(value, name: name, verify: true)
                 case "p": snapshot.paused[name] = try Self.decodePause(value)
                 case "r": snapshot.retired[name] = try Self.decodeRetirement(value)
                 default: continue
@@ -216,6 +230,8 @@ public struct PoolPlan: Sendable {
         for update in producers where !seen.insert(update.name).inserted {
             throw ServiceError(.invalidArgument, "producer \(update.name) is defined twice")
         }
+        // Producers whose entries are unreadable are written again even when their hash matches.
+        let unreadable = Set(try await read().skipped.map(\.field))
         var arguments: [any RedisArgument] = [
             expectRevision.map(String.init) ?? "", prune ? "1" : "0", dryRun ? "1" : "0", Self.logLength,
             try Self.fragment(Common(by: actor, at: Self.ms(now))), producers.count,
@@ -224,7 +240,8 @@ public struct PoolPlan: Sendable {
             let text = update.definition.canonicalJSON
             let hash = Self.contentHash(text)
             arguments += [update.name, hash,
-                          try Self.fragment(Definition(producer: update.name, hash: hash, definition: text, source: update.source))]
+                          try Self.fragment(Definition(producer: update.name, hash: hash, definition: text, source: update.source)),
+                          unreadable.contains("d:" + update.name) ? "1" : "0"]
         }
         let reply = try await evaluate(Self.applyScript, arguments: arguments, doing: "applying the plan")
         let items = reply.array ?? []
@@ -429,7 +446,9 @@ public struct PoolPlan: Sendable {
         return Date(timeIntervalSince1970: Double(value) / 1000)
     }
 
-    static func decodeProducer(_ text: String, name: String) throws -> PlanProducer {
+    /// With `verify`, the definition is parsed too and must define `name` (a planner parses it
+    /// anyway, once per change; `read()` verifies every entry).
+    static func decodeProducer(_ text: String, name: String, verify: Bool = false) throws -> PlanProducer {
         struct Wire: Decodable {
             var revision: Int
             var producer: String
@@ -449,6 +468,17 @@ public struct PoolPlan: Sendable {
         guard validRevision(wire.revision), wire.revision > 0 else { throw ServiceError(.invalidArgument, "revision \(wire.revision) out of range") }
         guard let at = date(ms: wire.at) else { throw ServiceError(.invalidArgument, "time \(wire.at) out of range") }
         guard contentHash(wire.definition) == wire.hash else { throw ServiceError(.invalidArgument, "the definition does not match its hash") }
+        if verify {
+            let definition: ProducerDefinition
+            do {
+                definition = try ProducerDefinition(canonicalJSON: wire.definition)
+            } catch {
+                throw ServiceError(.invalidArgument, "unreadable definition: \(error)")
+            }
+            guard definition.name == name else {
+                throw ServiceError(.invalidArgument, "the definition is of producer '\(definition.name.prefix(80))'")
+            }
+        }
         return PlanProducer(name: name, revision: wire.revision, contentHash: wire.hash, definition: wire.definition, actor: wire.by, at: at,
             source: wire.source ?? "")
     }
@@ -528,7 +558,8 @@ public struct PoolPlan: Sendable {
         """
 
     /// KEYS: plan, plan-log. ARGV: expected revision ('' any), prune, dry run, log length, the
-    /// common JSON members (by, at), count, then per producer: name, hash, its JSON members.
+    /// common JSON members (by, at), count, then per producer: name, hash, its JSON members, and
+    /// '1' to write it even if its hash matches (its entry is unreadable).
     /// → {0, current} conflict · {1, previous, revision, name, outcome, revision, …} · {5, raw}.
     static let applyScript = RedisScript(revisionHelper + """
         local rev, raw = plan_revision()
@@ -546,13 +577,13 @@ public struct PoolPlan: Sendable {
             '{"kind":"' .. kind .. '","revision":' .. newtext .. ',' .. members .. ',' .. common .. '}')
         end
         for i = 0, n - 1 do
-          local name, hash, members = ARGV[7 + i * 3], ARGV[8 + i * 3], ARGV[9 + i * 3]
+          local name, hash, members, repair = ARGV[7 + i * 4], ARGV[8 + i * 4], ARGV[9 + i * 4], ARGV[10 + i * 4] == '1'
           listed[name] = true
           local exists = redis.call('HEXISTS', KEYS[1], 'd:' .. name) == 1
           local current = redis.call('HGET', KEYS[1], 'h:' .. name)
           local crev, chash
           if current then crev, chash = string.match(current, '^(%d+) (%x+)$') end
-          if exists and chash == hash then
+          if exists and chash == hash and not repair then
             table.insert(out, name); table.insert(out, 'unchanged'); table.insert(out, crev)
           else
             local outcome = exists and 'updated' or 'created'
