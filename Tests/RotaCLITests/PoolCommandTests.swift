@@ -153,7 +153,7 @@ private struct StatusReport {
         let diff = try rota(["plan", "diff", plan.path, "--format", "json"] + target)
         #expect(diff.status == 0, "\(diff.err)")
         #expect(diff.out.trimmingCharacters(in: .whitespacesAndNewlines)
-            == #"[{"producer":"feeds","job":"feed/a","action":"start","handler":"log","reason":"desired, not running"}]"#)
+            == #"{"pool_revision":0,"plan":[{"producer":"feeds","outcome":"created","revision":1}],"jobs":[{"producer":"feeds","job":"feed/a","action":"start","handler":"log","reason":"desired, not running"}]}"#)
         // Nothing was applied.
         #expect(try status(target).jobs.isEmpty)
     }

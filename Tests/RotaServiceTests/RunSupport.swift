@@ -242,15 +242,16 @@ final class RunCluster: Sendable {
     var all: [RunNode] { nodes.withLock { $0 } }
     var live: [RunNode] { all.filter { !$0.hasExited } }
 
-    /// Starts `rota run` (its own SQLite file, one worker, JSON logs); does not wait for it.
-    func start(_ label: String) throws -> RunNode {
+    /// Starts `rota run` (its own SQLite file, one worker, JSON logs) on the shared plan directory
+    /// or on `plans`; does not wait for it.
+    func start(_ label: String, plans: URL? = nil) throws -> RunNode {
         let running = live.count
         guard running < Self.maximum else {
             throw TestFailure("refusing to start \(label): \(running) rota run processes already run (maximum \(Self.maximum))")
         }
         let database = directory.appendingPathComponent("\(label).sqlite").path
         let node = try RunNode(label: label, database: database, arguments: [
-            "run", "--plans", plans.path, "--db", database, "--redis", redisURL, "--pool", pool,
+            "run", "--plans", (plans ?? self.plans).path, "--db", database, "--redis", redisURL, "--pool", pool,
             "--workers", "1", "--name", label, "--log-format", "json",
         ])
         nodes.withLock { $0.append(node) }
@@ -258,8 +259,8 @@ final class RunCluster: Sendable {
     }
 
     /// Starts nodes together (as a deployment would) and waits until each is ready.
-    func launch(_ labels: [String]) async throws -> [RunNode] {
-        let started = try labels.map { try start($0) }
+    func launch(_ labels: [String], plans: (String) -> URL? = { _ in nil }) async throws -> [RunNode] {
+        let started = try labels.map { try start($0, plans: plans($0)) }
         for node in started { try await node.waitUntilReady() }
         return started
     }
@@ -273,9 +274,16 @@ final class RunCluster: Sendable {
 
     var diagnostics: String { all.map(\.diagnostics).joined(separator: "\n") }
 
+    /// A plan directory of the node `label` (created if needed), for tests where nodes' files differ.
+    func plans(of label: String) throws -> URL {
+        let url = directory.appendingPathComponent("plans-\(label)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
     /// Writes a plan file atomically (a reload never sees half a file).
-    func writePlan(_ text: String, name: String = "plan.yaml") throws -> String {
-        let url = plans.appendingPathComponent(name)
+    func writePlan(_ text: String, name: String = "plan.yaml", in directory: URL? = nil) throws -> String {
+        let url = (directory ?? plans).appendingPathComponent(name)
         try text.write(to: url, atomically: true, encoding: .utf8)
         return url.path
     }

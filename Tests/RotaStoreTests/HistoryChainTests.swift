@@ -52,7 +52,7 @@ private func finished(_ id: String, producer: String = "p", tick: Double, error:
 private func actions(tick: Double) -> [ActionRecord] {
     [ActionRecord(job: "a", action: .start, outcome: .started, payloadHash: "h1", at: at(tick + 0.1)),
      ActionRecord(job: "b", action: .start, outcome: .failed, error: "no handler 'x'", at: at(tick + 0.2)),
-     ActionRecord(job: "c", action: .stop, outcome: .notFound, at: at(tick + 0.3))]
+     ActionRecord(job: "c", action: .stop, outcome: .notFound, at: at(tick + 0.3), reason: "retired")]
 }
 
 /// r1…r7 recorded every way the service records them (ids 1…7; outcomes in the order r2, r1, r4…r7;
@@ -138,14 +138,20 @@ private func populated() throws -> PlanStore {
         Tampering(name: "an action's time",
             statements: ["UPDATE action SET at_ms = at_ms - 1000 WHERE round = (SELECT id FROM round WHERE round_id = 'r7') AND seq = 0"],
             kind: .altered, part: .actions, round: "r7"),
+        Tampering(name: "an action's reason given",
+            statements: ["UPDATE action SET reason = 'retired' WHERE round = (SELECT id FROM round WHERE round_id = 'r6') AND seq = 0"],
+            kind: .altered, part: .actions, round: "r6"),
+        Tampering(name: "an action's reason changed",
+            statements: ["UPDATE action SET reason = 'manual' WHERE round = (SELECT id FROM round WHERE round_id = 'r4') AND seq = 2"],
+            kind: .altered, part: .actions, round: "r4"),
         Tampering(name: "an action removed",
             statements: ["DELETE FROM action WHERE round = (SELECT id FROM round WHERE round_id = 'r1') AND seq = 2"],
             kind: .altered, part: .actions, round: "r1"),
         Tampering(name: "an action added",
-            statements: ["INSERT INTO action SELECT id, 9, 1, 'stop', 'stopped', NULL, NULL, 0 FROM round WHERE round_id = 'r5'"],
+            statements: ["INSERT INTO action SELECT id, 9, 1, 'stop', 'stopped', NULL, NULL, 0, NULL FROM round WHERE round_id = 'r5'"],
             kind: .altered, part: .actions, round: "r5"),
         Tampering(name: "an action added to an unfinished round",
-            statements: ["INSERT INTO action SELECT id, 0, 1, 'stop', 'stopped', NULL, NULL, 0 FROM round WHERE round_id = 'r3'"],
+            statements: ["INSERT INTO action SELECT id, 0, 1, 'stop', 'stopped', NULL, NULL, 0, NULL FROM round WHERE round_id = 'r3'"],
             kind: .altered, part: .actions, round: "r3"),
         Tampering(name: "a job renamed", statements: ["UPDATE job SET key = 'zzz' WHERE key = 'c'"], kind: .altered, part: .actions, round: "r1"),
         Tampering(name: "counts", statements: ["UPDATE round SET failed = 0 WHERE round_id = 'r1'"], kind: .altered, part: .outcome, round: "r1"),
