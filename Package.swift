@@ -167,6 +167,8 @@ let package = Package(
             name: "rota-bench",
             dependencies: [
                 "Rota",
+                "RotaService",
+                "RotaPlans",
                 "RotaStore",
                 "RotaRedis",
                 "RotaMap",

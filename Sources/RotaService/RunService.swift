@@ -221,8 +221,8 @@ public final class RunService: Service, Sendable {
         try await agree(store: store, digest: digest, revision: result.revision)
         for change in result.changes where change.outcome != .unchanged {
             logger.info("plan \(change.outcome.rawValue)", metadata: ["producer": "\(change.producer)", "revision": "\(change.revision)"])
-            if change.outcome == .retired {
-                // Its last round (stopping its jobs) now, not at its next tick.
+            if change.outcome == .updated || change.outcome == .retired {
+                // Its new revision (or, retired, its last round) planned now, not at its next tick.
                 _ = try? await node.triggerTicker(named: "schedule-" + change.producer)
             }
         }

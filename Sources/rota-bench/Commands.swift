@@ -10,6 +10,6 @@ struct RotaBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rota-bench",
         abstract: "Rota's benchmarks, each beside a reference measured in the same run.",
-        subcommands: [RedisBench.self, MapBench.self, StreamsBench.self, HistoryBench.self, PoolBench.self, ServiceBench.self, SoakBench.self, TickerBench.self]
+        subcommands: [RedisBench.self, MapBench.self, StreamsBench.self, HistoryBench.self, PoolBench.self, ServiceBench.self, PlanBench.self, SoakBench.self, TickerBench.self]
     )
 }

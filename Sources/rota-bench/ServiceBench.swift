@@ -81,8 +81,9 @@ struct ServiceBench: ParsableCommand, AsyncBody {
 
 /// Runs `body` with `nodes` `rota run` processes on one Redis, planning a generated plan of
 /// `producers` × `jobs` at 1 s in pool `pool` (`log` handler, 2 workers each, one SQLite file per
-/// node in a temporary directory given to `body`). The processes are killed and the directory
-/// removed when `body` returns or throws.
+/// node in a temporary directory given to `body`). With `producers` 0 the nodes get no plan files:
+/// they follow the pool's plan. The processes are killed and the directory removed when `body`
+/// returns or throws.
 func withRotaRunNodes<R>(
     rota: String?, redis configuration: RedisConfiguration, pool: String, nodes: Int, producers: Int, jobs: Int,
     _ body: ([Process], URL) async throws -> R
@@ -99,14 +100,14 @@ func withRotaRunNodes<R>(
         plan += "  - name: p\(producer)\n    every: 1s\n    mode: exact\n    jobs:\n"
         for job in 0..<jobs { plan += "      - {key: p\(producer)/j\(job), handler: log, payload: {n: \(job)}}\n" }
     }
-    try plan.write(to: directory.appendingPathComponent("plans/\(pool).yaml"), atomically: true, encoding: .utf8)
+    if producers > 0 { try plan.write(to: directory.appendingPathComponent("plans/\(pool).yaml"), atomically: true, encoding: .utf8) }
     var children: [Process] = []
     defer { for child in children where child.isRunning { kill(child.processIdentifier, SIGKILL) } }
     for node in 0..<nodes {
         let child = Process()
         child.executableURL = URL(fileURLWithPath: executable)
-        child.arguments = [
-            "run", "--plans", directory.appendingPathComponent("plans").path,
+        let plans = producers > 0 ? ["--plans", directory.appendingPathComponent("plans").path] : []
+        child.arguments = ["run"] + plans + [
             "--db", directory.appendingPathComponent("node\(node).sqlite").path,
             "--redis", configuration.urlForChildren, "--pool", pool, "--workers", "2", "--name", "\(pool)-\(node)", "--log-level", "error",
         ]

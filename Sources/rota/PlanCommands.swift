@@ -87,11 +87,12 @@ struct Plan: ParsableCommand {
                 dryRun: dryRun)
             printApplied(outcome.result, format: format, pool: poolOptions.pool, dryRun: dryRun)
             if let refusal = outcome.refusal { throw refusal }
-            let retired = outcome.result.changes.filter { $0.outcome == .retired }.map(\.producer)
-            if !dryRun && !retired.isEmpty {
-                // Their last round now, on one node, rather than at their next tick.
+            // Updated producers plan their new revision now, retired ones their last round (on
+            // one node each, fenced like a tick), rather than at their next tick.
+            let touched = outcome.result.changes.filter { $0.outcome == .updated || $0.outcome == .retired }.map(\.producer)
+            if !dryRun && !touched.isEmpty {
                 try? await withClientNode(poolOptions, command: "plan-apply") { node in
-                    for name in retired { _ = try? await node.triggerTicker(named: "schedule-" + name) }
+                    for name in touched { _ = try? await node.triggerTicker(named: "schedule-" + name) }
                 }
             }
         }
