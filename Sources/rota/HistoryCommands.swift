@@ -87,13 +87,15 @@ struct History: ParsableCommand {
             case .json:
                 let items = actions.map { action -> JSONValue in
                     .object([("job", .string(action.job)), ("action", .string(action.action.rawValue)),
-                        ("outcome", .string(action.outcome.rawValue)), ("error", .optional(action.error)), ("at", .string(rfc3339(action.at)))])
+                        ("outcome", .string(action.outcome.rawValue)), ("error", .optional(action.error)), ("at", .string(rfc3339(action.at))),
+                        ("reason", .optional(action.reason))])
                 }
                 print(jsonArray([record.json + [("actions", .array(items))]]), terminator: "")
             case .table, .csv:
                 print(render(RoundRecord.header, [record.row], format: format))
-                print(render(["JOB", "ACTION", "OUTCOME", "AT", "ERROR"],
-                    actions.map { [$0.job, $0.action.rawValue, $0.outcome.rawValue, rfc3339($0.at), $0.error ?? "-"] }, format: format),
+                print(render(["JOB", "ACTION", "OUTCOME", "AT", "REASON", "ERROR"],
+                    actions.map { [$0.job, $0.action.rawValue, $0.outcome.rawValue, rfc3339($0.at), $0.reason ?? "-", $0.error ?? "-"] },
+                    format: format),
                     terminator: "")
             }
         }

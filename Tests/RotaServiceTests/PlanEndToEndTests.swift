@@ -105,6 +105,9 @@ extension RunNode {
                 try nodes.flatMap { try $0.rounds(producer: "alpha") }.filter { $0.revision == 2 }.map(\.startedAt).min()
             }
             #expect(firstNew.timeIntervalSince(edited) <= 2, "the first round with revision 2 started \(firstNew.timeIntervalSince(edited)) s after the edit")
+            print("editPropagatesAndStaleFilesDrift: seconds from the edit until each node recorded revision 2: "
+                + seen.sorted { $0.key < $1.key }.map { "\($0.key) \(String(format: "%.2f", $0.value))" }.joined(separator: ", ")
+                + "; first round with it after \(String(format: "%.2f", firstNew.timeIntervalSince(edited))) s")
             // No round started after that used the old definition, whichever node planned it.
             try await poll("three more rounds of alpha", timeout: .seconds(20), diagnostics: cluster.diagnostics) {
                 try nodes[0].rounds(producer: "alpha").filter { $0.startedAt > firstNew }.count >= 3 ? true : nil
