@@ -74,6 +74,8 @@ public final class RunService: Service, Sendable {
         var drift: PlanDrift?
         /// Unreadable plan entries already logged.
         var loggedSkips: Set<String> = []
+        /// The plan revision whose definitions are recorded in SQLite.
+        var recordedRevision: Int?
     }
 
     private let state = Mutex(State())
@@ -229,7 +231,8 @@ public final class RunService: Service, Sendable {
     }
 
     private func agree(store: PlanStore, digest: String, revision: Int) async throws {
-        try store.setNodePlan(pool: configuration.pool, NodePlanRecord(filesDigest: digest, poolRevision: revision))
+        let record = NodePlanRecord(filesDigest: digest, poolRevision: revision)
+        if try store.nodePlan(pool: configuration.pool) != record { try store.setNodePlan(pool: configuration.pool, record) }
         state.withLock { $0.lastSeenRevision = revision }
         await reportDrift(nil)
     }
@@ -386,6 +389,7 @@ public final class RunService: Service, Sendable {
     /// so that round happens even if every node that had it left), and closes the rest.
     private func syncSchedules(history: RoundLog) async throws {
         let snapshot = try await plan.read()
+        recordCurrent(snapshot, in: history.store)
         let newSkips = state.withLock { state in
             snapshot.skipped.filter { state.loggedSkips.insert("\($0.field)|\($0.cause)").inserted }
         }
@@ -419,6 +423,27 @@ public final class RunService: Service, Sendable {
             let schedule = try await node.schedule(planner, interval: interval)
             state.withLock { $0.schedules[name] = Scheduled(planner: planner, schedule: schedule, interval: interval) }
             spawner.continuation.yield { await self.follow(schedule, planner: planner) }
+        }
+    }
+
+    /// Records the plan's current definitions and retirements (once per revision): a node away
+    /// for longer than the change log reaches still has every current revision in its SQLite.
+    private func recordCurrent(_ snapshot: PlanSnapshot, in store: PlanStore) {
+        guard state.withLock({ $0.recordedRevision != snapshot.revision }) else { return }
+        var events = snapshot.producers.values.map { producer in
+            PlanEvent(pool: configuration.pool, entryID: nil, producer: producer.name, kind: .updated, revision: producer.revision,
+                actor: producer.actor, at: producer.at, definition: producer.definition, contentHash: producer.contentHash,
+                source: producer.source)
+        }
+        events += snapshot.retired.map { name, retirement in
+            PlanEvent(pool: configuration.pool, entryID: nil, producer: name, kind: .retired, revision: retirement.revision,
+                actor: retirement.actor, at: retirement.at)
+        }
+        do {
+            try store.recordPlanEvents(events)
+            state.withLock { $0.recordedRevision = snapshot.revision }
+        } catch {
+            logger.error("could not record the pool's current plan", metadata: ["error": "\(error)"])
         }
     }
 

@@ -219,7 +219,9 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
         let (producerRows, revision) = try await ProducerInfo.load(reader)
         let drifts: [PlanDrift]
         do {
-            drifts = try await PoolPlan(pool: reader.space.name, client: reader.client).drifts()
+            // Reports of nodes that are gone (killed before they could clear theirs) are left out.
+            let live = Set(nodes.map(\.id))
+            drifts = try await PoolPlan(pool: reader.space.name, client: reader.client).drifts().filter { live.contains($0.node) }
         } catch let error as ServiceError {
             throw CommandFailure(error.message)
         }

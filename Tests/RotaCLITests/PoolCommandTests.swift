@@ -158,6 +158,51 @@ private struct StatusReport {
         #expect(try status(target).jobs.isEmpty)
     }
 
+    @Test("the pool's plan from the CLI: apply, list, pause/resume, trigger with no node planning, dry run, conflicts")
+    func producerCommandsWithoutNodes() async throws {
+        try await RedisServer.withServer { server in
+            let target = ["--redis", server.url, "--pool", "plan-cli"]
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rota-plan-cli-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            try """
+                producers:
+                  - name: feeds
+                    every: 5m
+                    jobs:
+                      - {key: feed/a, handler: log}
+                """.write(to: directory.appendingPathComponent("plan.yaml"), atomically: true, encoding: .utf8)
+            let dry = try rota(["plan", "apply", directory.path, "--dry-run"] + target)
+            #expect(dry.status == 0 && dry.out.contains("1 created") && dry.out.contains("dry run: nothing written"), "\(dry)")
+            let applied = try rota(["plan", "apply", directory.path, "--format", "json"] + target)
+            #expect(applied.out.contains(#""previous_revision":0,"revision":1"#), "\(applied)")
+            let again = try rota(["plan", "apply", directory.path] + target)
+            #expect(again.status == 0 && again.out.contains("revision 1, unchanged"), "\(again)")
+            let stale = try rota(["plan", "apply", directory.path, "--expect-revision", "0"] + target)
+            #expect(stale.status == 5 && stale.err.contains("at revision 1, not --expect-revision 0"), "\(stale)")
+
+            let list = try rota(["producer", "list", "--format", "json"] + target)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(list.out.utf8)) as? [String: Any])
+            let feeds = try #require((object["producers"] as? [[String: Any]])?.first)
+            #expect(feeds["name"] as? String == "feeds" && feeds["revision"] as? Int == 1 && feeds["mode"] as? String == "exact")
+            #expect(feeds["interval"] as? String == "5m" && feeds["paused"] is NSNull, "\(feeds)")
+
+            // No rota run plans it: a trigger says so.
+            let trigger = try rota(["producer", "trigger", "feeds"] + target)
+            #expect(trigger.status == 9 && trigger.err.contains("no node plans producer 'feeds'"), "\(trigger)")
+            let pause = try rota(["producer", "pause", "feeds", "--reason", "maintenance window", "--until", "2h"] + target)
+            #expect(pause.status == 0, "\(pause)")
+            let paused = try rota(["producer", "list"] + target)
+            #expect(paused.out.contains("paused by") && paused.out.contains("maintenance window (until "), "\(paused.out)")
+            #expect(try rota(["producer", "trigger", "feeds"] + target).status == 8)
+            #expect(try rota(["producer", "resume", "feeds"] + target).status == 0)
+            #expect(try rota(["producer", "resume", "feeds"] + target).status == 8)
+            #expect(try rota(["producer", "pause", "bad name", "--reason", "x"] + target).status == 64)
+            #expect(try rota(["producer", "pause", "feeds", "--reason", " "] + target).status == 64)
+            #expect(try rota(["plan", "apply", directory.path, "--pool", "plan-cli"]).err.contains("--redis"))
+        }
+    }
+
     @Test func poolCommandsNeedRedis() throws {
         for arguments in [["worker"], ["status"], ["stop", "k"], ["dispatch", "k", "--handler", "log"]] {
             let result = try rota(arguments + ["--pool", "p"])
