@@ -134,7 +134,9 @@ public struct PoolPlan: Sendable {
     // MARK: Reading
 
     /// The whole plan. Unreadable entries are skipped and listed in ``PlanSnapshot/skipped``.
-    public func read() async throws -> PlanSnapshot {
+    /// With `verify`, each definition is also parsed and must name its producer (a caller that
+    /// parses them itself, once per change, passes false).
+    public func read(verify: Bool = true) async throws -> PlanSnapshot {
         let reply = try await send(RedisCommand("HGETALL", planKey), doing: "reading the plan")
         let items = reply.array ?? []
         var snapshot = PlanSnapshot.empty
@@ -154,7 +156,7 @@ public struct PoolPlan: Sendable {
             let name = String(field.dropFirst(2))
             do {
                 switch field.first {
-                case "d": snapshot.producers[name] = try Self.decodeProducer(value, name: name, verify: true)
+                case "d": snapshot.producers[name] = try Self.decodeProducer(value, name: name, verify: verify)
                 case "p": snapshot.paused[name] = try Self.decodePause(value)
                 case "r": snapshot.retired[name] = try Self.decodeRetirement(value)
                 default: continue
@@ -177,6 +179,33 @@ public struct PoolPlan: Sendable {
             try values[1].string.map { try Self.decodePause($0) },
             try values[2].string.map { try Self.decodeRetirement($0) }
         )
+    }
+
+    /// A producer's definition as a planner needs it at each tick.
+    public enum Current: Sendable {
+        /// The definition with the hash the caller knows, at this revision: nothing fetched.
+        case same(revision: Int)
+        case fetched(PlanProducer)
+        /// Not in the plan (retired, or never there).
+        case absent
+    }
+
+    /// What a planner reads at each tick: `h:`, `p:` and `r:` (short fields, one round trip), and
+    /// the definition only when its hash is not `knownHash` (a second round trip, once per change).
+    public func planning(_ name: String, knownHash: String?) async throws -> (current: Current, pause: PlanPause?, retired: PlanRetirement?) {
+        let reply = try await send(RedisCommand("HMGET", planKey, "h:" + name, "p:" + name, "r:" + name), doing: "reading producer \(name)")
+        let values = reply.array ?? []
+        guard values.count == 3 else { throw ServiceError(.invalidArgument, "reading producer \(name): unexpected reply") }
+        let pause = try values[1].string.map { try Self.decodePause($0) }
+        let retired = try values[2].string.map { try Self.decodeRetirement($0) }
+        if let field = values[0].string, let knownHash, let space = field.firstIndex(of: " "),
+           field[field.index(after: space)...] == knownHash, let revision = Self.revision(String(field[..<space])), revision > 0 {
+            return (.same(revision: revision), pause, retired)
+        }
+        guard let text = try await send(RedisCommand("HGET", planKey, "d:" + name), doing: "reading producer \(name)").string else {
+            return (.absent, pause, retired)
+        }
+        return (.fetched(try Self.decodeProducer(text, name: name)), pause, retired)
     }
 
     // MARK: Changing

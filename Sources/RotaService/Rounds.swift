@@ -54,7 +54,16 @@ final class ProducerPlanner: JobProducer {
     }
 
     func plan(for tick: Tick) async throws -> JobPlan {
-        let (producer, pause, retired) = try await plan.producer(name)
+        let (current, pause, retired) = try await plan.planning(name, knownHash: state.withLock { $0.cached?.hash })
+        let producer: (revision: Int, definition: ProducerDefinition)?
+        switch current {
+        case .same(let revision):
+            producer = state.withLock { $0.cached }.map { (revision, $0.definition) }
+        case .fetched(let fetched):
+            producer = (fetched.revision, try definition(of: fetched))
+        case .absent:
+            producer = nil
+        }
         guard let producer else {
             guard let retired else {
                 notice("producer is not in the pool's plan: planning nothing")
@@ -72,7 +81,7 @@ final class ProducerPlanner: JobProducer {
             // Its `until` passed: this planner ends it (that pause only, not a newer one).
             _ = try? await plan.resume(name, actor: "rota (pause until \((pause.until ?? Date()).formatted(.iso8601)) passed)", expecting: pause)
         }
-        let definition = try definition(of: producer)
+        let definition = producer.definition
         notice("")
         let revision = producer.revision
         let zone = TimeZone(identifier: definition.timeZone) ?? TimeZone(secondsFromGMT: 0) ?? .current

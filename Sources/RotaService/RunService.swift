@@ -76,6 +76,10 @@ public final class RunService: Service, Sendable {
         var loggedSkips: Set<String> = []
         /// The plan revision whose definitions are recorded in SQLite.
         var recordedRevision: Int?
+        /// The plan files as last parsed, by their signature.
+        var parsedFiles: (signature: String, updates: [PoolPlan.Update], digest: String)?
+        /// Producers' intervals by content hash: a definition is parsed once, not at every re-read.
+        var intervals: [String: Duration] = [:]
     }
 
     private let state = Mutex(State())
@@ -171,18 +175,25 @@ public final class RunService: Service, Sendable {
 
     // MARK: Plan files → the pool's plan
 
-    /// The producers of the plan files for this pool. Throws `.invalidArgument` for invalid files.
-    private func loadFiles() throws -> [PoolPlan.Update] {
+    /// The producers of the plan files for this pool and their digest, parsed again only when
+    /// the files changed (every change of the pool's plan compares them with it). Throws
+    /// `.invalidArgument` for invalid files.
+    private func loadFiles() throws -> (updates: [PoolPlan.Update], digest: String) {
         let signature = filesSignature()
+        if let cached = state.withLock({ $0.parsedFiles }), cached.signature == signature { return (cached.updates, cached.digest) }
         defer { state.withLock { $0.filesSignature = signature } }
         let files: [PlanFile]
         do {
             files = try PlanParser.load(paths: configuration.planPaths, defaultPool: configuration.pool)
         } catch {
+            state.withLock { $0.parsedFiles = nil }
             throw ServiceError(.invalidArgument, "plan files are invalid; the pool's plan is unchanged:\n\(error)", underlying: error)
         }
-        return files.filter { ($0.pool ?? configuration.pool) == configuration.pool }
+        let updates = files.filter { ($0.pool ?? configuration.pool) == configuration.pool }
             .flatMap { file in file.producers.map { PoolPlan.Update(definition: $0, source: file.path) } }
+        let digest = Self.digest(updates)
+        state.withLock { $0.parsedFiles = (signature, updates, digest) }
+        return (updates, digest)
     }
 
     /// Writes this node's plan files to the pool's plan, under this policy:
@@ -193,9 +204,8 @@ public final class RunService: Service, Sendable {
     /// - otherwise (the files were edited): written as a compare-and-set against the revision this
     ///   node last saw, retiring producers no longer in them. A lost race is drift, not a forced write.
     func applyFiles(store: PlanStore) async throws {
-        let updates = try loadFiles()
-        let digest = Self.digest(updates)
-        var snapshot = try await plan.read()
+        let (updates, digest) = try loadFiles()
+        var snapshot = try await plan.read(verify: false)
         if Self.matches(updates, snapshot) {
             try await agree(store: store, digest: digest, revision: snapshot.revision)
             return
@@ -211,7 +221,7 @@ public final class RunService: Service, Sendable {
         }
         let result = try await plan.apply(updates, expectRevision: base ?? 0, prune: true, actor: actor)
         if result.conflict {
-            snapshot = try await plan.read()
+            snapshot = try await plan.read(verify: false)
             if Self.matches(updates, snapshot) {
                 try await agree(store: store, digest: digest, revision: snapshot.revision)
             } else {
@@ -388,7 +398,7 @@ public final class RunService: Service, Sendable {
     /// scheduled until their last round ended them (and schedules one whose ticker still runs,
     /// so that round happens even if every node that had it left), and closes the rest.
     private func syncSchedules(history: RoundLog) async throws {
-        let snapshot = try await plan.read()
+        let snapshot = try await plan.read(verify: false)
         recordCurrent(snapshot, in: history.store)
         let newSkips = state.withLock { state in
             snapshot.skipped.filter { state.loggedSkips.insert("\($0.field)|\($0.cause)").inserted }
@@ -399,8 +409,15 @@ public final class RunService: Service, Sendable {
         }
         var wanted: [String: Duration] = [:]
         for (name, producer) in snapshot.producers {
+            if let interval = state.withLock({ $0.intervals[producer.contentHash] }) {
+                wanted[name] = interval
+                continue
+            }
             do {
-                wanted[name] = try ProducerDefinition(canonicalJSON: producer.definition).interval
+                let definition = try ProducerDefinition(canonicalJSON: producer.definition)
+                guard definition.name == name else { throw ServiceError(.invalidArgument, "the definition is of producer '\(definition.name.prefix(80))'") }
+                wanted[name] = definition.interval
+                state.withLock { $0.intervals[producer.contentHash] = definition.interval }
             } catch {
                 logger.error("definition unreadable; producer not scheduled", metadata: ["producer": "\(name)", "error": "\(error)"])
             }

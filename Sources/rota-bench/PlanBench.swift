@@ -101,6 +101,7 @@ struct PlanBench: ParsableCommand, AsyncBody {
                 for child in children { kill(child.processIdentifier, SIGKILL) }
                 for child in children { child.waitUntilExit() }
                 latencies.sort()
+                if ProcessInfo.processInfo.environment["ROTA_BENCH_SAMPLES"] != nil { print(latencies.map { String(Int($0)) }.joined(separator: " ")) }
                 let target = 2 * Double(intervalMs) + 100
                 let rows = [
                     Measurement(suite: "plan", metric: "plan_apply_to_planned_p50_ms", value: percentile(latencies, 50), unit: "ms",

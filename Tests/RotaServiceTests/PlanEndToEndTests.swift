@@ -318,6 +318,18 @@ extension RunNode {
             let expected = try #require(try node.rounds(producer: "slow").last?.roundID)
             #expect(slow["last_round"] as? String == expected, "\(slow)")
             #expect(slow["planner_name"] as? String == "n1")
+
+            // A node without plan files follows the pool's plan: it records it and plans rounds.
+            let follower = try cluster.start("n2", following: true)
+            try await follower.waitUntilReady()
+            try await poll("the follower recorded the plan", timeout: .seconds(10)) {
+                try follower.planEvents() == ["fast:created:1", "slow:created:1"] ? true : nil
+            }
+            let followerID = try #require(follower.nodeID)
+            try await poll("a round of fast planned by the follower", timeout: .seconds(30), diagnostics: cluster.diagnostics) {
+                try follower.rounds(producer: "fast").first { $0.node == followerID && $0.revision == 1 }
+            }
+            #expect(follower.logs("plan drift: this node's plan files differ from the pool's plan and were not applied").isEmpty)
         }
     }
 }

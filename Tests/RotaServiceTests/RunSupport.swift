@@ -243,15 +243,16 @@ final class RunCluster: Sendable {
     var live: [RunNode] { all.filter { !$0.hasExited } }
 
     /// Starts `rota run` (its own SQLite file, one worker, JSON logs) on the shared plan directory
-    /// or on `plans`; does not wait for it.
-    func start(_ label: String, plans: URL? = nil) throws -> RunNode {
+    /// or on `plans`, or with no plan files (`following`: it follows the pool's plan); does not
+    /// wait for it.
+    func start(_ label: String, plans: URL? = nil, following: Bool = false) throws -> RunNode {
         let running = live.count
         guard running < Self.maximum else {
             throw TestFailure("refusing to start \(label): \(running) rota run processes already run (maximum \(Self.maximum))")
         }
         let database = directory.appendingPathComponent("\(label).sqlite").path
         let node = try RunNode(label: label, database: database, arguments: [
-            "run", "--plans", (plans ?? self.plans).path, "--db", database, "--redis", redisURL, "--pool", pool,
+            "run"] + (following ? [] : ["--plans", (plans ?? self.plans).path]) + ["--db", database, "--redis", redisURL, "--pool", pool,
             "--workers", "1", "--name", label, "--log-format", "json",
         ])
         nodes.withLock { $0.append(node) }

@@ -195,22 +195,20 @@ public final class Schedule: Sendable {
                 outcomes[job.key] = .restarted
             }
         }
-        for job in toRestart {
-            outcomes[job.key] = await restart(job)
-            if outcomes[job.key] == .restarted { bookkeep.append(job.key) }
-        }
-        // Dispatches wait for their start: many at once (bounded), not one tick-long queue.
+        // Restarts and dispatches wait for their start: many at once (bounded), not one tick-long
+        // queue (a payload change of many jobs restarted them one after the other).
+        let work = toRestart.map { (job: $0, restart: true) } + toDispatch.map { (job: $0, restart: false) }
         await withTaskGroup(of: (String, JobOutcome).self) { group in
-            var pending = toDispatch.makeIterator()
+            var pending = work.makeIterator()
             func addNext() -> Bool {
-                guard let job = pending.next() else { return false }
-                group.addTask { (job.key, await self.dispatch(job)) }
+                guard let next = pending.next() else { return false }
+                group.addTask { (next.job.key, next.restart ? await self.restart(next.job) : await self.dispatch(next.job)) }
                 return true
             }
             for _ in 0..<64 where !addNext() { break }
             while let (key, outcome) = await group.next() {
                 outcomes[key] = outcome
-                if outcome == .started || outcome == .alreadyRunning { bookkeep.append(key) }
+                if outcome == .started || outcome == .alreadyRunning || outcome == .restarted { bookkeep.append(key) }
                 _ = addNext()
             }
         }
