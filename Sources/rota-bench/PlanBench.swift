@@ -30,6 +30,9 @@ struct PlanBench: ParsableCommand, AsyncBody {
     @Option(help: "Path of rota (default: next to this executable).")
     var rota: String?
 
+    @Flag(help: "Print every sample too.")
+    var samples = false
+
     var executable: String {
         rota ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota").path
     }
@@ -101,7 +104,7 @@ struct PlanBench: ParsableCommand, AsyncBody {
                 for child in children { kill(child.processIdentifier, SIGKILL) }
                 for child in children { child.waitUntilExit() }
                 latencies.sort()
-                if ProcessInfo.processInfo.environment["ROTA_BENCH_SAMPLES"] != nil { print(latencies.map { String(Int($0)) }.joined(separator: " ")) }
+                if samples && !common.json { print("samples (ms): " + latencies.map { String(Int($0)) }.joined(separator: " ")) }
                 let target = 2 * Double(intervalMs) + 100
                 let rows = [
                     Measurement(suite: "plan", metric: "plan_apply_to_planned_p50_ms", value: percentile(latencies, 50), unit: "ms",
