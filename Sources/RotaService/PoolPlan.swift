@@ -404,25 +404,14 @@ public struct PoolPlan: Sendable {
             var definition: String?
             var source: String?
         }
-        let wire: Wire
-        do {
-            wire = try JSONDecoder().decode(Wire.self, from: Data(payload))
-        } catch {
-            throw ServiceError(.invalidArgument, "plan-log entry \(entryID): not a plan change: \(error)")
-        }
+        let wire = try Self.decode(Wire.self, Data(payload), as: "a plan change (plan-log entry \(entryID))")
         guard let eventKind = PlanEvent.Kind(rawValue: wire.kind), wire.kind == kind else {
             throw ServiceError(.invalidArgument, "plan-log entry \(entryID): unknown kind '\(wire.kind.prefix(40))'")
         }
         guard Self.validRevision(wire.revision), let at = Self.date(ms: wire.at) else {
             throw ServiceError(.invalidArgument, "plan-log entry \(entryID): revision or time out of range")
         }
-        let until: Date?
-        if let value = wire.until {
-            guard let date = Self.date(ms: value) else { throw ServiceError(.invalidArgument, "plan-log entry \(entryID): until out of range") }
-            until = date
-        } else {
-            until = nil
-        }
+        let until = try Self.optionalDate(ms: wire.until, field: "plan-log entry \(entryID): until")
         if eventKind == .created || eventKind == .updated {
             guard let definition = wire.definition, let hash = wire.hash, Self.contentHash(definition) == hash else {
                 throw ServiceError(.invalidArgument, "plan-log entry \(entryID): the definition does not match its hash")
@@ -469,6 +458,22 @@ public struct PoolPlan: Sendable {
 
     static func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
 
+    /// JSON of `what`, or an error that says it is not one.
+    private static func decode<T: Decodable>(_ type: T.Type, _ data: Data, as what: String) throws -> T {
+        do {
+            return try JSONDecoder().decode(type, from: data)
+        } catch {
+            throw ServiceError(.invalidArgument, "not \(what): \(error)")
+        }
+    }
+
+    /// An optional time field in range, or an error naming the field.
+    private static func optionalDate(ms value: Int64?, field: String) throws -> Date? {
+        guard let value else { return nil }
+        guard let date = date(ms: value) else { throw ServiceError(.invalidArgument, "\(field) \(value) out of range") }
+        return date
+    }
+
     /// Times between 2000 and 2200: anything else is not a time this plan wrote.
     static func date(ms value: Int64) -> Date? {
         guard value >= 946_684_800_000, value <= 7_258_118_400_000 else { return nil }
@@ -487,12 +492,7 @@ public struct PoolPlan: Sendable {
             var by: String
             var at: Int64
         }
-        let wire: Wire
-        do {
-            wire = try JSONDecoder().decode(Wire.self, from: Data(text.utf8))
-        } catch {
-            throw ServiceError(.invalidArgument, "not a producer definition entry: \(error)")
-        }
+        let wire = try decode(Wire.self, Data(text.utf8), as: "a producer definition entry")
         guard wire.producer == name else { throw ServiceError(.invalidArgument, "entry names producer '\(wire.producer.prefix(80))'") }
         guard validRevision(wire.revision), wire.revision > 0 else { throw ServiceError(.invalidArgument, "revision \(wire.revision) out of range") }
         guard let at = date(ms: wire.at) else { throw ServiceError(.invalidArgument, "time \(wire.at) out of range") }
@@ -520,19 +520,9 @@ public struct PoolPlan: Sendable {
             var by: String
             var at: Int64
         }
-        let wire: Wire
-        do {
-            wire = try JSONDecoder().decode(Wire.self, from: Data(text.utf8))
-        } catch {
-            throw ServiceError(.invalidArgument, "not a pause entry: \(error)")
-        }
+        let wire = try decode(Wire.self, Data(text.utf8), as: "a pause entry")
         guard let at = date(ms: wire.at) else { throw ServiceError(.invalidArgument, "time \(wire.at) out of range") }
-        var until: Date?
-        if let value = wire.until {
-            guard let date = date(ms: value) else { throw ServiceError(.invalidArgument, "until \(value) out of range") }
-            until = date
-        }
-        return PlanPause(reason: wire.reason, until: until, stopJobs: wire.stop_jobs, actor: wire.by, at: at, raw: text)
+        return PlanPause(reason: wire.reason, until: try optionalDate(ms: wire.until, field: "until"), stopJobs: wire.stop_jobs, actor: wire.by, at: at, raw: text)
     }
 
     static func decodeRetirement(_ text: String) throws -> PlanRetirement {
@@ -541,12 +531,7 @@ public struct PoolPlan: Sendable {
             var by: String
             var at: Int64
         }
-        let wire: Wire
-        do {
-            wire = try JSONDecoder().decode(Wire.self, from: Data(text.utf8))
-        } catch {
-            throw ServiceError(.invalidArgument, "not a retirement entry: \(error)")
-        }
+        let wire = try decode(Wire.self, Data(text.utf8), as: "a retirement entry")
         guard validRevision(wire.revision), let at = date(ms: wire.at) else { throw ServiceError(.invalidArgument, "revision or time out of range") }
         return PlanRetirement(revision: wire.revision, actor: wire.by, at: at)
     }

@@ -99,6 +99,16 @@ func checkProducerName(_ name: String) throws {
     }
 }
 
+/// The producer a command acts on, and its pool.
+struct ProducerTarget: ParsableArguments {
+    @Argument(help: "The producer.")
+    var name: String
+
+    @OptionGroup var poolOptions: PoolOptions
+
+    func validate() throws { try checkProducerName(name) }
+}
+
 struct ProducerCommands: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "producer",
@@ -117,10 +127,9 @@ struct ProducerCommands: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Pause a producer pool-wide: it plans nothing until resumed (its running jobs keep running unless --stop-jobs).")
 
-        @Argument(help: "The producer.")
-        var name: String
-
-        @OptionGroup var poolOptions: PoolOptions
+        @OptionGroup var target: ProducerTarget
+        var name: String { target.name }
+        var poolOptions: PoolOptions { target.poolOptions }
 
         @Option(help: "Why (recorded in the history).")
         var reason: String
@@ -132,7 +141,6 @@ struct ProducerCommands: ParsableCommand {
         var stopJobs = false
 
         func validate() throws {
-            try checkProducerName(name)
             guard !reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { throw ValidationError("--reason must not be empty") }
             guard reason.count <= 1000 else { throw ValidationError("--reason is limited to 1000 characters") }
             _ = try untilDate()
@@ -177,15 +185,12 @@ struct ProducerCommands: ParsableCommand {
     struct Resume: ParsableCommand, AsyncCommand {
         static let configuration = CommandConfiguration(abstract: "Resume a paused producer pool-wide.")
 
-        @Argument(help: "The producer.")
-        var name: String
-
-        @OptionGroup var poolOptions: PoolOptions
+        @OptionGroup var target: ProducerTarget
+        var name: String { target.name }
+        var poolOptions: PoolOptions { target.poolOptions }
 
         @Option(help: "Why (recorded in the history).")
         var reason: String?
-
-        func validate() throws { try checkProducerName(name) }
 
         func execute() async throws {
             let outcome = try await withPoolPlan(poolOptions, command: "producer resume") { plan in
@@ -200,12 +205,9 @@ struct ProducerCommands: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Plan one round of a producer now, on exactly one node (fenced like a tick; its regular ticks keep their times).")
 
-        @Argument(help: "The producer.")
-        var name: String
-
-        @OptionGroup var poolOptions: PoolOptions
-
-        func validate() throws { try checkProducerName(name) }
+        @OptionGroup var target: ProducerTarget
+        var name: String { target.name }
+        var poolOptions: PoolOptions { target.poolOptions }
 
         func execute() async throws {
             let state = try await withPoolPlan(poolOptions, command: "producer trigger") { plan in try await plan.producer(name) }
