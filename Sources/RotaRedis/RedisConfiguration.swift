@@ -130,7 +130,14 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
     /// User and password may be percent-encoded. A malformed URL throws an `.invalidArgument` error
     /// naming the bad part; the password never appears in the message.
     public init(url: String) throws(RedisError) {
-        self = try RedisURLParser(url).parse()
+        self = try RedisURLParser(url).parse(password: nil)
+    }
+
+    /// Parses `url` as ``init(url:)`` does, with the password given apart (read from a file, say,
+    /// so that it never shows in a process list): `url` may then name a user without a password,
+    /// and must not carry one itself.
+    public init(url: String, password: String) throws(RedisError) {
+        self = try RedisURLParser(url).parse(password: password)
     }
 
     public var description: String {
@@ -152,11 +159,12 @@ struct RedisURLParser {
         RedisError(.invalidArgument, "invalid Redis URL '\(redacted)': \(what)")
     }
 
-    /// The URL with any password replaced, for error messages.
+    /// The URL with any password replaced, for error messages. A user part without a colon is
+    /// replaced whole: `redis://secret@host` is how some clients write a password alone.
     var redacted: String {
         guard let schemeEnd = Self.schemeSeparator(in: url), let at = url[schemeEnd.upperBound...].lastIndex(of: "@") else { return url }
         let userinfo = url[schemeEnd.upperBound..<at]
-        guard let colon = userinfo.firstIndex(of: ":") else { return url }
+        guard let colon = userinfo.firstIndex(of: ":") else { return String(url[..<schemeEnd.upperBound]) + "***" + String(url[at...]) }
         return String(url[..<url.index(after: colon)]) + "***" + String(url[at...])
     }
 
@@ -170,7 +178,7 @@ struct RedisURLParser {
         return nil
     }
 
-    func parse() throws(RedisError) -> RedisConfiguration {
+    func parse(password given: String?) throws(RedisError) -> RedisConfiguration {
         guard let schemeEnd = Self.schemeSeparator(in: url) else {
             throw fail("missing scheme; expected redis://host[:port][/db] or unix:///path/to/socket")
         }
@@ -197,8 +205,12 @@ struct RedisURLParser {
                 let user = try decode(userinfo, part: "user name")
                 username = user.isEmpty ? nil : user
             }
-            if username != nil && password == nil { throw fail("user '\(username ?? "")' is given without a password") }
+            if given != nil && password != nil { throw fail("a password is given in the URL and apart (a password file): give one") }
+            if username != nil && password == nil && given == nil {
+                throw fail("a user is given without a password (redis://USER:PASSWORD@HOST, or the password in a file)")
+            }
         }
+        if let given { password = given }
 
         var database = 0
         let endpoint: RedisConfiguration.Endpoint

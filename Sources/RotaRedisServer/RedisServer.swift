@@ -50,6 +50,12 @@ public final class RedisServer: Sendable {
         /// whole foreground group) reaches only the owner, which stops the server after its graceful
         /// shutdown has used it. Off for test servers: there the group signal is what cleans them up.
         public var ownProcessGroup = false
+        /// Listen on TCP (127.0.0.1) too. Off: the Unix socket only (which must then be on), so no
+        /// other local user can reach the server through a port.
+        public var tcp = true
+        /// The server is SIGKILLed when its owner process dies, however it dies (SIGKILL too): a
+        /// watchdog child waits on a pipe only the owner holds open.
+        public var diesWithOwner = false
 
         public init() {}
     }
@@ -61,6 +67,7 @@ public final class RedisServer: Sendable {
     public var port: Int { chosenPort.withLock { $0 } }
     private let chosenPort = Mutex(0)
     private let process = LockedProcess()
+    private let watchdog = Watchdog()
 
     /// The Unix socket path, when ``Options/unixSocket`` is on.
     public var socketPath: String? { options.unixSocket ? directory + "/redis.sock" : nil }
@@ -105,7 +112,7 @@ public final class RedisServer: Sendable {
     /// Starts the server and returns when it accepts connections. Restarting after ``kill()`` or
     /// ``stop(removeDirectory:)`` reuses the same port and directory (and data, with AOF on).
     public func start(timeout: Duration = .seconds(30)) async throws {
-        if port != 0 { return try await launch(timeout: timeout) }
+        if port != 0 || !options.tcp { return try await launch(timeout: timeout) }
         // First start: another process may grab the probed port before redis binds it; try a few.
         var lastError: (any Error)?
         for _ in 0..<5 {
@@ -123,9 +130,10 @@ public final class RedisServer: Sendable {
 
     private func launch(timeout: Duration) async throws {
         let executable = try options.executable ?? Self.findExecutable()
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // Its owner's alone: the config holds the password, the directory the socket.
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var config = [
-            options.tls == nil ? "port \(port)" : "port 0",
+            options.tls == nil && options.tcp ? "port \(port)" : "port 0",
             "bind 127.0.0.1",
             "dir \(directory)",
             "logfile \(directory)/redis.log",
@@ -147,11 +155,15 @@ public final class RedisServer: Sendable {
         }
         config += options.extraConfig
         let configPath = directory + "/redis.conf"
-        try (config.joined(separator: "\n") + "\n").write(toFile: configPath, atomically: true, encoding: .utf8)
+        guard FileManager.default.createFile(atPath: configPath, contents: Data((config.joined(separator: "\n") + "\n").utf8),
+                                             attributes: [.posixPermissions: 0o600]) else {
+            throw RedisServerError("cannot write \(configPath)")
+        }
         let logPath = directory + "/redis.log"
         let logSizeBefore = (try? FileManager.default.attributesOfItem(atPath: logPath)[.size] as? Int) ?? 0
 
         try process.launch(executable: executable, arguments: [configPath], ownProcessGroup: options.ownProcessGroup)
+        if options.diesWithOwner, let pid = process.pid { try watchdog.start(killing: pid) }
 
         // The server writes this line once it listens; reading the log avoids racing its startup.
         let deadline = ContinuousClock.now + timeout
@@ -160,7 +172,8 @@ public final class RedisServer: Sendable {
                 throw RedisServerError("redis-server exited at startup (status \(status)): \(lastLogLines(logPath))")
             }
             if let log = FileManager.default.contents(atPath: logPath), log.count > logSizeBefore,
-                String(decoding: log.dropFirst(logSizeBefore), as: UTF8.self).contains("Ready to accept connections")
+                // "Ready to accept connections tcp", or "…now ready to accept connections at <socket>" without TCP.
+                String(decoding: log.dropFirst(logSizeBefore), as: UTF8.self).lowercased().contains("ready to accept connections")
             {
                 return
             }
@@ -172,12 +185,15 @@ public final class RedisServer: Sendable {
 
     /// Stops the server with SIGTERM (a clean shutdown, which rewrites nothing since saving is off).
     public func stop(removeDirectory: Bool = false) async {
+        // The watchdog goes first: it must never signal a pid the server no longer holds.
+        await watchdog.stop()
         await process.signal(SIGTERM)
         if removeDirectory { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     /// Kills the server with SIGKILL, as a crash would.
     public func kill() async {
+        await watchdog.stop()
         await process.signal(SIGKILL)
     }
 
@@ -254,11 +270,13 @@ public struct RedisServerError: Error, Sendable, CustomStringConvertible {
 /// The running process. The pid is behind a lock; exit is observed by polling `waitpid`, so no
 /// thread ever blocks on it.
 private final class LockedProcess: Sendable {
-    private let pid = Mutex<pid_t?>(nil)
+    private let current = Mutex<pid_t?>(nil)
+
+    var pid: pid_t? { current.withLock { $0 } }
 
     /// Spawns with an empty signal mask and default handlers: the caller's threads (NIO's among them)
     /// block signals, and a child inheriting that mask would ignore SIGTERM.
-    func launch(executable: String, arguments: [String], ownProcessGroup: Bool) throws {
+    func launch(executable: String, arguments: [String], ownProcessGroup: Bool, stdin: Int32? = nil) throws {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -278,7 +296,11 @@ private final class LockedProcess: Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let stdin {
+            posix_spawn_file_actions_adddup2(&actions, stdin, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
 
@@ -289,12 +311,12 @@ private final class LockedProcess: Sendable {
         guard result == 0 else {
             throw RedisServerError("cannot start \(executable): \(String(cString: strerror(result)))")
         }
-        pid.withLock { $0 = child }
+        current.withLock { $0 = child }
     }
 
     /// The exit status if the process has exited (reaping it), nil while it runs.
     func reap() -> Int32? {
-        pid.withLock { pid -> Int32? in
+        current.withLock { pid -> Int32? in
             guard let current = pid else { return 0 }
             var status: Int32 = 0
             let result = waitpid(current, &status, WNOHANG)
@@ -305,7 +327,7 @@ private final class LockedProcess: Sendable {
     }
 
     func send(_ signal: Int32) {
-        pid.withLock { pid in
+        current.withLock { pid in
             if let pid { _ = Glibc.kill(pid, signal) }
         }
     }
@@ -321,5 +343,37 @@ private final class LockedProcess: Sendable {
             }
             try? await Task.sleep(for: .milliseconds(5))
         }
+    }
+}
+
+/// Kills a server whose owner died: a `/bin/sh` child reads a pipe whose only write end the owner
+/// holds (close-on-exec, so no other child inherits it); when the owner exits, however it exits,
+/// the read returns and the shell SIGKILLs the server. Stopped before the server on a normal stop.
+private final class Watchdog: Sendable {
+    private let state = Mutex<(process: LockedProcess, writeEnd: Int32)?>(nil)
+
+    func start(killing server: pid_t) throws {
+        var ends: [Int32] = [0, 0]
+        // pipe2 is not in the Glibc module: close-on-exec is set right after (a child spawned in
+        // between elsewhere could inherit the write end and only delay the watchdog).
+        guard pipe(&ends) == 0 else { throw RedisServerError("cannot create the watchdog's pipe: \(String(cString: strerror(errno)))") }
+        _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
+        let process = LockedProcess()
+        do {
+            try process.launch(executable: "/bin/sh", arguments: ["-c", "read _; kill -KILL \(server)"], ownProcessGroup: true, stdin: ends[0])
+        } catch {
+            close(ends[0])
+            close(ends[1])
+            throw error
+        }
+        close(ends[0])
+        state.withLock { $0 = (process, ends[1]) }
+    }
+
+    func stop() async {
+        guard let (process, writeEnd) = state.withLock({ state in defer { state = nil }; return state }) else { return }
+        await process.signal(SIGKILL)
+        close(writeEnd)
     }
 }

@@ -104,6 +104,9 @@ public final class RunService: Service, Sendable {
     public func waitUntilReady() async throws { try await readyLatch.wait() }
 
     public func run() async throws {
+        // One rota run per database: a second one would close the first's rounds as interrupted.
+        let lock = try DatabaseLock.acquire(forDatabase: configuration.databasePath)
+        defer { withExtendedLifetime(lock) {} }
         let store = try PlanStore.open(path: configuration.databasePath)
         let history = try RoundLog(store: store, plan: plan, logger: logger)
         try await withThrowingDiscardingTaskGroup { group in

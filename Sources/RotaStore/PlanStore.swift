@@ -41,6 +41,8 @@ public final class PlanStore: Sendable {
             // inserts all over; bigger pages mean fewer page splits and writes per commit.
             try db.execute(sql: "PRAGMA page_size = 16384")
         }
+        // A new database is its owner's alone (SQLite gives its -wal and -shm files the same mode).
+        createIfMissing(path, mode: 0o600)
         let database: DatabasePool
         do {
             database = try DatabasePool(path: path, configuration: configuration)

@@ -72,7 +72,7 @@ struct Plan: ParsableCommand {
             } catch {
                 throw fail(error)
             }
-            guard poolOptions.redis != nil else {
+            guard poolOptions.redisURL != nil else {
                 guard let db else {
                     throw CommandFailure("rota plan apply writes to a pool: give --redis URL (or --db FILE to store the files in a local database)")
                 }

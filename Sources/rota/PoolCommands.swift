@@ -12,14 +12,10 @@ import ServiceLifecycle
 
 /// The Redis URL of a command that needs an existing pool (no private server: it would be empty).
 func requiredRedisConfiguration(_ options: PoolOptions, command: String) throws -> RedisConfiguration {
-    guard let url = options.redis else {
-        throw CommandFailure("rota \(command) works on an existing pool: give --redis URL")
+    guard let configuration = try options.redisConfiguration() else {
+        throw CommandFailure("rota \(command) works on an existing pool: give --redis URL (or set ROTA_REDIS_URL)")
     }
-    do {
-        return try RedisConfiguration(url: url)
-    } catch {
-        throw CommandFailure("--redis: \(error.message)")
-    }
+    return configuration
 }
 
 /// Runs `body` with a running client once Redis answered a PING (so an unreachable server fails
@@ -143,7 +139,7 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
-        guard poolOptions.redis != nil else {
+        guard poolOptions.redisURL != nil else {
             throw ValidationError("a worker joins an existing pool: give --redis URL (rota run starts a private Redis, rota worker does not)")
         }
     }

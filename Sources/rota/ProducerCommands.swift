@@ -329,7 +329,8 @@ struct ProducerInfo {
             producers.append(ProducerInfo(
                 name: name, revision: producer.revision, mode: definition?.mode.rawValue,
                 interval: ticker?.interval ?? definition.map { formatPlanDuration($0.interval) },
-                pause: snapshot.paused[name], last: lastRounds[name], nextTick: ticker?.next, jobs: PoolReader.keys(bookkeeping[index]).count))
+                // A pause whose `until` passed no longer holds (its producer's next round ends it).
+                pause: snapshot.paused[name].flatMap { $0.holds(at: Date()) ? $0 : nil }, last: lastRounds[name], nextTick: ticker?.next, jobs: PoolReader.keys(bookkeeping[index]).count))
         }
         return (producers, snapshot.revision)
     }

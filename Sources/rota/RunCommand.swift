@@ -13,11 +13,52 @@ enum LogFormat: String, ExpressibleByArgument, CaseIterable {
 
 /// Options shared by the commands that join a pool.
 struct PoolOptions: ParsableArguments {
-    @Option(help: "Redis URL (redis://[user[:password]@]host[:port][/db] or unix:///path?db=N).")
+    @Option(help: "Redis URL (redis://[user[:password]@]host[:port][/db] or unix:///path?db=N); default: $ROTA_REDIS_URL.")
     var redis: String?
+
+    @Option(help: "A file holding the Redis password (it then stays out of the process list and the URL names at most the user).")
+    var redisPasswordFile: String?
 
     @Option(help: "The pool.")
     var pool = "default"
+
+    /// `--redis`, or `ROTA_REDIS_URL` (an environment variable does not show in `ps`).
+    var redisURL: String? {
+        if let redis { return redis }
+        guard let url = ProcessInfo.processInfo.environment["ROTA_REDIS_URL"], !url.isEmpty else { return nil }
+        return url
+    }
+
+    /// The Redis to use, or nil when none is given. Errors name the option and never the password.
+    func redisConfiguration() throws -> RedisConfiguration? {
+        guard let url = redisURL else {
+            if redisPasswordFile != nil { throw CommandFailure("--redis-password-file needs --redis URL (or ROTA_REDIS_URL)") }
+            return nil
+        }
+        let option = redis != nil ? "--redis" : "ROTA_REDIS_URL"
+        do {
+            guard let file = redisPasswordFile else { return try RedisConfiguration(url: url) }
+            return try RedisConfiguration(url: url, password: try readPasswordFile(file))
+        } catch let error as RedisError {
+            throw CommandFailure("\(option): \(error.message)")
+        }
+    }
+}
+
+/// The password in `path`: its text without one trailing newline. Refuses an empty or oversized
+/// file; warns when other users may read it.
+func readPasswordFile(_ path: String) throws -> String {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw CommandFailure("--redis-password-file: cannot read '\(path)'")
+    }
+    guard data.count <= 4096 else { throw CommandFailure("--redis-password-file: '\(path)' is larger than 4 KiB: not a password") }
+    var text = String(decoding: data, as: UTF8.self)
+    if text.hasSuffix("\r\n") { text.removeLast(2) } else if text.hasSuffix("\n") { text.removeLast() }
+    guard !text.isEmpty else { throw CommandFailure("--redis-password-file: '\(path)' is empty") }
+    if let mode = (try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? Int, mode & 0o077 != 0 {
+        FileHandle.standardError.write(Data("warning: --redis-password-file: '\(path)' may be read by other users (mode \(String(mode, radix: 8))); chmod 600 it\n".utf8))
+    }
+    return text
 }
 
 struct Run: ParsableCommand, AsyncCommand {
@@ -60,7 +101,7 @@ struct Run: ParsableCommand, AsyncCommand {
 
     func execute() async throws {
         let logger = bootstrapLogging(format: logFormat, level: logLevel)
-        try await withRedis(poolOptions.redis, logger: logger) { redisConfiguration in
+        try await withRedis(try poolOptions.redisConfiguration(), logger: logger) { redisConfiguration in
             let client = RedisClient(configuration: redisConfiguration, logger: logger)
             let (registry, exec) = try builtInRegistry(allowExec: allowExec, logger: logger)
             var nodeOptions = Node.Options()
@@ -93,21 +134,20 @@ struct Run: ParsableCommand, AsyncCommand {
     }
 }
 
-/// Runs `body` against `url`, or against a private redis-server started for the run (on a Unix
-/// socket in a temporary directory, stopped afterwards) when no URL is given.
-func withRedis(_ url: String?, logger: Logger, _ body: (RedisConfiguration) async throws -> Void) async throws {
-    if let url {
-        let configuration: RedisConfiguration
-        do {
-            configuration = try RedisConfiguration(url: url)
-        } catch {
-            throw CommandFailure("--redis: \(error.message)")
-        }
-        try await body(configuration)
+/// Runs `body` against `given`, or against a private redis-server started for the run (on a Unix
+/// socket in a temporary directory, stopped afterwards) when none is given.
+func withRedis(_ given: RedisConfiguration?, logger: Logger, _ body: (RedisConfiguration) async throws -> Void) async throws {
+    if let given {
+        try await body(given)
         return
     }
     var options = RedisServer.Options()
     options.ownProcessGroup = true  // Ctrl-C stops rota, which hands its jobs over, then stops the server
+    // Nobody else's: no TCP port, a password only this process knows, a 0700 directory around the
+    // socket, and gone with this process however it ends.
+    options.tcp = false
+    options.password = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
+    options.diesWithOwner = true
     let server = RedisServer(options: options)
     do {
         try await server.start()
@@ -116,7 +156,7 @@ func withRedis(_ url: String?, logger: Logger, _ body: (RedisConfiguration) asyn
     }
     // The private server listens on a Unix socket in its temporary directory.
     var configuration = server.configuration
-    if let socket = server.socketPath { configuration = RedisConfiguration(endpoint: .unixSocket(path: socket)) }
+    if let socket = server.socketPath { configuration = RedisConfiguration(endpoint: .unixSocket(path: socket), password: options.password) }
     logger.info("started a private redis-server for this run", metadata: ["redis": "\(configuration.endpoint)"])
     do {
         try await body(configuration)

@@ -62,4 +62,53 @@ struct BadInputTests {
     }
 }
 
+@Suite("CLI: secrets stay out of process lists, messages and world-readable files", .serialized)
+struct SecretTests {
+    @Test("--redis-password-file, ROTA_REDIS_URL, redacted user-only URLs, a 0600 database")
+    func secrets() async throws {
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("rota-secrets-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        try await RedisServer.withServer(options: {
+            var options = RedisServer.Options()
+            options.password = "s3cret-pass"
+            return options
+        }()) { server in
+            let bare = "redis://127.0.0.1:\(server.port)"
+            let file = scratch.appendingPathComponent("password")
+            try "s3cret-pass\n".write(to: file, atomically: true, encoding: .utf8)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file.path)
+            let viaFile = try rota(["status", "--redis", bare, "--redis-password-file", file.path, "--pool", "demo"])
+            #expect(viaFile.status == 0, "\(viaFile.err)")
+            #expect(!viaFile.err.contains("warning"))
+            // Readable by others: it still works, with a warning.
+            try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: file.path)
+            let loose = try rota(["status", "--redis", bare, "--redis-password-file", file.path, "--pool", "demo"])
+            #expect(loose.status == 0 && loose.err.contains("may be read by other users"), "\(loose.err)")
+            // A password in the URL and in a file, an empty file, a missing file.
+            expectClearFailure(try rota(["status", "--redis", server.url, "--redis-password-file", file.path, "--pool", "demo"]),
+                mentioning: "give one")
+            let empty = scratch.appendingPathComponent("empty")
+            try "".write(to: empty, atomically: true, encoding: .utf8)
+            expectClearFailure(try rota(["status", "--redis", bare, "--redis-password-file", empty.path, "--pool", "demo"]), mentioning: "is empty")
+            expectClearFailure(try rota(["status", "--redis", bare, "--redis-password-file", scratch.appendingPathComponent("none").path,
+                "--pool", "demo"]), mentioning: "cannot read")
+            // The URL from the environment.
+            let viaEnvironment = try rota(["status", "--pool", "demo"], environment: ["ROTA_REDIS_URL": server.url])
+            #expect(viaEnvironment.status == 0, "\(viaEnvironment.err)")
+            // A user part without a password is how some clients write a password: never echoed.
+            let userOnly = try rota(["status", "--redis", "redis://s3cret-pass@127.0.0.1:\(server.port)", "--pool", "demo"])
+            expectClearFailure(userOnly, mentioning: "without a password")
+            #expect(!userOnly.err.contains("s3cret-pass"), "\(userOnly.err)")
+        }
+        // A database is created readable by its owner only.
+        let db = scratch.appendingPathComponent("new.sqlite").path
+        let plan = scratch.appendingPathComponent("plan.yaml")
+        try "producers:\n  - name: p\n    every: 1s\n    jobs:\n      - {key: a, handler: log}\n".write(to: plan, atomically: true, encoding: .utf8)
+        #expect(try rota(["plan", "apply", plan.path, "--db", db]).status == 0)
+        let mode = try #require(try FileManager.default.attributesOfItem(atPath: db)[.posixPermissions] as? Int)
+        #expect(mode == 0o600, "mode \(String(mode, radix: 8))")
+    }
+}
+
 private let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path

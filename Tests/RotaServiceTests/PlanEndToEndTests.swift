@@ -255,6 +255,22 @@ extension RunNode {
             let betaPause = try #require(list.producers["beta"]?["paused"] as? [String: Any])
             #expect(betaPause["reason"] as? String == "incident 42")
 
+            // A pause with --until ends by itself: the first planner past it resumes the producer
+            // (recorded with that actor) and plans again.
+            let hourlyRounds = try nodes[0].rounds(producer: "hourly").count
+            _ = try await rotaPool(cluster, ["producer", "pause", "hourly", "--reason", "short", "--until", "2s"])
+            #expect(try await rotaPool(cluster, ["producer", "trigger", "hourly"], status: 8).err.contains("is paused"))
+            try await pollAsync("a trigger accepted once the pause's until passed", timeout: .seconds(15), every: .milliseconds(250),
+                diagnostics: cluster.diagnostics) {
+                try await rotaCommand(["producer", "trigger", "hourly", "--redis", cluster.redisURL, "--pool", cluster.pool]).status == 0
+            }
+            try await everyNode("a round of hourly after its pause ended") { try $0.rounds(producer: "hourly").count == hourlyRounds + 1 }
+            try await everyNode("the planner ended the pause") { node in
+                let events = try node.store().planEvents(pool: "e2e", producer: "hourly")
+                return events.contains { $0.kind == .resumed && $0.actor.hasPrefix("rota (pause until") }
+            }
+            #expect(try await producerList(cluster).producers["hourly"]?["paused"] is NSNull)
+
             // Resume: beta plans (and starts its job) again.
             _ = try await rotaPool(cluster, ["producer", "resume", "beta", "--reason", "fixed"])
             try await pollAsync("beta's job runs again", timeout: .seconds(10), diagnostics: cluster.diagnostics) {
@@ -331,6 +347,87 @@ extension RunNode {
             }
             #expect(follower.logs("plan drift: this node's plan files differ from the pool's plan and were not applied").isEmpty)
         }
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2))) struct DatabaseLockEndToEndTests {
+    @Test("a second rota run on the same database exits with a clear message; the lock dies with its holder, even on SIGKILL")
+    func oneRunPerDatabase() async throws {
+        try await withRunCluster(plans: plan([(name: "alpha", every: "1s")])) { cluster in
+            let first = try await cluster.launch(["n1"])[0]
+            let second = try cluster.start("n1")
+            try await poll("the second rota run exits", timeout: .seconds(20), diagnostics: cluster.diagnostics) { second.state.exit }
+            let exit = try #require(second.state.exit)
+            #expect(!exit.signaled && exit.status != 0)
+            let text = second.state.lines.joined(separator: "\n")
+            #expect(text.contains("is in use by another rota run (pid \(first.pid))"), "\(text)")
+            #expect(second.nodeID == nil)
+            #expect(!first.hasExited)
+            // The first keeps planning, and its rounds are not closed as interrupted.
+            let before = try first.rounds(producer: "alpha").count
+            try await poll("more rounds on the first", timeout: .seconds(10)) { try first.rounds(producer: "alpha").count > before ? true : nil }
+            #expect(try first.rounds().allSatisfy { $0.error == nil })
+
+            try await first.kill()
+            let third = try cluster.start("n1")
+            try await third.waitUntilReady()
+        }
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2))) struct PrivateServerTests {
+    @Test("rota run's private redis-server: Unix socket only, a password, a 0700 directory, and gone when rota run is SIGKILLed")
+    func privateServerIsPrivateAndDiesWithItsOwner() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rota-private-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("plans"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try plan([(name: "alpha", every: "1s")]).write(to: directory.appendingPathComponent("plans/plan.yaml"), atomically: true, encoding: .utf8)
+        let database = directory.appendingPathComponent("n1.sqlite").path
+        let node = try RunNode(label: "private", database: database, arguments: [
+            "run", "--plans", directory.appendingPathComponent("plans").path, "--db", database, "--pool", "e2e", "--workers", "1",
+            "--log-format", "json",
+        ])
+        defer { node.killForCleanup() }
+        try await node.waitUntilReady()
+        let endpoint = try #require(node.logs("started a private redis-server for this run").first?["redis"])
+        let socket = String(try #require(endpoint.split(separator: ":", maxSplits: 1).last))
+        let serverDirectory = (socket as NSString).deletingLastPathComponent
+        func mode(_ path: String) throws -> Int { try #require(try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int) }
+        #expect(try mode(serverDirectory) == 0o700)
+        #expect(try mode(serverDirectory + "/redis.conf") == 0o600)
+        let config = try String(contentsOfFile: serverDirectory + "/redis.conf", encoding: .utf8)
+        #expect(config.contains("port 0\n") && config.contains("requirepass "), "\(config)")
+        // Without the password the socket refuses every command.
+        let refused = try await RedisClient.withClient(RedisConfiguration(endpoint: .unixSocket(path: socket))) { client in
+            do {
+                _ = try await client.send("PING").throwingServerError()
+                return ""
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(refused.contains("NOAUTH"), "\(refused)")
+        // The server's process (redis-server runs in its directory), then rota run SIGKILLed: it goes too.
+        let servers = serverProcesses(in: serverDirectory)
+        try #require(servers.count == 1, "redis-server processes in \(serverDirectory): \(servers)")
+        try await node.kill()
+        try await poll("the private redis-server is gone", timeout: .seconds(10)) { serverProcesses(in: serverDirectory).isEmpty ? true : nil }
+        // Gone, or a zombie waiting for whoever inherited it to reap it (state Z).
+        let stat = FileManager.default.contents(atPath: "/proc/\(servers[0])/stat").map { String(decoding: $0, as: UTF8.self) }
+        #expect(stat == nil || stat?.contains(") Z ") == true, "\(stat ?? "")")
+    }
+}
+
+/// Live redis-server processes whose working directory is `directory` (from /proc; a zombie has
+/// no working directory left, and counts as gone).
+private func serverProcesses(in directory: String) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> Int32? in
+        guard let pid = Int32(entry),
+              let name = FileManager.default.contents(atPath: "/proc/\(entry)/comm").map({ String(decoding: $0, as: UTF8.self) }),
+              name.hasPrefix("redis-server"),
+              let cwd = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/cwd"), cwd == directory else { return nil }
+        return pid
     }
 }
 
