@@ -5,10 +5,17 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import Synchronization
 
-/// Serves the process's metrics in Prometheus text format on `GET /metrics` (`--metrics-port`).
+/// Serves the process's metrics in Prometheus text format on `GET /metrics` (`--metrics-port`),
+/// on `--metrics-address` (127.0.0.1 unless asked), with at most `maxConnections` connections
+/// (more are closed at once: idle sockets cannot exhaust the process's descriptors) and none
+/// idle for longer than `idleTimeout`.
 struct MetricsServer: Service {
+    let host: String
     let port: Int
+    let maxConnections: Int
+    let idleTimeout: Duration
     let registry: PrometheusCollectorRegistry
     let logger: Logger
 
@@ -20,15 +27,30 @@ struct MetricsServer: Service {
     }
 
     func run() async throws {
+        let open = Mutex(0)
+        let maxConnections = maxConnections
+        let idle = TimeAmount.nanoseconds(idleTimeout.components.seconds * 1_000_000_000 + idleTimeout.components.attoseconds / 1_000_000_000)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: "0.0.0.0", port: port) { channel in
+            .bind(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let admitted = open.withLock { count -> Bool in
+                        guard count < maxConnections else { return false }
+                        count += 1
+                        return true
+                    }
+                    guard admitted else {
+                        channel.close(promise: nil)
+                        throw ChannelError.ioOnClosedChannel
+                    }
+                    channel.closeFuture.whenComplete { _ in open.withLock { $0 -= 1 } }
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idle))
+                    try channel.pipeline.syncOperations.addHandler(CloseWhenIdle())
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
                 }
             }
-        logger.info("serving metrics", metadata: ["url": "http://0.0.0.0:\(port)/metrics"])
+        logger.info("serving metrics", metadata: ["url": "http://\(host.contains(":") ? "[\(host)]" : host):\(port)/metrics"])
         do {
             try await cancelWhenGracefulShutdown {
                 try await withThrowingDiscardingTaskGroup { group in
@@ -66,6 +88,19 @@ struct MetricsServer: Service {
             }
         } catch {
             logger.debug("metrics connection ended", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Closes a connection once `IdleStateHandler` reports it idle.
+private final class CloseWhenIdle: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
         }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Rota
+import RotaPlans
 import RotaRedis
 import RotaRedisServer
 import RotaService
@@ -93,6 +94,23 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "Serve metrics in Prometheus text format on this port (GET /metrics).")
     var metricsPort: Int?
 
+    @Option(help: "The address the metrics server binds (0.0.0.0: every interface).")
+    var metricsAddress = "127.0.0.1"
+
+    @Option(help: "Connections the metrics server keeps open at most (more are closed at once).")
+    var metricsMaxConnections = 64
+
+    @Option(help: "Metrics connections idle this long are closed (e.g. 10s).")
+    var metricsIdleTimeout = "10s"
+
+    func validate() throws {
+        if let metricsPort, !(1...65535).contains(metricsPort) { throw ValidationError("--metrics-port must be 1-65535") }
+        guard (1...10_000).contains(metricsMaxConnections) else { throw ValidationError("--metrics-max-connections must be 1-10000") }
+        guard let idle = parseDuration(metricsIdleTimeout), idle >= .milliseconds(100), idle <= .seconds(3600) else {
+            throw ValidationError("--metrics-idle-timeout must be a duration from 100ms to 1h")
+        }
+    }
+
     @Option(help: "Log format: text or json.")
     var logFormat: LogFormat = .text
 
@@ -115,7 +133,9 @@ struct Run: ParsableCommand, AsyncCommand {
             )
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: client), .init(service: service)]
             if let metricsPort {
-                services.append(.init(service: MetricsServer(port: metricsPort, registry: MetricsServer.bootstrap(), logger: logger)))
+                services.append(.init(service: MetricsServer(
+                    host: metricsAddress, port: metricsPort, maxConnections: metricsMaxConnections,
+                    idleTimeout: parseDuration(metricsIdleTimeout) ?? .seconds(10), registry: MetricsServer.bootstrap(), logger: logger)))
             }
             let group = ServiceGroup(configuration: .init(
                 services: services,
