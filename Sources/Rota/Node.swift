@@ -393,7 +393,7 @@ public final class Node: Service, Sendable {
                 let keepAlives = try await hashContent(maps.workerKeepAlive.contentKey)
                 let now = nowNanos()
                 let live = registry.keys.filter { worker in
-                    guard let seen = keepAlives[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }) else { return false }
+                    guard let seen = keepAlives[worker].flatMap(timestampNanos) else { return false }
                     return now - seen <= options.workerTTL.nanoseconds
                 }
                 if live.isEmpty { return }
@@ -518,7 +518,7 @@ public final class Node: Service, Sendable {
     public func poolWorkers() async throws -> [WorkerInfo] {
         let registry = options.clientOnly ? try await hashContent(maps.workers.contentKey) : maps.workers.snapshot
         return registry.compactMap { id, value -> WorkerInfo? in
-            guard let nanos = Int64(String(decoding: value, as: UTF8.self)) else { return nil }
+            guard let nanos = timestampNanos(value) else { return nil }
             return WorkerInfo(id: id, createdAt: dateFromNanos(nanos))
         }.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
@@ -609,6 +609,17 @@ func nowNanos() -> Int64 {
     clock_gettime(CLOCK_REALTIME, &spec)
     return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
 }
+
+/// A Unix-nanosecond timestamp read from Redis, if it is one a pool could have written (2000 to
+/// 2200): anything else is garbage, never arithmetic (`now - Int64.min` traps).
+func timestampNanos(_ text: some StringProtocol) -> Int64? {
+    guard text.utf8.count <= 20, let value = Int64(text), value >= 946_684_800_000_000_000, value <= 7_258_118_400_000_000_000 else {
+        return nil
+    }
+    return value
+}
+
+func timestampNanos(_ bytes: [UInt8]) -> Int64? { timestampNanos(String(decoding: bytes, as: UTF8.self)) }
 
 func dateFromNanos(_ nanos: Int64) -> Date {
     Date(timeIntervalSince1970: Double(nanos / 1_000_000_000) + Double(nanos % 1_000_000_000) / 1e9)

@@ -85,7 +85,7 @@ extension Node {
     /// then waits a round: evicting live workers right after an outage would run their jobs twice.
     func ownKeepAliveLapsed() async -> Bool {
         if let outage = state.withLock({ $0.lastOutage }), ContinuousClock.now - outage < options.workerTTL { return true }
-        guard let value = try? await client.send("HGET", maps.nodeKeepAlive.contentKey, id).string, let seen = Int64(value) else {
+        guard let value = try? await client.send("HGET", maps.nodeKeepAlive.contentKey, id).string, let seen = timestampNanos(value) else {
             return true
         }
         return nowNanos() - seen > (options.workerTTL / 2 + options.workerTTL / 4).nanoseconds
@@ -100,7 +100,7 @@ extension Node {
         let now = nowNanos()
         let ttl = options.workerTTL.nanoseconds
         for (node, value) in maps.nodeKeepAlive.snapshot where node != id {
-            if let seen = Int64(String(decoding: value, as: UTF8.self)), now - seen <= ttl { continue }
+            if let seen = timestampNanos(value), now - seen <= ttl { continue }
             do {
                 // Compare-and-delete first: it succeeds only if the node has not written a
                 // keep-alive since the one judged here, whatever this replica has not applied yet.
@@ -358,7 +358,7 @@ extension Node {
             if let local = localWorker(worker), !local.isStopped { continue }
             // Retiring workers with a live keep-alive are being handed over by their own node.
             if registry[worker] == Array("-".utf8),
-               let seen = keepAlives[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }), now - seen <= ttl {
+               let seen = keepAlives[worker].flatMap(timestampNanos), now - seen <= ttl {
                 continue
             }
             await cleanUp(worker: worker, keys: owned[worker] ?? [])
@@ -372,14 +372,14 @@ extension Node {
         let now = nowNanos()
         do {
             if let lock = maps.cleanup.get(worker) {
-                if let since = Int64(String(decoding: lock, as: UTF8.self)), now - since < options.workerTTL.nanoseconds { return }
+                if let since = timestampNanos(lock), now - since < options.workerTTL.nanoseconds { return }
                 // A stale lock: its holder died mid-cleanup.
                 guard try await maps.cleanup.testAndDelete(worker, test: lock).deleted else { return }
             }
             guard try await maps.cleanup.setIfAbsent(worker, String(now)) else { return }
             // The verdict came from this node's replica, which may lag (a node resumed after a
             // pause acts before it applied the keep-alives written meanwhile). Redis decides.
-            let stored = try await client.send("HGET", maps.workerKeepAlive.contentKey, worker).string.flatMap { Int64($0) }
+            let stored = try await client.send("HGET", maps.workerKeepAlive.contentKey, worker).string.flatMap { timestampNanos($0) }
             if let stored, nowNanos() - stored <= options.workerTTL.nanoseconds {
                 logger.notice("worker looked inactive in this node's lagging view but is alive: left alone", metadata: ["worker": "\(worker)"])
                 _ = try await maps.cleanup.testAndDelete(worker, test: String(now))
@@ -441,7 +441,7 @@ extension Node {
     func removeStalePendingGuards() async {
         let now = nowNanos()
         for (key, value) in maps.pending.snapshot {
-            guard let until = Int64(String(decoding: value, as: UTF8.self)) else {
+            guard let until = timestampNanos(value) else {
                 logger.error("malformed pending guard left alone", metadata: ["job": "\(key)", "value": "\(String(decoding: value, as: UTF8.self))"])
                 continue
             }

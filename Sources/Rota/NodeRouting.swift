@@ -326,9 +326,9 @@ extension Node {
         let ttl = options.workerTTL.nanoseconds
         var active: [(created: Int64, id: String)] = []
         for (worker, value) in registry {
-            guard let created = Int64(String(decoding: value, as: UTF8.self)) else { continue }
-            if let lock = locks[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }), now - lock < ttl { continue }
-            guard let seen = keepAlives[worker].flatMap({ Int64(String(decoding: $0, as: UTF8.self)) }), now - seen <= ttl else { continue }
+            guard let created = timestampNanos(value) else { continue }
+            if let lock = locks[worker].flatMap(timestampNanos), now - lock < ttl { continue }
+            guard let seen = keepAlives[worker].flatMap(timestampNanos), now - seen <= ttl else { continue }
             active.append((created, worker))
         }
         return active.sorted { ($0.created, $0.id) < ($1.created, $1.id) }.map(\.id)

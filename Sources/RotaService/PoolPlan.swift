@@ -326,7 +326,8 @@ public struct PoolPlan: Sendable {
         return try await event("resumed", name, body: body, expected: expecting?.raw ?? "")
     }
 
-    /// Records that `actor` triggered a round of producer `name` (refused for a paused one).
+    /// Records that `actor` triggered a round of producer `name` (check first that no pause holds:
+    /// a paused producer plans nothing, triggered or not).
     public func noteTrigger(_ name: String, actor: String, now: Date = Date()) async throws -> Result<Bool, Refusal> {
         try await event("triggered", name, body: try Self.fragment(Note(reason: nil, by: actor, at: Self.ms(now))))
     }
@@ -340,7 +341,6 @@ public struct PoolPlan: Sendable {
         case 2: return .failure(.retired)
         case 3: return .failure(.unknownProducer)
         case 4: return .failure(.notPaused)
-        case 6: return .failure(.paused)
         case 7: return .failure(.pauseChanged)
         default: throw ServiceError(.invalidArgument, "\(kind): producer \(name): the plan's revision is unreadable")
         }
@@ -639,8 +639,8 @@ public struct PoolPlan: Sendable {
 
     /// KEYS: plan, plan-log. ARGV: name, kind (paused, resumed, triggered), its JSON members, log
     /// length, the name as JSON, the pause a resume must find ('' any).
-    /// → {1, was paused} · {2} retired · {3} unknown · {4} not paused · {5} bad revision · {6}
-    /// paused (a trigger) · {7} another pause.
+    /// → {1, was paused} · {2} retired · {3} unknown · {4} not paused · {5} bad revision · {7}
+    /// another pause.
     static let eventScript = RedisScript(revisionHelper + """
         local name, kind = ARGV[1], ARGV[2]
         if redis.call('HEXISTS', KEYS[1], 'd:' .. name) == 0 then
@@ -657,7 +657,8 @@ public struct PoolPlan: Sendable {
           if ARGV[6] ~= '' and pause ~= ARGV[6] then return {7} end
           redis.call('HDEL', KEYS[1], 'p:' .. name)
         elseif kind == 'triggered' then
-          if pause then return {6} end
+          -- A note of a trigger made: whether a pause holds (its `until` is in the caller's time)
+          -- was the caller's to check before triggering.
         else
           return {5}
         end

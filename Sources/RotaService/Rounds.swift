@@ -369,15 +369,26 @@ public enum HistoryWire {
     /// is not a round (not JSON, a field missing, an unknown action or outcome).
     public static func decode(_ bytes: [UInt8]) throws -> (RoundRecord, [ActionRecord]) {
         let wire = try JSONDecoder().decode(Round.self, from: Data(bytes))
+        // Nothing read from the stream is trusted: times 2000-2200 (a tick of 1e300 would trap
+        // where the store turns it into milliseconds), revisions 0...2^53, counts 0...10^9.
+        func time(_ value: Double, _ field: String) throws -> Date {
+            guard value.isFinite, value >= 946_684_800, value <= 7_258_118_400 else {
+                throw ServiceError(.invalidArgument, "round \(wire.id.prefix(200)): \(field) \(value) is out of range")
+            }
+            return Date(timeIntervalSince1970: value)
+        }
+        guard wire.revision >= 0, wire.revision <= 9_007_199_254_740_991, wire.counts.allSatisfy({ (0...1_000_000_000).contains($0) }) else {
+            throw ServiceError(.invalidArgument, "round \(wire.id.prefix(200)): revision or counts out of range")
+        }
         var round = RoundRecord(
             roundID: wire.id, pool: wire.pool, producer: wire.producer, revision: wire.revision, node: wire.node,
-            tick: Date(timeIntervalSince1970: wire.tick), startedAt: Date(timeIntervalSince1970: wire.started),
+            tick: try time(wire.tick, "tick"), startedAt: try time(wire.started, "started"),
             planned: try wire.planned.map { planned in
                 guard let action = ActionKind(rawValue: planned.action) else { throw ServiceError(.invalidArgument, "unknown action '\(planned.action)'") }
                 return PlannedAction(job: planned.job, action: action, payloadHash: planned.hash)
             }
         )
-        round.finishedAt = wire.finished.map { Date(timeIntervalSince1970: $0) }
+        round.finishedAt = try wire.finished.map { try time($0, "finished") }
         if wire.counts.count == 3 {
             round.started = wire.counts[0]
             round.stopped = wire.counts[1]
@@ -389,7 +400,7 @@ public enum HistoryWire {
                 throw ServiceError(.invalidArgument, "unknown action or outcome in round \(wire.id)")
             }
             return ActionRecord(job: action.job, action: kind, outcome: outcome, error: action.error, payloadHash: action.hash,
-                                at: Date(timeIntervalSince1970: action.at), reason: action.reason)
+                                at: try time(action.at, "action time"), reason: action.reason)
         }
         return (round, actions)
     }

@@ -20,6 +20,40 @@ struct MalformedDataTests {
         }
     }
 
+    @Test("out-of-range numbers in Redis never trap or spin: Int64.min keep-alives, a ticker of 1ns, a ticker entry from the year 2000")
+    func outOfRangeNumbers() async throws {
+        try await withPool { pool in
+            let node = try await pool.start().node
+            let handler = RecordingHandler()
+            _ = try await node.addWorker(handler)
+            let now = String(nowNanos())
+            // A registered worker and a node whose keep-alives are Int64.min (now - seen traps).
+            try await node.maps.workers.set("ghost", now)
+            try await node.maps.workerKeepAlive.set("ghost", String(Int64.min))
+            try await node.maps.nodeKeepAlive.set("ghost-node", String(Int64.min))
+            try await node.maps.cleanup.set("ghost", String(Int64.max))
+            // Tickers: 1 ns (a zero step: every node would loop forever), and one due in 2000 at
+            // 10 ms (80 billion ticks behind, counted one by one before).
+            try await node.maps.tickers.set("tiny", "\(nowNanos() / 1000)|1ns")
+            try await node.maps.tickers.set("ancient", "946684800000001|10ms")
+            let ancient = try await node.ticker(named: "ancient", interval: .milliseconds(10))
+            var ticks = ancient.ticks.makeAsyncIterator()
+            let first = try #require(await ticks.next())
+            #expect(first.missed > 10_000_000_000, "missed \(first.missed)")
+            await ancient.close()
+            let tiny = try await node.ticker(named: "tiny", interval: .milliseconds(10))
+            var tinyTicks = tiny.ticks.makeAsyncIterator()
+            _ = try #require(await tinyTicks.next())
+            #expect(tiny.interval == .milliseconds(10))
+            await tiny.close()
+            // The sweeps ran over the poisoned entries: the ghost worker is gone, the pool serves.
+            try await eventually("the ghost worker is cleaned up", timeout: .seconds(10)) { node.maps.workers.get("ghost") == nil }
+            try await node.dispatch(key: "after-poison", payload: bytes("ok"))
+            #expect(handler.runningKeys.contains("after-poison"))
+            try await node.shutdown()
+        }
+    }
+
     @Test("garbage written into the pool's maps and streams is skipped; the pool keeps serving")
     func foreignGarbage() async throws {
         try await withPool { pool in

@@ -74,14 +74,23 @@ struct TriggerTests {
         }
     }
 
-    @Test("ticker entries: two and three fields parse; a trigger's regular tick must come after it")
+    @Test("ticker entries: two and three fields parse; a trigger's regular tick must come after it; out-of-range values are refused")
     func entryFormat() {
-        #expect(TickerEntry("100|1s") == TickerEntry(next: 100, interval: .seconds(1)))
-        #expect(TickerEntry("100|1s|200") == TickerEntry(next: 100, interval: .seconds(1), after: 200))
-        #expect(TickerEntry("100|1s|200")?.raw == "100|1s|200")
-        #expect(TickerEntry("100|1s|50") == nil)
-        #expect(TickerEntry("100|1s|") == nil)
-        #expect(TickerEntry("100|1s|x") == nil)
-        #expect(TickerEntry("100|1s|200|300") == nil)
+        let t = Int64(1_800_000_000_000_000)
+        #expect(TickerEntry("\(t)|1s") == TickerEntry(next: t, interval: .seconds(1)))
+        #expect(TickerEntry("\(t)|1s|\(t + 200)") == TickerEntry(next: t, interval: .seconds(1), after: t + 200))
+        #expect(TickerEntry("\(t)|1s|\(t + 200)")?.raw == "\(t)|1s|\(t + 200)")
+        #expect(TickerEntry("\(t)|1s|\(t - 50)") == nil)
+        #expect(TickerEntry("\(t)|1s|") == nil)
+        #expect(TickerEntry("\(t)|1s|x") == nil)
+        #expect(TickerEntry("\(t)|1s|\(t + 200)|300") == nil)
+        // Out of range: times outside 2000-2200, intervals under 1 ms or over a year, durations
+        // whose nanoseconds overflow.
+        #expect(TickerEntry("100|1s") == nil)
+        #expect(TickerEntry("\(Int64.min)|1s") == nil)
+        #expect(TickerEntry("\(t)|1ns") == nil)
+        #expect(TickerEntry("\(t)|999us") == nil)
+        #expect(TickerEntry("\(t)|9999999999h") == nil)
+        #expect(parseGoDuration("9999999999h") == nil)
     }
 }

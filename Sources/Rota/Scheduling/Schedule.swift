@@ -315,7 +315,9 @@ extension Node {
         guard !options.clientOnly else { throw PoolError(.clientOnly, "node \(id) is client-only: it cannot run tickers or schedules") }
         try checkOpen()
         try Self.validate(scheduleName: name)
-        guard interval >= .microseconds(1) else { throw PoolError(.invalidArgument, "ticker \(name): the interval must be at least 1µs") }
+        guard interval >= .milliseconds(1), interval <= .seconds(366 * 86_400) else {
+            throw PoolError(.invalidArgument, "ticker \(name): the interval must be from 1ms to 366 days")
+        }
         let entry: TickerEntry
         do {
             // Redis, not the replica: joining must see the entry as it is now.

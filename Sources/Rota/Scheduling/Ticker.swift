@@ -171,11 +171,12 @@ public final class Ticker: Sendable {
         if let after = known.after {
             // A triggered tick: delivered alone, then the regular tick it preempted is due.
             candidate = after
-        } else {
-            while candidate < now {
-                candidate += step
-                missed += 1
-            }
+        } else if candidate < now {
+            // The ticks the ticker fell behind on, counted rather than stepped through: an entry
+            // years old must not make the node loop billions of times.
+            let behind = (now - known.next + step - 1) / step
+            candidate = known.next + behind * step
+            missed = Int(behind - 1)
         }
         let next = TickerEntry(next: candidate, interval: known.interval)
         do {
@@ -378,10 +379,12 @@ struct TickerEntry: Sendable, Hashable {
 
     init?(_ raw: String) {
         let parts = raw.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 2 || parts.count == 3, let next = Int64(parts[0]), let interval = parseGoDuration(String(parts[1])),
-              interval > .zero else { return nil }
+        // Times 2000-2200 (µs) and intervals of at least 1 ms: a `1|1ns` entry would make every
+        // node spin, a far-away time overflow the arithmetic.
+        guard parts.count == 2 || parts.count == 3, let next = Int64(parts[0]), Self.saneTime(next),
+              let interval = parseGoDuration(String(parts[1])), interval >= .milliseconds(1), interval <= .seconds(366 * 86_400) else { return nil }
         if parts.count == 3 {
-            guard let after = Int64(parts[2]), after > next else { return nil }
+            guard let after = Int64(parts[2]), Self.saneTime(after), after > next else { return nil }
             self.after = after
         } else {
             self.after = nil
@@ -389,6 +392,8 @@ struct TickerEntry: Sendable, Hashable {
         self.next = next
         self.interval = interval
     }
+
+    static func saneTime(_ micros: Int64) -> Bool { micros >= 946_684_800_000_000 && micros <= 7_258_118_400_000_000 }
 
     var raw: String {
         let base = "\(next)|\(formatGoDuration(interval))"
@@ -453,6 +458,8 @@ func parseGoDuration(_ text: String) -> Duration? {
         rest = rest.dropFirst(unit.0.count)
         total += value * unit.1
     }
+    // Beyond ±292 years the nanoseconds do not fit: not a duration anyone wrote.
+    guard total.isFinite, abs(total) < 9.2e18 else { return nil }
     let nanos = Int64(total.rounded())
     return .nanoseconds(negative ? -nanos : nanos)
 }
