@@ -251,7 +251,7 @@ swiftSettings: strict
         // Runs the built `rota` binary (it must be built first: `swift build --build-tests` builds it).
         .testTarget(
             name: "RotaCLITests",
-            dependencies: ["RotaTestSupport", "rota", "RotaRedisServer"],
+            dependencies: ["RotaTestSupport", "rota", "RotaRedisServer", "RotaRedis"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -78,12 +78,42 @@ func rfc3339(_ date: Date) -> String {
     return formatter.string(from: date)
 }
 
-/// Renders rows for people (aligned columns), or as CSV.
+/// `text` with its control characters (ESC among them: a job key or an error read from Redis could
+/// otherwise move the cursor, recolour or rewrite a terminal) written as `\u{1B}`-style escapes.
+func terminalSafe(_ text: String) -> String {
+    guard text.unicodeScalars.contains(where: isControl) else { return text }
+    var out = ""
+    for scalar in text.unicodeScalars {
+        if isControl(scalar) {
+            out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return out
+}
+
+private func isControl(_ scalar: Unicode.Scalar) -> Bool {
+    scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+}
+
+/// A CSV field a spreadsheet will not run as a formula: one starting with `=`, `+`, `@` or `-`
+/// (other than a number or a lone `-`) gets a leading `'` (OWASP's advice for CSV injection).
+func spreadsheetSafe(_ value: String) -> String {
+    guard let first = value.first else { return value }
+    let formula = "=+@".contains(first) || (first == "-" && value.count > 1 && Double(value) == nil)
+    return formula ? "'" + value : value
+}
+
+/// Renders rows for people (aligned columns), or as CSV; both safe to print (see
+/// ``terminalSafe(_:)`` and ``spreadsheetSafe(_:)``).
 func render(_ header: [String], _ rows: [[String]], format: OutputFormat) -> String {
+    let rows = rows.map { $0.map(terminalSafe) }
     switch format {
     case .csv:
         func field(_ value: String) -> String {
-            value.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : value
+            let value = spreadsheetSafe(value)
+            return value.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : value
         }
         return ([header] + rows).map { $0.map(field).joined(separator: ",") }.joined(separator: "\n") + "\n"
     case .table, .json:

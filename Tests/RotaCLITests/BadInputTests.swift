@@ -1,4 +1,5 @@
 import Foundation
+import RotaRedis
 import RotaRedisServer
 import RotaTestSupport
 import Testing
@@ -108,6 +109,39 @@ struct SecretTests {
         #expect(try rota(["plan", "apply", plan.path, "--db", db]).status == 0)
         let mode = try #require(try FileManager.default.attributesOfItem(atPath: db)[.posixPermissions] as? Int)
         #expect(mode == 0o600, "mode \(String(mode, radix: 8))")
+    }
+}
+
+@Suite("CLI: what it prints is safe for terminals and spreadsheets", .serialized)
+struct OutputEscapingTests {
+    @Test("control characters from Redis are escaped in tables; CSV cells that look like formulas are quoted")
+    func escaping() async throws {
+        try await RedisServer.withServer { server in
+            // A job key with an escape sequence that would clear the screen, written by whoever
+            // can write the pool's keys.
+            _ = try await RedisClient.withClient(server.configuration) { client in
+                try await client.send("HSET", "rota:{esc}:map:job-payloads", "evil\u{1B}[2Jkey", "x")
+            }
+            let status = try rota(["status", "--redis", server.url, "--pool", "esc"])
+            #expect(status.status == 0, "\(status.err)")
+            #expect(!status.out.contains("\u{1B}"), "a raw ESC reached the terminal")
+            #expect(status.out.contains("evil\\u{1B}[2Jkey"), "\(status.out)")
+        }
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("rota-escape-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let plan = scratch.appendingPathComponent("plan.yaml")
+        try "producers:\n  - name: p\n    every: 1s\n    jobs:\n      - {key: \"@SUM(1)\", handler: log}\n      - {key: \"-1\", handler: log}\n"
+            .write(to: plan, atomically: true, encoding: .utf8)
+        let db = scratch.appendingPathComponent("x.sqlite").path
+        let applied = try rota(["plan", "apply", plan.path, "--db", db, "--pool", "esc"])
+        #expect(applied.status == 0, "\(applied.err)")
+        let csv = try rota(["plan", "windows", "p", "--db", db, "--pool", "esc", "--from", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z",
+            "--format", "csv"])
+        #expect(csv.out.contains("\n'@SUM(1),"), "\(csv.out)")
+        #expect(!csv.out.contains("\n@SUM"))
+        // A number stays a number.
+        #expect(csv.out.contains("\n-1,"), "\(csv.out)")
     }
 }
 
