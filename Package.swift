@@ -185,6 +185,7 @@ swiftSettings: strict
             name: "rota-chaos",
             dependencies: [
                 "Rota",
+                "RotaMap",
                 "RotaService",
                 "RotaRedis",
                 "RotaRedisServer",

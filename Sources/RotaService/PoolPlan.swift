@@ -192,20 +192,37 @@ public struct PoolPlan: Sendable {
 
     /// What a planner reads at each tick: `h:`, `p:` and `r:` (short fields, one round trip), and
     /// the definition only when its hash is not `knownHash` (a second round trip, once per change).
-    public func planning(_ name: String, knownHash: String?) async throws -> (current: Current, pause: PlanPause?, retired: PlanRetirement?) {
+    /// An unreadable pause or retirement is left out and named in `unreadable` (the producer plans
+    /// as if it were not there: someone with write access cannot stop its planning with garbage).
+    public func planning(_ name: String, knownHash: String?) async throws
+        -> (current: Current, pause: PlanPause?, retired: PlanRetirement?, unreadable: [String])
+    {
         let reply = try await send(RedisCommand("HMGET", planKey, "h:" + name, "p:" + name, "r:" + name), doing: "reading producer \(name)")
         let values = reply.array ?? []
         guard values.count == 3 else { throw ServiceError(.invalidArgument, "reading producer \(name): unexpected reply") }
-        let pause = try values[1].string.map { try Self.decodePause($0) }
-        let retired = try values[2].string.map { try Self.decodeRetirement($0) }
+        var unreadable: [String] = []
+        let pause = values[1].string.flatMap { text -> PlanPause? in
+            guard let pause = try? Self.decodePause(text) else {
+                unreadable.append("p:" + name)
+                return nil
+            }
+            return pause
+        }
+        let retired = values[2].string.flatMap { text -> PlanRetirement? in
+            guard let retired = try? Self.decodeRetirement(text) else {
+                unreadable.append("r:" + name)
+                return nil
+            }
+            return retired
+        }
         if let field = values[0].string, let knownHash, let space = field.firstIndex(of: " "),
            field[field.index(after: space)...] == knownHash, let revision = Self.revision(String(field[..<space])), revision > 0 {
-            return (.same(revision: revision), pause, retired)
+            return (.same(revision: revision), pause, retired, unreadable)
         }
         guard let text = try await send(RedisCommand("HGET", planKey, "d:" + name), doing: "reading producer \(name)").string else {
-            return (.absent, pause, retired)
+            return (.absent, pause, retired, unreadable)
         }
-        return (.fetched(try Self.decodeProducer(text, name: name)), pause, retired)
+        return (.fetched(try Self.decodeProducer(text, name: name)), pause, retired, unreadable)
     }
 
     // MARK: Changing

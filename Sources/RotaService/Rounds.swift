@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import Rota
 import RotaPlans
 import RotaRedis
@@ -32,6 +33,8 @@ final class ProducerPlanner: JobProducer {
         var open: [Int64: OpenRound] = [:]
         /// What was logged about the plan last (logged once per change, not per tick).
         var lastNotice = ""
+        /// Unreadable plan fields already logged.
+        var loggedUnreadable: Set<String> = []
     }
 
     struct OpenRound {
@@ -54,7 +57,12 @@ final class ProducerPlanner: JobProducer {
     }
 
     func plan(for tick: Tick) async throws -> JobPlan {
-        let (current, pause, retired) = try await plan.planning(name, knownHash: state.withLock { $0.cached?.hash })
+        let (current, pause, retired, unreadable) = try await plan.planning(name, knownHash: state.withLock { $0.cached?.hash })
+        if !unreadable.isEmpty {
+            Counter(label: "rota_plan_entries_skipped", dimensions: [("pool", pool)]).increment(by: unreadable.count)
+            let new = state.withLock { state in unreadable.filter { state.loggedUnreadable.insert($0).inserted } }
+            if !new.isEmpty { logger.error("ignoring unreadable entries of the pool's plan", metadata: ["fields": "\(new.joined(separator: ","))"]) }
+        }
         let producer: (revision: Int, definition: ProducerDefinition)?
         switch current {
         case .same(let revision):

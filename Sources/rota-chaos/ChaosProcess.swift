@@ -32,6 +32,8 @@ final class ChaosProcess: Sendable {
         var endedAt: Date?
         var exitStatus: Int32?
         var lastLines: [String] = []
+        /// Set when the suite itself killed it: any other exit is a crash.
+        var killedBySuite = false
     }
 
     let role: Role
@@ -138,6 +140,9 @@ final class ChaosProcess: Sendable {
     var hasEnded: Bool { guarded.withLock { $0.endedAt != nil } }
     var endedAt: Date? { guarded.withLock { $0.endedAt } }
 
+    /// It exited without the suite killing it (a crash, a trap, an exit on its own).
+    var crashed: Bool { guarded.withLock { $0.exitStatus != nil && !$0.killedBySuite } }
+
     func signal(_ signal: Int32) {
         guard !hasEnded else { return }
         _ = kill(pid, signal)
@@ -148,6 +153,7 @@ final class ChaosProcess: Sendable {
         let alreadyEnded = guarded.withLock { state -> Bool in
             if state.endedAt != nil { return true }
             state.endedAt = Date()
+            state.killedBySuite = true
             return false
         }
         guard !alreadyEnded else { return }

@@ -1,5 +1,6 @@
 import Foundation
 import Rota
+import RotaMap
 import RotaRedis
 import RotaService
 
@@ -33,6 +34,7 @@ enum Scenario: String, CaseIterable, Sendable {
     case redisRestart = "redis-restart"
     case clientKill = "client-kill"
     case flood
+    case poison
 
     /// What the fault phase did, for the report.
     struct Injected {
@@ -124,6 +126,12 @@ enum Scenario: String, CaseIterable, Sendable {
                 if round + 1 < profile.clientKills { try await Task.sleep(for: .seconds(2)) }
             }
             injected.details.append(("connections_killed", killed))
+        case .poison:
+            let written = try await poison(client: checker.client)
+            injected.faults = written
+            injected.details.append(("poisoned_entries", written))
+            // Long enough for every node to meet them: sweeps, ticks, replication, status.
+            try await Task.sleep(for: .seconds(5))
         case .flood:
             let result = try await flood(jobs: profile.floodJobs, client: checker.client)
             checker.desired.formUnion(result.started)
@@ -137,6 +145,60 @@ enum Scenario: String, CaseIterable, Sendable {
             if let example = result.failed.first { injected.details.append(("flood_error", "\(example.key): \(example.value)")) }
         }
         return injected
+    }
+
+    /// Writes out-of-range and malformed values into the pool's maps (raw and as forged change
+    /// messages), streams and hashes, as anyone with write access to the pool's keys could.
+    /// Real workers' and jobs' records are left alone (overwriting them is a different attack: it
+    /// evicts or moves live work); a real producer's ticker and pause field are poisoned, and must
+    /// heal. Returns how many entries were written.
+    private func poison(client: RedisClient) async throws -> Int {
+        let space = try RedisKeySpace(ChaosCluster.pool)
+        let map = { (name: String) in space.key("map", name) }
+        let huge = "99999999999999999999999", min = String(Int64.min), max = String(Int64.max)
+        // Through the maps' own write protocol (every replica applies them at once), as a writer
+        // using Rota's scripts would.
+        let entries: [(map: String, key: String, value: String)] = [
+            ("node-keepalive", "poison-node-a", min), ("node-keepalive", "poison-node-b", "1e300"), ("node-keepalive", "poison-node-c", "abc"),
+            ("workers", "poison-worker", min), ("workers", "poison-worker-2", "-"),
+            ("worker-keepalive", "poison-worker", max), ("worker-keepalive", "poison-worker-2", huge),
+            ("cleanup", "poison-worker", huge),
+            ("pending-jobs", "poison/pending", "-1"), ("pending-jobs", "poison/pending-2", "abc"),
+            ("tickers", "poison-ticker", "1|1ns"), ("tickers", "schedule-p0", "1|1ns"),
+            ("tickers", "poison-ancient", "946684800000001|1ms"), ("tickers", "poison-far", "\(max)|1s"),
+            ("schedule-p1", "poison/ghost", "not-a-time"),
+        ]
+        for entry in entries {
+            try await ReplicatedMap(entry.map, keySpace: space, client: client).set(entry.key, entry.value)
+        }
+        var commands: [RedisCommand] = [
+            RedisCommand("HSET", space.key("node-names"), "poison-node-a", "\u{1B}[2J"),
+            RedisCommand("HSET", space.key("plan"), "p:p2", "{not json", "r:p3", #"{"revision":-5,"by":"x","at":1e300}"#,
+                "d:poison-producer", "[]", "h:poison-producer", "1 zz"),
+            RedisCommand("HSET", space.key("producer-rounds"), "p4", "garbage", "p5", "1|{}"),
+            RedisCommand("HSET", space.key("plan-drift"), "poison-node-a", "{]"),
+            RedisCommand("XADD", space.key("stream", "history"), "*", "n", "round", "p",
+                #"{"id":"chaos/p0/1","pool":"chaos","producer":"p0","revision":1,"node":"x","tick":1e300,"started":-1e300,"planned":[],"counts":[-1,1e300,0],"actions":[]}"#),
+            RedisCommand("XADD", space.key("stream", "history"), "*", "n", "round", "p", Array<UInt8>([0xFF, 0x00, 0xFE])),
+            RedisCommand("XADD", space.key("stream", "plan-log"), "*", "n", "created", "p",
+                #"{"kind":"created","producer":"p0","revision":1e300,"by":"x","at":-9223372036854775808}"#),
+            RedisCommand("XADD", space.key("stream", "plan-log"), "*", "n", "exploded", "p", "{}"),
+            RedisCommand("XADD", space.key("stream", "pool"), "*", "n", "j", "p", Array<UInt8>([255, 255, 255, 255, 1])),
+            RedisCommand("XADD", space.key("stream", "pool"), "*", "n", "zz", "p", "garbage"),
+        ]
+        // Forged change messages on the maps' channels: malformed, and with absurd revisions.
+        for name in ["tickers", "workers", "node-keepalive", "owners", "job-payloads"] {
+            commands.append(RedisCommand("PUBLISH", map(name) + ":updates", "set:garbage"))
+            commands.append(RedisCommand("PUBLISH", map(name) + ":updates", "reset:" + huge))
+            commands.append(RedisCommand("PUBLISH", map(name) + ":updates", Array<UInt8>([0xFF, 0x00])))
+        }
+        let replies = try await client.pipeline(commands)
+        for (command, reply) in zip(commands, replies) {
+            if case .failure = Result(catching: { try reply.throwingServerError() }) {
+                throw ChaosFailure(.redis, "poisoning failed at \(command)")
+            }
+        }
+        return entries.count + commands.count
     }
 
     struct FloodResult {

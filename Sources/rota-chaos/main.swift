@@ -140,6 +140,8 @@ struct Chaos: ParsableCommand {
         if overlap > 0 { failures.append("overlap after settling \(rounded(overlap)) s") }
         if history.duplicateRounds > 0 || history.missingRounds > 0 { failures += history.examples }
         if let settle, settle > budget { failures.append("settled in \(rounded(settle)) s (budget \(budget) s)") }
+        let crashed = cluster.all.filter(\.crashed)
+        if !crashed.isEmpty { failures.append("crashed: \(crashed.map { "\($0.slot)#\($0.incarnation)" }.joined(separator: ","))") }
         if settle == nil { failures.append("never settled: \(settling.lastDivergence.joined(separator: "; "))") }
         var fields: [(String, any Sendable)] = [
             ("pass", failures.isEmpty),
@@ -149,6 +151,7 @@ struct Chaos: ParsableCommand {
             ("desired", checker.desired.count), ("running", view.copies.count), ("faults", injected.faults),
             ("fault_overlap_s", rounded(faultOverlap)), ("rounds", history.rounds), ("unfinished_rounds", history.unfinishedRounds),
             ("skipped_ticks", history.skippedTicks), ("rounds_after_fault", roundsAfter), ("probe_s", rounded(probe)),
+            ("crashes", crashed.count),
         ]
         fields += injected.details
         if !worstFaultOverlap.isEmpty { fields.append(("fault_overlap_worst", worstFaultOverlap.joined(separator: "; "))) }

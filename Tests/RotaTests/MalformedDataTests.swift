@@ -46,6 +46,17 @@ struct MalformedDataTests {
             _ = try #require(await tinyTicks.next())
             #expect(tiny.interval == .milliseconds(10))
             await tiny.close()
+            // A running ticker whose entry is overwritten with garbage repairs it and ticks on.
+            let healing = try await node.ticker(named: "healing", interval: .milliseconds(10))
+            var healingTicks = healing.ticks.makeAsyncIterator()
+            _ = try #require(await healingTicks.next())
+            try await node.maps.tickers.set("healing", "1|1ns")
+            try await eventually("the entry repaired") { node.maps.tickers.string("healing").flatMap(TickerEntry.init) != nil }
+            let afterRepair = Date()
+            var healed = try #require(await healingTicks.next())
+            while healed.delivered < afterRepair { healed = try #require(await healingTicks.next()) }
+            #expect(healing.interval == .milliseconds(10))
+            await healing.close()
             // The sweeps ran over the poisoned entries: the ghost worker is gone, the pool serves.
             try await eventually("the ghost worker is cleaned up", timeout: .seconds(10)) { node.maps.workers.get("ghost") == nil }
             try await node.dispatch(key: "after-poison", payload: bytes("ok"))

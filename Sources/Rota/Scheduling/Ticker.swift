@@ -127,8 +127,14 @@ public final class Ticker: Sendable {
             state.withLock { $0.seen = true }
             if raw != known.raw {
                 guard let entry = TickerEntry(raw) else {
-                    logger.error("ignoring a malformed ticker entry", metadata: ["value": "\(raw)"])
-                    await wake.wait(timeout: .seconds(1))
+                    // Written by someone else (nothing of ours writes it): replaced by the next
+                    // tick this node knows, by compare-and-set, so the ticker goes on for everyone.
+                    Counter(label: "rota_malformed_entries", dimensions: [("kind", "ticker")]).increment()
+                    logger.error("replacing a malformed ticker entry", metadata: ["value": "\(raw.prefix(200))"])
+                    let repaired = TickerEntry(next: max(known.next, nowMicros()), interval: known.interval)
+                    if (try? await node.maps.tickers.testAndSet(name, test: raw, repaired.raw))?.updated != true {
+                        await wake.wait(timeout: .seconds(1))
+                    }
                     continue
                 }
                 // The replica trails this node's own compare-and-set (it arrives on another
