@@ -53,6 +53,8 @@ public final class RedisServer: Sendable {
         /// Listen on TCP (127.0.0.1) too. Off: the Unix socket only (which must then be on), so no
         /// other local user can reach the server through a port.
         public var tcp = true
+        /// The TCP port to listen on; nil: a free one is picked.
+        public var tcpPort: Int?
         /// The server is SIGKILLed when its owner process dies, however it dies (SIGKILL too): a
         /// watchdog child waits on a pipe only the owner holds open.
         public var diesWithOwner = false
@@ -113,6 +115,10 @@ public final class RedisServer: Sendable {
     /// ``stop(removeDirectory:)`` reuses the same port and directory (and data, with AOF on).
     public func start(timeout: Duration = .seconds(30)) async throws {
         if port != 0 || !options.tcp { return try await launch(timeout: timeout) }
+        if let fixed = options.tcpPort {
+            chosenPort.withLock { $0 = fixed }
+            return try await launch(timeout: timeout)
+        }
         // First start: another process may grab the probed port before redis binds it; try a few.
         var lastError: (any Error)?
         for _ in 0..<5 {

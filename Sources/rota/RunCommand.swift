@@ -91,6 +91,9 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
     var allowExec: [String] = []
 
+    @Option(help: "Without --redis: let the private redis-server listen on 127.0.0.1:PORT too (it listens on a Unix socket only otherwise; the password is in its 0700 directory).")
+    var privateRedisPort: Int?
+
     @Option(help: "Serve metrics in Prometheus text format on this port (GET /metrics).")
     var metricsPort: Int?
 
@@ -105,6 +108,10 @@ struct Run: ParsableCommand, AsyncCommand {
 
     func validate() throws {
         if let metricsPort, !(1...65535).contains(metricsPort) { throw ValidationError("--metrics-port must be 1-65535") }
+        if let privateRedisPort {
+            guard (1...65535).contains(privateRedisPort) else { throw ValidationError("--private-redis-port must be 1-65535") }
+            guard poolOptions.redisURL == nil else { throw ValidationError("--private-redis-port is for the private redis-server: not with --redis") }
+        }
         guard (1...10_000).contains(metricsMaxConnections) else { throw ValidationError("--metrics-max-connections must be 1-10000") }
         guard let idle = parseDuration(metricsIdleTimeout), idle >= .milliseconds(100), idle <= .seconds(3600) else {
             throw ValidationError("--metrics-idle-timeout must be a duration from 100ms to 1h")
@@ -119,7 +126,7 @@ struct Run: ParsableCommand, AsyncCommand {
 
     func execute() async throws {
         let logger = bootstrapLogging(format: logFormat, level: logLevel)
-        try await withRedis(try poolOptions.redisConfiguration(), logger: logger) { redisConfiguration in
+        try await withRedis(try poolOptions.redisConfiguration(), tcpPort: privateRedisPort, logger: logger) { redisConfiguration in
             let client = RedisClient(configuration: redisConfiguration, logger: logger)
             let (registry, exec) = try builtInRegistry(allowExec: allowExec, logger: logger)
             var nodeOptions = Node.Options()
@@ -156,7 +163,7 @@ struct Run: ParsableCommand, AsyncCommand {
 
 /// Runs `body` against `given`, or against a private redis-server started for the run (on a Unix
 /// socket in a temporary directory, stopped afterwards) when none is given.
-func withRedis(_ given: RedisConfiguration?, logger: Logger, _ body: (RedisConfiguration) async throws -> Void) async throws {
+func withRedis(_ given: RedisConfiguration?, tcpPort: Int? = nil, logger: Logger, _ body: (RedisConfiguration) async throws -> Void) async throws {
     if let given {
         try await body(given)
         return
@@ -165,7 +172,8 @@ func withRedis(_ given: RedisConfiguration?, logger: Logger, _ body: (RedisConfi
     options.ownProcessGroup = true  // Ctrl-C stops rota, which hands its jobs over, then stops the server
     // Nobody else's: no TCP port, a password only this process knows, a 0700 directory around the
     // socket, and gone with this process however it ends.
-    options.tcp = false
+    options.tcp = tcpPort != nil
+    options.tcpPort = tcpPort
     options.password = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
     options.diesWithOwner = true
     let server = RedisServer(options: options)
@@ -178,6 +186,9 @@ func withRedis(_ given: RedisConfiguration?, logger: Logger, _ body: (RedisConfi
     var configuration = server.configuration
     if let socket = server.socketPath { configuration = RedisConfiguration(endpoint: .unixSocket(path: socket), password: options.password) }
     logger.info("started a private redis-server for this run", metadata: ["redis": "\(configuration.endpoint)"])
+    if let tcpPort {
+        logger.notice("the private redis-server also listens on 127.0.0.1:\(tcpPort); its password is in \(server.directory)/redis.conf (readable by this user only)")
+    }
     do {
         try await body(configuration)
     } catch {

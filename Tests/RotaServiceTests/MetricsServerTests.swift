@@ -7,7 +7,7 @@ import Glibc
 #endif
 
 /// A free TCP port on 127.0.0.1 (bound, read, released: the server binds it moments later).
-private func freePort() throws -> Int {
+func freePort() throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var address = sockaddr_in()

@@ -418,6 +418,39 @@ extension RunNode {
     }
 }
 
+extension PrivateServerTests {
+    @Test("--private-redis-port: TCP only when asked, behind the password")
+    func tcpWhenAsked() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rota-private-tcp-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("plans"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try plan([(name: "alpha", every: "1s")]).write(to: directory.appendingPathComponent("plans/plan.yaml"), atomically: true, encoding: .utf8)
+        let database = directory.appendingPathComponent("n1.sqlite").path
+        let port = try freePort()
+        let node = try RunNode(label: "private-tcp", database: database, arguments: [
+            "run", "--plans", directory.appendingPathComponent("plans").path, "--db", database, "--pool", "e2e", "--workers", "1",
+            "--log-format", "json", "--private-redis-port", String(port),
+        ])
+        defer { node.killForCleanup() }
+        try await node.waitUntilReady()
+        let endpoint = try #require(node.logs("started a private redis-server for this run").first?["redis"])
+        let serverDirectory = (String(try #require(endpoint.split(separator: ":", maxSplits: 1).last)) as NSString).deletingLastPathComponent
+        let config = try String(contentsOfFile: serverDirectory + "/redis.conf", encoding: .utf8)
+        let password = try #require(config.split(separator: "\n").first { $0.hasPrefix("requirepass ") }?.dropFirst("requirepass ".count))
+        func ping(_ configuration: RedisConfiguration) async throws -> String {
+            try await RedisClient.withClient(configuration) { client in
+                do {
+                    return try await client.send("PING").throwingServerError().string ?? ""
+                } catch {
+                    return "\(error)"
+                }
+            }
+        }
+        #expect(try await ping(RedisConfiguration(endpoint: .tcp(host: "127.0.0.1", port: port))).contains("NOAUTH"))
+        #expect(try await ping(RedisConfiguration(endpoint: .tcp(host: "127.0.0.1", port: port), password: String(password))) == "PONG")
+    }
+}
+
 /// Live redis-server processes whose working directory is `directory` (from /proc; a zombie has
 /// no working directory left, and counts as gone).
 private func serverProcesses(in directory: String) -> [Int32] {
