@@ -213,8 +213,11 @@ public final class RunService: Service, Sendable {
             try await agree(store: store, digest: digest, revision: snapshot.revision)
             return
         }
-        let record = try store.nodePlan(pool: configuration.pool)
-        let base = state.withLock { $0.lastSeenRevision } ?? record?.poolRevision
+        // A pool that has no plan at all (a new or emptied Redis, a private server started anew)
+        // is seeded whatever this node applied before: there is nothing newer to protect.
+        let empty = snapshot.revision == 0 && snapshot.producers.isEmpty && snapshot.retired.isEmpty && snapshot.skipped.isEmpty
+        let record = empty ? nil : try store.nodePlan(pool: configuration.pool)
+        let base = empty ? 0 : state.withLock { $0.lastSeenRevision } ?? record?.poolRevision
         if record?.filesDigest == digest || (base == nil && snapshot.revision != 0) {
             let why = record == nil
                 ? "this node never applied its plan files and the pool has a plan (revision \(snapshot.revision))"

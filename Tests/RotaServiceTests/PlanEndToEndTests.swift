@@ -317,6 +317,21 @@ extension RunNode {
         }
     }
 
+    @Test("a node whose Redis lost the plan (emptied, or a new private server) seeds it again from its unchanged files")
+    func emptiedRedisIsSeededAgain() async throws {
+        try await withRunCluster(plans: plan([(name: "alpha", every: "1s")])) { cluster in
+            let first = try await cluster.launch(["n1"])[0]
+            #expect(try await producerList(cluster).revision == 1)
+            try await first.kill()
+            _ = try await RedisClient.withClient(try RedisConfiguration(url: cluster.redisURL)) { client in try await client.send("FLUSHALL") }
+            let again = try cluster.start("n1")
+            try await again.waitUntilReady()
+            #expect(again.logs("rota run ready").first?["producers"] == "alpha")
+            #expect(try await producerList(cluster).revision == 1)
+            #expect(again.logs("plan drift: this node's plan files differ from the pool's plan and were not applied").isEmpty)
+        }
+    }
+
     @Test("rota status shows a slow producer's last round however many rounds other producers published since")
     func statusReadsLastRoundsPerProducer() async throws {
         try await withRunCluster(plans: plan([(name: "slow", every: "1h"), (name: "fast", every: "1s")])) { cluster in
