@@ -35,12 +35,19 @@ final class ProducerPlanner: JobProducer {
         var lastNotice = ""
         /// Unreadable plan fields already logged.
         var loggedUnreadable: Set<String> = []
+        /// The job keys of the definition this planner planned from last, and its revision: a start
+        /// of a key it did not list is `added-to-plan`.
+        var previousKeys: (revision: Int, keys: Set<String>)?
     }
 
     struct OpenRound {
         var record: RoundRecord
         var starts: Set<String>
         var payloadHashes: [String: String]
+        /// Why each planned action is taken, by job key (see ``Reason``).
+        var reasons: [String: String]
+        /// The reason of stops the planner did not list (stop-all stops of jobs it no longer plans).
+        var defaultStopReason: String
         var special: Special?
         var missed: Int
     }
@@ -93,9 +100,11 @@ final class ProducerPlanner: JobProducer {
         notice("")
         let revision = producer.revision
         let zone = TimeZone(identifier: definition.timeZone) ?? TimeZone(secondsFromGMT: 0) ?? .current
+        let previous = previousKeys(revision: revision)
         var start: [PlannedJob] = []
         var idle: [String] = []
         var hashes: [String: String] = [:]
+        var startReasons: [String: String] = [:]
         for job in definition.jobs {
             guard job.isDesired(at: tick.scheduled, in: zone) else {
                 idle.append(job.key)
@@ -104,44 +113,86 @@ final class ProducerPlanner: JobProducer {
             let envelope = try JobEnvelope(handler: job.handler, payload: job.payload).encoded()
             start.append(PlannedJob(key: job.key, payload: envelope))
             hashes[job.key] = fingerprint(String(decoding: envelope, as: UTF8.self))
+            startReasons[job.key] = Reason.start(of: job, previousKeys: previous)
         }
-        let jobPlan = definition.mode == .exact
-            ? JobPlan(start: start, stopAll: true)
-            : JobPlan(start: start, stop: definition.stop + idle)
+        state.withLock { $0.previousKeys = (revision, Set(definition.jobs.map(\.key))) }
         // The intent: what this round means to change, judged against the pool as this node sees it.
         var planned: [PlannedAction] = []
-        for job in start {
+        var reasons: [String: String] = [:]
+        for index in start.indices {
+            let job = start[index]
             switch try? await node.jobPayload(job.key) {
-            case nil: planned.append(PlannedAction(job: job.key, action: .start, payloadHash: hashes[job.key]))
-            case job.payload?: break
-            case _?: planned.append(PlannedAction(job: job.key, action: .restart, payloadHash: hashes[job.key]))
+            case nil:
+                reasons[job.key] = startReasons[job.key]
+                planned.append(PlannedAction(job: job.key, action: .start, payloadHash: hashes[job.key]))
+            case job.payload?:
+                break
+            case _?:
+                reasons[job.key] = Reason.payloadChanged
+                planned.append(PlannedAction(job: job.key, action: .restart, payloadHash: hashes[job.key]))
             }
+            start[index].reason = reasons[job.key]
         }
-        for key in jobPlan.stop where (try? await node.jobPayload(key)) != nil {
+        let startKeys = Set(start.map(\.key))
+        let listed = Set(definition.jobs.map(\.key))
+        var stopReasons: [String: String] = [:]
+        let jobPlan: JobPlan
+        if definition.mode == .exact {
+            // Stop-all stops every job the schedule started and this round does not start: the
+            // intent lists them too, each with its reason (the window closed, or the plan dropped it).
+            for key in try await node.scheduledJobs(producer: name) where !startKeys.contains(key) {
+                stopReasons[key] = listed.contains(key) ? Reason.windowClosed : Reason.removedFromPlan
+            }
+            jobPlan = JobPlan(start: start, stopAll: true, stopReasons: stopReasons, stopAllReason: Reason.removedFromPlan,
+                round: roundID(tick))
+        } else {
+            for key in idle { stopReasons[key] = Reason.windowClosed }
+            for key in definition.stop { stopReasons[key] = Reason.stopList }
+            jobPlan = JobPlan(start: start, stop: definition.stop + idle, stopReasons: stopReasons, round: roundID(tick))
+        }
+        for key in stopReasons.keys.sorted() where (try? await node.jobPayload(key)) != nil {
+            reasons[key] = stopReasons[key]
             planned.append(PlannedAction(job: key, action: .stop))
         }
-        try open(tick: tick, revision: revision, planned: planned, starts: Set(start.map(\.key)), hashes: hashes, special: nil)
+        try open(tick: tick, revision: revision, planned: planned, starts: startKeys, hashes: hashes, reasons: reasons,
+            defaultStopReason: Reason.removedFromPlan, special: nil)
         return jobPlan
     }
+
+    /// The keys of the definition before `revision`: this planner's last one, or, after a restart or
+    /// on a node that has not planned this producer yet, the previous revision in the history.
+    private func previousKeys(revision: Int) -> Set<String>? {
+        if let previous = state.withLock({ $0.previousKeys }) {
+            return previous.revision <= revision ? previous.keys : nil
+        }
+        guard let older = try? history.store.revisions(pool: pool, name: name).filter({ $0.revision < revision }).max(by: { $0.revision < $1.revision }),
+              let definition = try? ProducerDefinition(canonicalJSON: Array(older.definition.utf8))
+        else { return [] }
+        return Set(definition.jobs.map(\.key))
+    }
+
+    private func roundID(_ tick: Tick) -> String { "\(pool)/\(name)/\(tick.token)" }
 
     /// A round that stops every job the schedule started (none: no round at all).
     private func stopAll(tick: Tick, revision: Int, special: Special) async throws -> JobPlan {
         let jobs = try await node.scheduledJobs(producer: name)
         guard !jobs.isEmpty || special == .retired else { return JobPlan() }
         try open(tick: tick, revision: revision, planned: jobs.map { PlannedAction(job: $0, action: .stop) }, starts: [], hashes: [:],
-            special: special)
-        return JobPlan(start: [], stopAll: true)
+            reasons: [:], defaultStopReason: special.rawValue, special: special)
+        return JobPlan(start: [], stopAll: true, stopAllReason: special.rawValue, round: roundID(tick))
     }
 
     private func open(tick: Tick, revision: Int, planned: [PlannedAction], starts: Set<String>, hashes: [String: String],
-                      special: Special?) throws {
+                      reasons: [String: String], defaultStopReason: String, special: Special?) throws {
+        // The planner is named by the node's stable name (the same across restarts), not its ID.
         let record = RoundRecord(
-            roundID: "\(pool)/\(name)/\(tick.token)", pool: pool, producer: name, revision: revision,
-            node: node.id, tick: tick.scheduled, startedAt: Date(), planned: planned
+            roundID: roundID(tick), pool: pool, producer: name, revision: revision,
+            node: node.options.name, tick: tick.scheduled, startedAt: Date(), planned: planned
         )
         try history.recordIntent(record)
         state.withLock {
-            $0.open[tick.token] = OpenRound(record: record, starts: starts, payloadHashes: hashes, special: special, missed: tick.missed)
+            $0.open[tick.token] = OpenRound(record: record, starts: starts, payloadHashes: hashes, reasons: reasons,
+                defaultStopReason: defaultStopReason, special: special, missed: tick.missed)
         }
     }
 
@@ -176,35 +227,72 @@ final class ProducerPlanner: JobProducer {
         let now = Date()
         var record = open.record
         var actions: [ActionRecord] = []
-        let reason = open.special?.rawValue
+        let actor = node.options.name
         for (key, outcome) in report.outcomes {
             let isStart = open.starts.contains(key)
             let hash = open.payloadHashes[key]
+            let reason = open.special?.rawValue ?? open.reasons[key] ?? (isStart ? Reason.notRunning : open.defaultStopReason)
+            func action(_ kind: ActionKind, _ outcome: ActionOutcome, error: String? = nil, hash: String? = nil) -> ActionRecord {
+                ActionRecord(job: key, action: kind, outcome: outcome, error: error, payloadHash: hash, at: now, reason: reason, actor: actor)
+            }
             switch outcome {
             case .started:
-                actions.append(ActionRecord(job: key, action: .start, outcome: .started, payloadHash: hash, at: now, reason: reason))
+                actions.append(action(.start, .started, hash: hash))
                 record.started += 1
             case .alreadyRunning:
                 // Nothing changed: a row per running job per round would bury the changes (100
                 // jobs at 1 s is 8.6 million rows a day) and say nothing the previous start did not.
                 break
             case .restarted:
-                actions.append(ActionRecord(job: key, action: .restart, outcome: .started, payloadHash: hash, at: now, reason: reason))
+                actions.append(action(.restart, .started, hash: hash))
                 record.started += 1
             case .stopped:
-                actions.append(ActionRecord(job: key, action: .stop, outcome: .stopped, at: now, reason: reason))
+                actions.append(action(.stop, .stopped))
                 record.stopped += 1
             case .notFound:
-                actions.append(ActionRecord(job: key, action: .stop, outcome: .notFound, at: now, reason: reason))
+                actions.append(action(.stop, .notFound))
+            case .stopFailed(let message):
+                // The worker could not stop it: it still runs, and the next round tries again.
+                actions.append(action(.stop, .stopFailed, error: message))
+                record.failed += 1
             case .failed(let message):
-                actions.append(ActionRecord(job: key, action: isStart ? .start : .stop, outcome: .failed, error: message, payloadHash: hash,
-                    at: now, reason: reason))
+                let kind: ActionKind = !isStart ? .stop : (open.reasons[key] == Reason.payloadChanged ? .restart : .start)
+                actions.append(action(kind, .failed, error: message, hash: hash))
                 record.failed += 1
             }
         }
         record.finishedAt = now
         await history.recordOutcome(record, actions: actions, missed: open.missed)
         return (record, open.special == .retired && record.failed == 0)
+    }
+}
+
+/// Why a round acts on a job: recorded with every action (`action.reason`) and carried into the
+/// pool's job log. The documented list (README "Audit history") is this one plus the pool's own
+/// reasons (`worker-lost`, `requeued`, `rebalance`, `worker-closing`, `shutdown`, `given-up`).
+public enum Reason {
+    /// The job has a window or bounds, and they are open at the tick.
+    public static let windowOpened = "window-opened"
+    /// The definition the planner saw before did not list the job.
+    public static let addedToPlan = "added-to-plan"
+    /// An always-wanted job that is not running (its first round on a new node, after a failure or
+    /// after the pool gave it up).
+    public static let notRunning = "not-running"
+    public static let payloadChanged = "payload-changed"
+    public static let windowClosed = "window-closed"
+    /// Exact mode: the schedule started it and the plan no longer lists it.
+    public static let removedFromPlan = "removed-from-plan"
+    /// Additive mode: listed under `stop:`.
+    public static let stopList = "stop-list"
+    public static let retired = "retired"
+    public static let paused = "paused"
+    /// A `rota dispatch`, `stop` or `notify` by hand.
+    public static let manual = "manual"
+
+    static func start(of job: JobDefinition, previousKeys: Set<String>?) -> String {
+        if job.active != nil || job.from != nil || job.until != nil { return windowOpened }
+        if let previousKeys, !previousKeys.contains(job.key) { return addedToPlan }
+        return notRunning
     }
 }
 
@@ -289,39 +377,38 @@ final class RoundLog: Sendable {
         if published > 0 { logger.info("published rounds that had not reached the history stream", metadata: ["rounds": "\(published)"]) }
     }
 
-    /// Records every round of the history stream, from its oldest entry (idempotent), then follows
-    /// it. Runs until cancelled.
+    /// Records every round of the history stream (from this node's cursor; idempotent), then
+    /// follows it. Runs until cancelled.
     func replicate(into store: PlanStore) async {
-        do {
-            let reader = try StreamReader(stream: stream, options: .init(blockDuration: .seconds(2), maxPolled: 1000, start: .oldest), logger: logger)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await reader.run() }
-                defer { group.cancelAll() }
-                while let batch = try await reader.events.nextBatch(max: 1000) {
-                    var rounds: [(RoundRecord, [ActionRecord])] = []
-                    for event in batch {
-                        do {
-                            rounds.append(try HistoryWire.decode(event.payload))
-                        } catch {
-                            logger.error("ignoring an unreadable history entry", metadata: ["event": "\(event.id)", "error": "\(error)"])
-                        }
-                    }
-                    do {
-                        try store.recordRounds(rounds)
-                    } catch {
-                        // One bad round must not block the others: record them one by one.
-                        for (round, actions) in rounds {
-                            do {
-                                try store.recordRound(round, actions: actions)
-                            } catch {
-                                logger.error("could not record a replicated round", metadata: ["round": "\(round.roundID)", "error": "\(error)"])
-                            }
-                        }
-                    }
+        let follower = StreamFollower(stream: stream, store: store, pool: plan.pool, logger: logger)
+        await follower.run { [logger] batch in
+            var rounds: [(RoundRecord, [ActionRecord])] = []
+            for event in batch {
+                do {
+                    rounds.append(try HistoryWire.decode(event.payload))
+                } catch {
+                    Counter(label: "rota_history_entries_skipped", dimensions: [("stream", "history")]).increment()
+                    logger.error("ignoring an unreadable history entry", metadata: ["event": "\(event.id)", "error": "\(error)"])
                 }
             }
-        } catch {
-            if !Task.isCancelled { logger.error("history replication stopped", metadata: ["error": "\(error)"]) }
+            do {
+                try store.recordRounds(rounds)
+                return true
+            } catch {
+                // One bad round must not block the others: record them one by one.
+                var stored = true
+                for (round, actions) in rounds {
+                    do {
+                        try store.recordRound(round, actions: actions)
+                    } catch let error as StoreError where error.code == .duplicateRound {
+                        logger.error("refusing a round that duplicates a recorded one", metadata: ["round": "\(round.roundID)", "error": "\(error)"])
+                    } catch {
+                        stored = false
+                        logger.error("could not record a replicated round", metadata: ["round": "\(round.roundID)", "error": "\(error)"])
+                    }
+                }
+                return stored
+            }
         }
     }
 }
@@ -358,6 +445,7 @@ public enum HistoryWire {
         var hash: String?
         var at: Double
         var reason: String?
+        var actor: String?
     }
 
     static func encode(_ round: RoundRecord, _ actions: [ActionRecord]) throws -> [UInt8] {
@@ -368,7 +456,7 @@ public enum HistoryWire {
             planned: round.planned.map { Planned(job: $0.job, action: $0.action.rawValue, hash: $0.payloadHash) },
             counts: [round.started, round.stopped, round.failed], error: round.error,
             actions: actions.map { Action(job: $0.job, action: $0.action.rawValue, outcome: $0.outcome.rawValue, error: $0.error, hash: $0.payloadHash,
-                at: $0.at.timeIntervalSince1970, reason: $0.reason) }
+                at: $0.at.timeIntervalSince1970, reason: $0.reason, actor: $0.actor) }
         )
         return Array(try JSONEncoder().encode(wire))
     }
@@ -408,7 +496,7 @@ public enum HistoryWire {
                 throw ServiceError(.invalidArgument, "unknown action or outcome in round \(wire.id)")
             }
             return ActionRecord(job: action.job, action: kind, outcome: outcome, error: action.error, payloadHash: action.hash,
-                                at: try time(action.at, "action time"), reason: action.reason)
+                                at: try time(action.at, "action time"), reason: action.reason, actor: action.actor)
         }
         return (round, actions)
     }

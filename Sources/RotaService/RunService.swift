@@ -158,6 +158,7 @@ public final class RunService: Service, Sendable {
             _ = try await node.addWorker(configuration.makeHandler())
         }
         spawner.continuation.yield { await history.replicate(into: store) }
+        spawner.continuation.yield { [node, logger] in await JobLogRecorder(node: node, store: store, logger: logger).run() }
         // Before planning: what an earlier run of this node left unpublished goes out first.
         await history.publishPending(pool: configuration.pool, closingInterrupted: true)
         spawner.continuation.yield { [configuration] in

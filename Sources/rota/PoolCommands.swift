@@ -3,12 +3,15 @@ import Foundation
 import Logging
 import Rota
 import RotaRedis
+import RotaPlans
 import RotaService
+import RotaStore
 import ServiceLifecycle
 
 // Commands that work on a running pool: a standalone worker node, and the client commands
 // (dispatch, stop, notify). Exit codes of the client commands: 0 success, 1 failure,
-// 3 the job already exists (dispatch), 4 the job does not exist (stop, notify).
+// 3 the job already exists (dispatch), 4 the job does not exist (stop, notify), 5 a worker failed
+// to stop its job (stop).
 
 /// The Redis URL of a command that needs an existing pool (no private server: it would be empty).
 func requiredRedisConfiguration(_ options: PoolOptions, command: String) throws -> RedisConfiguration {
@@ -128,7 +131,7 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
     @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
     var allowExec: [String] = []
 
-    @Option(help: "This node's name in `rota status` (default: host name and process ID).")
+    @Option(help: "This node's name in `rota status` and in the history (default: the host name; keep it the same across restarts).")
     var name: String?
 
     @Option(help: "Log format: text or json.")
@@ -252,14 +255,28 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
         } catch let error as EnvelopeError {
             throw CommandFailure("--handler: \(error.message)")
         }
-        let key = self.key
+        let key = self.key, actor = currentActor(), pool = poolOptions.pool
         let outcome: Result<Void, PoolError> = try await withClientNode(poolOptions, command: "dispatch") { node in
+            let asked = Date()
+            let result: Result<Void, PoolError>
             do {
-                try await node.dispatch(key: key, payload: envelope.encoded())
-                return .success(())
+                try await node.dispatch(key: key, payload: envelope.encoded(), origin: JobOrigin(actor: actor, reason: Reason.manual))
+                result = .success(())
             } catch let error as PoolError {
-                return .failure(error)
+                result = .failure(error)
             }
+            let hash = fingerprint(String(decoding: envelope.encoded(), as: UTF8.self))
+            switch result {
+            case .success:
+                await recordManual(pool: pool, node: node, job: key, action: .start, outcome: .started, payloadHash: hash, actor: actor, asked: asked)
+            case .failure(let error) where error.code == .jobExists:
+                await recordManual(pool: pool, node: node, job: key, action: .start, outcome: .alreadyRunning, payloadHash: hash, actor: actor,
+                    asked: asked)
+            case .failure(let error):
+                await recordManual(pool: pool, node: node, job: key, action: .start, outcome: .failed, error: error.message, payloadHash: hash,
+                    actor: actor, asked: asked)
+            }
+            return result
         }
         switch outcome {
         case .success:
@@ -279,14 +296,19 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
 struct StopCommand: ParsableCommand, AsyncCommand {
     static let configuration = CommandConfiguration(
         commandName: "stop",
-        abstract: "Stop jobs of the pool for good.",
-        discussion: "Exit status: 0 every job existed and was asked to stop, 4 some job was not found (the others are stopped), 1 any other failure."
+        abstract: "Stop jobs of the pool for good; returns once each job's worker confirmed the stop.",
+        discussion: """
+            A job that no worker runs right now (awaiting a worker, its worker lost) is ended by the pool itself. Every stop is \
+            recorded in the history with its outcome and who asked.
+            Exit status: 0 every job stopped, 4 some job was not found (the others are stopped), 5 some worker failed to stop \
+            its job (it still runs), 1 any other failure.
+            """
     )
 
     @Argument(help: "The job keys.")
     var keys: [String]
 
-    @Flag(help: "Wait until the jobs are gone from the pool.")
+    @Flag(help: .hidden)
     var wait = false
 
     @OptionGroup var poolOptions: PoolOptions
@@ -296,43 +318,50 @@ struct StopCommand: ParsableCommand, AsyncCommand {
     }
 
     func execute() async throws {
-        let keys = self.keys, wait = self.wait
-        let missing: [String] = try await withClientNode(poolOptions, command: "stop") { node in
-            var missing: [String] = []
-            var stopped: [String] = []
+        let keys = self.keys, actor = currentActor(), pool = poolOptions.pool
+        let (missing, failed): ([String], [String]) = try await withClientNode(poolOptions, command: "stop") { node in
+            var missing: [String] = [], failed: [String] = []
             for key in keys {
-                guard try await node.jobPayload(key) != nil else {
-                    missing.append(key)
-                    continue
-                }
+                let asked = Date()
                 do {
-                    try await node.stop(key: key)
+                    switch try await node.stopAndWait(key: key, origin: JobOrigin(actor: actor, reason: Reason.manual)) {
+                    case .stopped(let worker):
+                        print("stopped \(key) (worker \(worker))")
+                        await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .stopped, actor: actor, asked: asked)
+                    case .endedUnowned:
+                        print("stopped \(key) (no worker ran it: ended by the pool)")
+                        await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .stopped, actor: actor, asked: asked)
+                    case .notRunning:
+                        missing.append(key)
+                        await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .notFound, actor: actor, asked: asked)
+                    }
+                } catch let error as PoolError where error.code == .stopFailed || error.code == .timeout {
+                    FileHandle.standardError.write(Data("Error: job \(key) did not stop: \(error.message)\n".utf8))
+                    failed.append(key)
+                    await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .stopFailed, error: error.message, actor: actor,
+                        asked: asked)
                 } catch {
                     throw CommandFailure("stopping \(key): \(poolMessage(error))")
                 }
-                stopped.append(key)
             }
-            if wait {
-                // Twice the default ack grace period: the longest a stop can take to be routed.
-                let deadline = ContinuousClock.now + .seconds(40)
-                var remaining = stopped
-                while !remaining.isEmpty {
-                    var still: [String] = []
-                    for key in remaining where try await node.jobPayload(key) != nil { still.append(key) }
-                    remaining = still
-                    if remaining.isEmpty { break }
-                    guard ContinuousClock.now < deadline else {
-                        throw CommandFailure("still running after 40 s: \(remaining.joined(separator: ", "))")
-                    }
-                    try await Task.sleep(for: .milliseconds(50))
-                }
-            }
-            for key in stopped { print("stopping \(key)") }
-            return missing
+            return (missing, failed)
         }
+        guard failed.isEmpty else { throw ExitCode(5) }
         guard missing.isEmpty else {
             throw failure(missing.map { "job \($0) not found" }.joined(separator: "\nError: "), exitCode: 4)
         }
+    }
+}
+
+/// Puts a manual action on the pool's history stream. A failure is reported, not thrown: the
+/// action itself happened.
+func recordManual(pool: String, node: Node, job: String, action: ActionKind, outcome: ActionOutcome, error: String? = nil,
+                  payloadHash: String? = nil, actor: String, asked: Date) async {
+    do {
+        try await ManualActionLog(pool: pool, client: node.client).record(job: job, action: action, outcome: outcome, error: error,
+            payloadHash: payloadHash, actor: actor, startedAt: asked)
+    } catch {
+        FileHandle.standardError.write(Data("Warning: the action on \(job) could not be recorded in the pool's history: \(error)\n".utf8))
     }
 }
 
@@ -356,14 +385,20 @@ struct NotifyCommand: ParsableCommand, AsyncCommand {
 
     func execute() async throws {
         let payload = try payloadBytes(text: text, file: payloadFile, textName: "TEXT")
-        let key = self.key
+        let key = self.key, actor = currentActor(), pool = poolOptions.pool
         let found: Bool = try await withClientNode(poolOptions, command: "notify") { node in
-            guard try await node.jobPayload(key) != nil else { return false }
+            let asked = Date()
+            guard try await node.jobPayload(key) != nil else {
+                await recordManual(pool: pool, node: node, job: key, action: .notify, outcome: .notFound, actor: actor, asked: asked)
+                return false
+            }
             do {
-                try await node.notify(key: key, payload: payload)
+                try await node.notify(key: key, payload: payload, origin: JobOrigin(actor: actor, reason: Reason.manual))
             } catch {
                 throw CommandFailure("notifying \(key): \(poolMessage(error))")
             }
+            // Queued for the job's worker: the pool does not confirm notifications.
+            await recordManual(pool: pool, node: node, job: key, action: .notify, outcome: .notified, actor: actor, asked: asked)
             return true
         }
         guard found else { throw failure("job \(key) not found", exitCode: 4) }

@@ -85,7 +85,7 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "Embedded workers in this process (0: plan only).")
     var workers = 2
 
-    @Option(help: "This node's name in `rota status` (default: host name and process ID).")
+    @Option(help: "This node's name in `rota status` and in the history (default: the host name; keep it the same across restarts).")
     var name: String?
 
     @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")

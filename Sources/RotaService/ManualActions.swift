@@ -1,0 +1,62 @@
+import Foundation
+import RotaPlans
+import RotaRedis
+import RotaStore
+import RotaStreams
+
+/// Actions taken by hand (`rota dispatch`, `rota stop`, `rota notify`) go into the history as
+/// one-action rounds of the pseudo-producer ``producer`` on the pool's history stream, so every
+/// node records them, chained, like the planners' rounds: who (`user@host`), what, when, and the
+/// outcome the worker confirmed.
+public struct ManualActionLog: Sendable {
+    /// Not a valid producer name in a plan file (`@` is refused), so it never names a real one.
+    public static let producer = "@manual"
+
+    let pool: String
+    let stream: RedisStream
+    let clockKey: String
+
+    public init(pool: String, client: RedisClient) throws(ServiceError) {
+        do {
+            let space = try RedisKeySpace(pool)
+            stream = try RedisStream(name: "history", keySpace: space, client: client, options: .init(maxLength: RoundLog.streamLength))
+            clockKey = space.key("manual-clock")
+        } catch {
+            throw ServiceError(.invalidArgument, "pool \(pool): \(error)", underlying: error)
+        }
+        self.pool = pool
+    }
+
+    /// A strictly increasing millisecond per pool: a manual round's tick is its fencing token
+    /// (one round per producer and tick), and two actions in the same millisecond must both count.
+    static let clockScript = RedisScript("""
+        local t = tonumber(ARGV[1])
+        local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+        if t <= last then t = last + 1 end
+        redis.call('SET', KEYS[1], tostring(t))
+        return t
+        """)
+
+    /// Publishes one manual action with its confirmed outcome. `startedAt` is when the action was
+    /// asked for; the round finishes now.
+    public func record(job: String, action: ActionKind, outcome: ActionOutcome, error: String? = nil, payloadHash: String? = nil,
+                       actor: String, startedAt: Date) async throws {
+        let now = Date()
+        let millis = Int64((startedAt.timeIntervalSince1970 * 1000).rounded())
+        let tickMS = try await stream.client.evaluate(Self.clockScript, keys: [clockKey], arguments: [String(millis)]).int ?? millis
+        let tick = Date(timeIntervalSince1970: Double(tickMS) / 1000)
+        var round = RoundRecord(roundID: "\(pool)/\(Self.producer)/\(tickMS)", pool: pool, producer: Self.producer, revision: 0,
+            node: actor, tick: tick, startedAt: startedAt, planned: [PlannedAction(job: job, action: action, payloadHash: payloadHash)])
+        round.finishedAt = now
+        switch outcome {
+        case .started: round.started = 1
+        case .stopped: round.stopped = 1
+        case .failed, .stopFailed: round.failed = 1
+        default: break
+        }
+        round.error = nil
+        let actions = [ActionRecord(job: job, action: action, outcome: outcome, error: error, payloadHash: payloadHash, at: now,
+            reason: Reason.manual, actor: actor)]
+        _ = try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
+    }
+}

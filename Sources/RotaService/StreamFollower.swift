@@ -1,0 +1,104 @@
+import Foundation
+import Logging
+import Metrics
+import RotaRedis
+import RotaStore
+import RotaStreams
+
+/// Follows one of the pool's streams into this node's SQLite: from the cursor the store keeps
+/// (from the oldest entry the first time), batch by batch, moving the cursor only once a batch is
+/// recorded. The streams are capped, so a node away long enough misses entries: when Redis says
+/// entries after the cursor were deleted (`XINFO STREAM`'s `max-deleted-entry-id`, Redis 7), the
+/// range is recorded as a gap that `rota history verify` reports and `rota history sync` fills.
+struct StreamFollower: Sendable {
+    let stream: RedisStream
+    let store: PlanStore
+    let pool: String
+    let logger: Logger
+    /// How often a running follower checks again for a gap (the reader fell behind the trimming).
+    var gapCheckInterval: Duration = .seconds(60)
+
+    /// Reads until cancelled. `record` gets each batch and returns whether it is stored (unreadable
+    /// entries skipped count as stored). After a batch that could not be stored the cursor stays
+    /// where it was for the rest of this run, so the next run reads that batch again (recording
+    /// is idempotent).
+    func run(_ record: @escaping @Sendable ([StreamEvent]) async -> Bool) async {
+        do {
+            let cursor = try? store.streamCursor(pool: pool, stream: stream.name)
+            var known = cursor
+            await checkGap(after: known)
+            let reader = try StreamReader(stream: stream,
+                options: .init(blockDuration: .seconds(2), maxPolled: 1000, start: cursor.map { .after($0) } ?? .oldest), logger: logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await reader.run() }
+                defer { group.cancelAll() }
+                var lastCheck = ContinuousClock.now
+                var frozen = false
+                while let batch = try await reader.events.nextBatch(max: 1000) {
+                    if ContinuousClock.now - lastCheck >= gapCheckInterval {
+                        lastCheck = ContinuousClock.now
+                        await checkGap(after: known)
+                    }
+                    if await !record(batch) { frozen = true }
+                    guard !frozen, let last = batch.last?.id else { continue }
+                    do {
+                        try store.setStreamCursor(pool: pool, stream: stream.name, lastID: last)
+                        known = last
+                    } catch {
+                        logger.warning("could not save a stream cursor", metadata: ["stream": "\(stream.name)", "error": "\(error)"])
+                    }
+                }
+            }
+        } catch {
+            if !Task.isCancelled { logger.error("following a stream stopped", metadata: ["stream": "\(stream.name)", "error": "\(error)"]) }
+        }
+    }
+
+    /// Records a gap when Redis deleted entries after `cursor` (this node never read them).
+    func checkGap(after cursor: String?) async {
+        guard let cursor, let cursorID = StreamID(cursor) else { return }
+        let info: [String: RedisValue]
+        do {
+            let reply = try await stream.client.send("XINFO", "STREAM", stream.key)
+            var fields: [String: RedisValue] = [:]
+            let items = reply.array ?? []
+            var index = 0
+            while index + 1 < items.count {
+                if let name = items[index].string { fields[name] = items[index + 1] }
+                index += 2
+            }
+            info = fields
+        } catch {
+            // No stream yet (nothing published), or Redis unreachable: nothing to compare.
+            return
+        }
+        guard let deleted = info["max-deleted-entry-id"]?.string.flatMap(StreamID.init), deleted > cursorID else { return }
+        // Everything up to the first entry left is gone: the gap runs from the cursor to it.
+        let before = info["recorded-first-entry-id"]?.string ?? info["last-generated-id"]?.string ?? deleted.description
+        do {
+            try store.recordGap(pool: pool, stream: stream.name, after: cursor, before: before, at: Date())
+            Counter(label: "rota_history_gaps", dimensions: [("pool", pool), ("stream", stream.name)]).increment()
+            logger.error("entries of a pool stream were trimmed before this node recorded them: history gap recorded",
+                metadata: ["stream": "\(stream.name)", "after": "\(cursor)", "before": "\(before)"])
+        } catch {
+            logger.error("could not record a history gap", metadata: ["stream": "\(stream.name)", "error": "\(error)"])
+        }
+    }
+}
+
+/// A Redis stream entry ID (`ms-seq`), compared as numbers: as strings "9-0" sorts after "10-0".
+struct StreamID: Comparable, CustomStringConvertible {
+    let ms: UInt64
+    let seq: UInt64
+
+    init?(_ text: String) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, let ms = UInt64(parts[0]), let seq = UInt64(parts[1]) else { return nil }
+        self.ms = ms
+        self.seq = seq
+    }
+
+    static func < (lhs: StreamID, rhs: StreamID) -> Bool { (lhs.ms, lhs.seq) < (rhs.ms, rhs.seq) }
+
+    var description: String { "\(ms)-\(seq)" }
+}
