@@ -250,7 +250,9 @@ final class ProducerPlanner: JobProducer {
                 actions.append(action(.stop, .stopped))
                 record.stopped += 1
             case .notFound:
-                actions.append(action(.stop, .notFound))
+                // A stop of a job that is not running is a non-event, except where the intent
+                // planned it (the job ended meanwhile): recorded then, so the intent has its outcome.
+                if open.record.planned.contains(where: { $0.job == key && $0.action == .stop }) { actions.append(action(.stop, .notFound)) }
             case .stopFailed(let message):
                 // The worker could not stop it: it still runs, and the next round tries again.
                 actions.append(action(.stop, .stopFailed, error: message))

@@ -356,7 +356,7 @@ extension RunNode {
             try await poll("the follower recorded the plan", timeout: .seconds(10)) {
                 try follower.planEvents() == ["fast:created:1", "slow:created:1"] ? true : nil
             }
-            let followerID = try #require(follower.nodeID)
+            let followerID = follower.plannerName
             try await poll("a round of fast planned by the follower", timeout: .seconds(30), diagnostics: cluster.diagnostics) {
                 try follower.rounds(producer: "fast").first { $0.node == followerID && $0.revision == 1 }
             }

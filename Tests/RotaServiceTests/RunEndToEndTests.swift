@@ -97,8 +97,8 @@ struct RunEndToEndTests {
         let producers = ["alpha", "beta"]
         try await withRunCluster(plans: beatPlan(producers)) { cluster in
             let nodes = try await cluster.launch(["n1", "n2", "n3"])
-            let ids = Set(nodes.compactMap(\.nodeID))
-            try #require(ids.count == 3, "three distinct node IDs: \(ids)")
+            let ids = Set(nodes.map(\.plannerName))
+            try #require(ids.count == 3, "three distinct node names: \(ids)")
 
             // About six rounds of each producer, as the first node sees them.
             let cutoff: [String: Date] = try await poll("six finished rounds of each producer on n1", timeout: .seconds(60),
@@ -228,7 +228,7 @@ struct RunEndToEndTests {
             let killedAt = Date()
             try await victim.kill()
             let survivors = nodes.filter { $0 !== victim }
-            let survivorIDs = Set(survivors.compactMap(\.nodeID))
+            let survivorIDs = Set(survivors.map(\.plannerName))
 
             // The victim's last round, by its own history (it records the intent before applying).
             let victimLast = try #require(try victim.rounds().filter { $0.node == newest.node }.last)
@@ -580,7 +580,7 @@ struct RunEndToEndTests {
             #expect(alpha["last_round"] as? String != "died-mid-round", "\(alpha)")
             let lastTick = (alpha["last_tick"] as? String).flatMap { ISO8601DateFormatter.fractional.date(from: $0) }
             #expect(lastTick.map { $0 >= before.tick } == true, "last_tick \(alpha["last_tick"] ?? "-") vs \(before.tick)")
-            #expect(Set(nodes.compactMap(\.nodeID)).contains(alpha["planner"] as? String ?? "?"), "planner: \(alpha)")
+            #expect(Set(nodes.map(\.plannerName)).contains(alpha["planner"] as? String ?? "?"), "planner: \(alpha)")
 
             // Its echo from the history stream marks it published on n1: it is not published again.
             try await poll("n1 has nothing left to publish", timeout: .seconds(15), diagnostics: cluster.diagnostics) {

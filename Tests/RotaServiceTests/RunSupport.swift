@@ -155,8 +155,11 @@ final class RunNode: Sendable {
     /// Log entries with this message, in order.
     func logs(_ message: String) -> [[String: String]] { entries.filter { $0["message"] == message } }
 
-    /// The node ID (what rounds record as their planner), from the `rota run ready` line.
+    /// The node ID, from the `rota run ready` line (set once the node is ready).
     var nodeID: String? { logs("rota run ready").first?["node"] }
+
+    /// What rounds record as their planner: the node's stable name (`--name`, the label here).
+    var plannerName: String { label }
 
     /// Waits for the `rota run ready` line; throws if the process exits first.
     func waitUntilReady(timeout: Duration = .seconds(60)) async throws {
@@ -266,8 +269,8 @@ final class RunCluster: Sendable {
         return started
     }
 
-    /// The node whose ID is `id`.
-    func node(id: String) -> RunNode? { all.first { $0.nodeID == id } }
+    /// The node named `id` (rounds name their planner by the node's `--name`, the test's label).
+    func node(id: String) -> RunNode? { all.first { $0.label == id } }
 
     func killAll() {
         for node in all { node.killForCleanup() }
