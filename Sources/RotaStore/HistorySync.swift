@@ -70,11 +70,12 @@ extension PlanStore {
         }
     }
 
-    /// The same file under two names (links, `..`), by device and inode.
+    /// The same file under two names (symbolic or hard links, `..`), by device and inode.
     private static func sameFile(_ a: String, _ b: String) -> Bool {
         let manager = FileManager.default
+        let a = URL(fileURLWithPath: a).resolvingSymlinksInPath().path, b = URL(fileURLWithPath: b).resolvingSymlinksInPath().path
         guard let first = try? manager.attributesOfItem(atPath: a), let second = try? manager.attributesOfItem(atPath: b) else {
-            return URL(fileURLWithPath: a).resolvingSymlinksInPath().path == URL(fileURLWithPath: b).resolvingSymlinksInPath().path
+            return a == b
         }
         return (first[.systemNumber] as? NSNumber) == (second[.systemNumber] as? NSNumber)
             && (first[.systemFileNumber] as? NSNumber) == (second[.systemFileNumber] as? NSNumber)
