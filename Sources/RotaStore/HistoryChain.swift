@@ -534,7 +534,7 @@ extension PlanStore {
             let prev = bytes(row[3])
             if prev != previous && bridges[prev]?.from != previous {
                 let after = previousName.map { "the outcome of \($0)" } ?? "the start of the outcome chain"
-                return Located(position: id, problem: HistoryProblem(kind: .missing, roundID: roundID, id: id,
+                return Located(position: id, problem: HistoryProblem(kind: .missing, roundID: roundID, id: id, chain: "outcome",
                     message: "outcome missing before the outcome of \(name(roundID, id)) (outcome #\(seq)): it links to neither \(after) nor a prune; a round's outcome was erased or its round deleted"))
             }
             previous = bytes(row[4])
@@ -542,7 +542,7 @@ extension PlanStore {
         }
         if head != previous && bridges[head]?.from != previous {
             let last = previousName.map { "the outcome of \($0), the last one" } ?? "the start of the outcome chain"
-            return Located(position: Int64.max, problem: HistoryProblem(kind: .missing,
+            return Located(position: Int64.max, problem: HistoryProblem(kind: .missing, chain: "outcome",
                 message: "outcome(s) missing after \(last): the outcome chain's head (\(SHA256.hex(head.prefix(8)))…) leads to neither it nor a prune"))
         }
         return nil

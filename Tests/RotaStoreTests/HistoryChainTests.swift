@@ -167,6 +167,7 @@ private func populated() throws -> PlanStore {
         if let missing = tampering.missing { #expect(problem.missingIDs == missing) }
         #expect(!problem.message.contains("\n"))
         if let round = tampering.round { #expect(problem.message.contains("round \(round) (#")) }
+        #expect(problem.chain == (tampering.name == "an outcome erased" ? "outcome" : "round"))
     }
 
     @Test func messagesNameTheRoundAndThePart() throws {
