@@ -420,26 +420,37 @@ extension PlanStore {
     ///
     /// From the pool's job log where this database has it: a job runs at T while a run of it is
     /// open (a `started` event at or before T with no end event on the same worker up to T); its
-    /// worker, node and start come from that run (the latest open one). A job with no job event
-    /// at or before T is answered from the rounds' actions before its pool's first job event (a
-    /// database written before the job log): its last state-changing action left it running.
-    /// Cost per job: one seek when its last start is the open run; a stopped job probes its
-    /// earlier starts (one seek each), since another worker may still run it.
+    /// worker, node and start come from that run. Only the job's two latest starts at or before T
+    /// are looked at (enough for a takeover, where the new run starts before the old one ends):
+    /// a few seeks per job however long its history. An older run still open behind two later
+    /// ones (a job running three times at once) shows in `job_runs` and `job_state_changes`, not
+    /// here. A job with no job event at or before T is answered from the rounds' actions before
+    /// its pool's first job event (a database written before the job log): its last
+    /// state-changing action left it running.
     public func jobsRunning(at instant: Date) throws(StoreError) -> [RunningJob] {
         let at = Self.ms(instant)
         do {
             return try database.read { db in
+                // The two latest starts at or before T (a takeover overlaps two runs), each open
+                // when no end on its worker follows it up to T: four seeks per job.
+                let open = { (start: String) in
+                    """
+                    (\(start) IS NOT NULL AND NOT EXISTS (
+                        SELECT 1 FROM job_event st JOIN job_event x ON x.job = st.job AND x.worker = st.worker
+                        WHERE st.id = \(start) AND x.kind IN \(Self.endKindsSQL)
+                          AND (x.at_ms > st.at_ms OR (x.at_ms = st.at_ms AND x.id > st.id)) AND x.at_ms <= :t))
+                    """
+                }
                 let facts = try Row.fetchAll(db, sql: """
-                    SELECT j.key, s.at_ms, s.worker, s.node, r.producer
-                    FROM job j
-                    JOIN job_event s ON s.id = (
-                        SELECT o.id FROM job_event o
-                        WHERE o.job = j.id AND o.kind = 'started' AND o.at_ms <= :t
-                          AND NOT EXISTS (
-                              SELECT 1 FROM job_event x
-                              WHERE x.job = o.job AND x.worker = o.worker AND x.kind IN \(Self.endKindsSQL)
-                                AND (x.at_ms > o.at_ms OR (x.at_ms = o.at_ms AND x.id > o.id)) AND x.at_ms <= :t)
-                        ORDER BY o.at_ms DESC, o.id DESC LIMIT 1)
+                    SELECT c.key, s.at_ms, s.worker, s.node, r.producer
+                    FROM (
+                        SELECT j.key,
+                               (SELECT o.id FROM job_event o WHERE o.job = j.id AND o.kind = 'started' AND o.at_ms <= :t
+                                ORDER BY o.at_ms DESC, o.id DESC LIMIT 1) AS s1,
+                               (SELECT o.id FROM job_event o WHERE o.job = j.id AND o.kind = 'started' AND o.at_ms <= :t
+                                ORDER BY o.at_ms DESC, o.id DESC LIMIT 1 OFFSET 1) AS s2
+                        FROM job j) c
+                    JOIN job_event s ON s.id = CASE WHEN \(open("c.s1")) THEN c.s1 WHEN \(open("c.s2")) THEN c.s2 END
                     LEFT JOIN round r ON r.round_id = \(Self.runRoundSQL("s"))
                     """, arguments: ["t": at]).map { row in
                     RunningJob(job: row["key"], producer: row["producer"] ?? "", since: Self.date(row["at_ms"]), worker: row["worker"],
