@@ -4,6 +4,8 @@ import GRDB
 /// What a round does to one job.
 public enum ActionKind: String, Sendable, Hashable, CaseIterable {
     case start, stop, restart
+    /// A manual notification sent to a running job.
+    case notify
 }
 
 /// How an action ended.
@@ -13,6 +15,12 @@ public enum ActionOutcome: String, Sendable, Hashable, CaseIterable {
     case stopped
     case notFound = "not-found"
     case failed
+    /// The worker's stop handler failed: the job still runs. Counted as failed.
+    case stopFailed = "stop-failed"
+    /// A manual notification was delivered.
+    case notified
+    /// Reserved: a job waiting for a worker able to run it.
+    case unplaced
 }
 
 /// A planned action, recorded with the round's intent before it is applied.
@@ -38,9 +46,12 @@ public struct ActionRecord: Sendable, Hashable {
     public var at: Date
     /// Why the action was taken (`retired`, `paused`); nil where the round's plan is the reason.
     public var reason: String?
+    /// Who decided: the node's name, or `user@host` for an action taken from the command line.
+    /// Chained when set, so actions recorded before it existed verify as they did.
+    public var actor: String?
 
     public init(job: String, action: ActionKind, outcome: ActionOutcome, error: String? = nil, payloadHash: String? = nil, at: Date,
-                reason: String? = nil) {
+                reason: String? = nil, actor: String? = nil) {
         self.job = job
         self.action = action
         self.outcome = outcome
@@ -48,6 +59,7 @@ public struct ActionRecord: Sendable, Hashable {
         self.payloadHash = payloadHash
         self.at = at
         self.reason = reason
+        self.actor = actor
     }
 }
 
@@ -98,19 +110,27 @@ public struct HistoryFilter: Sendable {
 /// A job running at some instant according to the history.
 public struct RunningJob: Sendable, Hashable {
     public var job: String
+    /// The producer whose round started it; empty when no round did (a manual or requeued start
+    /// whose origin the history does not have).
     public var producer: String
     /// Since when it has been running (its last start at or before the instant).
     public var since: Date
+    /// Where it ran, when the pool's job log says (nil for history recorded before the job log).
+    public var worker: String?
+    public var node: String?
 }
 
 /// What a prune removed (or would remove, in a dry run).
 public struct PruneReport: Sendable, Hashable {
     public var rounds: Int
     public var actions: Int
+    /// Job events removed (only `olderThan` removes them: `keep` counts rounds).
+    public var jobEvents: Int
 
-    public init(rounds: Int, actions: Int) {
+    public init(rounds: Int, actions: Int, jobEvents: Int = 0) {
         self.rounds = rounds
         self.actions = actions
+        self.jobEvents = jobEvents
     }
 }
 
@@ -120,7 +140,14 @@ extension StoreError.Code {
 }
 
 extension PlanStore {
-    static func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+    /// Unix milliseconds, saturating: a date from another node's data never traps.
+    static func ms(_ date: Date) -> Int64 {
+        let value = (date.timeIntervalSince1970 * 1000).rounded()
+        guard value.isFinite else { return 0 }
+        if value >= 9.2e18 { return Int64.max }
+        if value <= -9.2e18 { return Int64.min }
+        return Int64(value)
+    }
     static func date(_ ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
 
     /// Records a round's intent. Returns false when this round ID is already recorded (rounds arrive
@@ -144,7 +171,7 @@ extension PlanStore {
 
     /// Appends the round to the round chain (see HistoryChain.swift): its hash covers the previous
     /// round's hash, its identity and its intent, none of which change afterwards.
-    private static func insertIntent(_ db: Database, _ round: RoundRecord, unpublished: Bool, chain: inout ChainState) throws -> Bool {
+    static func insertIntent(_ db: Database, _ round: RoundRecord, unpublished: Bool, chain: inout ChainState) throws -> Bool {
         if try Bool.fetchOne(db, sql: "SELECT 1 FROM round WHERE round_id = ?", arguments: [round.roundID]) == true {
             if !unpublished {
                 // This node's own round came back from the stream: it is published.
@@ -222,7 +249,7 @@ extension PlanStore {
 
     /// `jobIDs` caches job-key lookups for the rest of the transaction. Appends the outcome to the
     /// outcome chain (see HistoryChain.swift), unless the round predates the chain.
-    private static func insertOutcome(
+    static func insertOutcome(
         _ db: Database, roundID: String, finishedAt: Date, actions: [ActionRecord], error: String?, jobIDs: inout [String: Int64],
         chain: inout ChainState
     ) throws {
@@ -234,35 +261,25 @@ extension PlanStore {
         if !row.hasNull(atIndex: 1) { return }
         let roundHash = (row[2] as Data?).map { [UInt8]($0) }
         chain.hasher.startActions()
-        let insertJob = try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?)")
-        let findJob = try db.cachedStatement(sql: "SELECT id FROM job WHERE key = ?")
         let insertAction = try db.cachedStatement(sql: """
-            INSERT INTO action (round, seq, job, action, outcome, error, payload_hash, at_ms, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO action (round, seq, job, action, outcome, error, payload_hash, at_ms, reason, actor)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         var started = 0, stopped = 0, failed = 0
         for (seq, action) in actions.enumerated() {
-            var jobID = jobIDs[action.job]
-            if jobID == nil {
-                jobID = try Int64.fetchOne(findJob, arguments: [action.job])
-            }
-            if jobID == nil {
-                try insertJob.execute(arguments: [action.job])
-                jobID = db.lastInsertedRowID
-            }
-            guard let jobID else { continue }
-            jobIDs[action.job] = jobID
+            let jobID = try Self.jobID(db, action.job, cache: &jobIDs)
             let atMS = ms(action.at)
             try insertAction.execute(arguments: [id, seq, jobID, action.action.rawValue, action.outcome.rawValue, action.error,
-                action.payloadHash, atMS, action.reason])
+                action.payloadHash, atMS, action.reason, action.actor])
             if roundHash != nil {
                 chain.hasher.addAction(seq: Int64(seq), job: action.job, action: action.action.rawValue, outcome: action.outcome.rawValue,
-                    error: action.error, payloadHash: action.payloadHash, atMS: atMS, reason: action.reason)
+                    error: action.error, payloadHash: action.payloadHash, atMS: atMS, reason: action.reason, actor: action.actor)
             }
             switch action.outcome {
             case .started: started += 1
             case .stopped: stopped += 1
-            case .failed: failed += 1
-            case .alreadyRunning, .notFound: break
+            case .failed, .stopFailed: failed += 1
+            case .alreadyRunning, .notFound, .notified, .unplaced: break
             }
         }
         let finishedMS = ms(finishedAt)
@@ -284,6 +301,21 @@ extension PlanStore {
         chain.outcomeSeq = seq
         chain.outcomeHead = outcomeHash
         chain.changed = true
+    }
+
+    /// The row id of job `key` in `job`, created when new; `cache` keeps lookups for the rest of
+    /// the transaction.
+    static func jobID(_ db: Database, _ key: String, cache: inout [String: Int64]) throws -> Int64 {
+        if let id = cache[key] { return id }
+        let id: Int64
+        if let found = try Int64.fetchOne(db.cachedStatement(sql: "SELECT id FROM job WHERE key = ?"), arguments: [key]) {
+            id = found
+        } else {
+            try db.cachedStatement(sql: "INSERT INTO job (key) VALUES (?)").execute(arguments: [key])
+            id = db.lastInsertedRowID
+        }
+        cache[key] = id
+        return id
     }
 
     /// This node's rounds of `pool` not yet on the history stream, oldest first, with their
@@ -346,21 +378,23 @@ extension PlanStore {
     /// One round with its actions, or nil.
     public func round(id roundID: String) throws(StoreError) -> (RoundRecord, [ActionRecord])? {
         do {
-            return try database.read { db in
-                guard let row = try Row.fetchOne(db, sql: "SELECT * FROM round WHERE round_id = ?", arguments: [roundID]) else { return nil }
-                let actions = try Row.fetchAll(db, sql: """
-                    SELECT j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms, a.reason
-                    FROM action a JOIN job j ON j.id = a.job WHERE a.round = ? ORDER BY a.seq
-                    """, arguments: [row["id"] as Int64]).map { row in
-                    ActionRecord(job: row["key"], action: ActionKind(rawValue: row["action"]) ?? .start,
-                        outcome: ActionOutcome(rawValue: row["outcome"]) ?? .failed, error: row["error"],
-                        payloadHash: row["payload_hash"], at: Self.date(row["at_ms"]), reason: row["reason"])
-                }
-                return (Self.round(row), actions)
-            }
+            return try database.read { db in try Self.readRound(db, roundID: roundID) }
         } catch {
             throw Self.map(error, path: path, doing: "read")
         }
+    }
+
+    static func readRound(_ db: Database, roundID: String) throws -> (RoundRecord, [ActionRecord])? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM round WHERE round_id = ?", arguments: [roundID]) else { return nil }
+        let actions = try Row.fetchAll(db, sql: """
+            SELECT j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms, a.reason, a.actor
+            FROM action a JOIN job j ON j.id = a.job WHERE a.round = ? ORDER BY a.seq
+            """, arguments: [row["id"] as Int64]).map { row in
+            ActionRecord(job: row["key"], action: ActionKind(rawValue: row["action"]) ?? .start,
+                outcome: ActionOutcome(rawValue: row["outcome"]) ?? .failed, error: row["error"],
+                payloadHash: row["payload_hash"], at: Self.date(row["at_ms"]), reason: row["reason"], actor: row["actor"])
+        }
+        return (Self.round(row), actions)
     }
 
     private static func round(_ row: Row) -> RoundRecord {
@@ -382,42 +416,97 @@ extension PlanStore {
         return round
     }
 
-    /// Jobs running at `instant` according to the history: those whose last state-changing action
-    /// at or before it left them running (started or already running).
+    /// Jobs running at `instant` according to the history, sorted by key.
+    ///
+    /// From the pool's job log where this database has it: a job runs at T while a run of it is
+    /// open (a `started` event at or before T with no end event on the same worker up to T); its
+    /// worker, node and start come from that run. Only the job's two latest starts at or before T
+    /// are looked at (enough for a takeover, where the new run starts before the old one ends):
+    /// a few seeks per job however long its history. An older run still open behind two later
+    /// ones (a job running three times at once) shows in `job_runs` and `job_state_changes`, not
+    /// here. A job with no job event at or before T is answered from the rounds' actions before
+    /// its pool's first job event (a database written before the job log): its last
+    /// state-changing action left it running.
     public func jobsRunning(at instant: Date) throws(StoreError) -> [RunningJob] {
         let at = Self.ms(instant)
         do {
             return try database.read { db in
-                // One index seek per job (action_by_job), not a scan of the whole history.
-                // Both subqueries walk action_by_job backwards from T and stop at the first match.
-                try Row.fetchAll(db, sql: """
-                    SELECT j.key, last.at_ms, last.outcome, r.producer,
-                           (SELECT s.at_ms FROM action s WHERE s.job = j.id AND s.at_ms <= ? AND s.outcome = 'started'
+                // The two latest starts at or before T (a takeover overlaps two runs), each open
+                // when no end on its worker follows it up to T: four seeks per job.
+                let open = { (start: String) in
+                    """
+                    (\(start) IS NOT NULL AND NOT EXISTS (
+                        SELECT 1 FROM job_event st JOIN job_event x ON x.job = st.job AND x.worker = st.worker
+                        WHERE st.id = \(start) AND x.kind IN \(Self.endKindsSQL)
+                          AND (x.at_ms > st.at_ms OR (x.at_ms = st.at_ms AND x.id > st.id)) AND x.at_ms <= :t))
+                    """
+                }
+                let facts = try Row.fetchAll(db, sql: """
+                    SELECT c.key, s.at_ms, s.worker, s.node, r.producer
+                    FROM (
+                        SELECT j.key,
+                               (SELECT o.id FROM job_event o WHERE o.job = j.id AND o.kind = 'started' AND o.at_ms <= :t
+                                ORDER BY o.at_ms DESC, o.id DESC LIMIT 1) AS s1,
+                               (SELECT o.id FROM job_event o WHERE o.job = j.id AND o.kind = 'started' AND o.at_ms <= :t
+                                ORDER BY o.at_ms DESC, o.id DESC LIMIT 1 OFFSET 1) AS s2
+                        FROM job j) c
+                    JOIN job_event s ON s.id = CASE WHEN \(open("c.s1")) THEN c.s1 WHEN \(open("c.s2")) THEN c.s2 END
+                    LEFT JOIN round r ON r.round_id = \(Self.runRoundSQL("s"))
+                    """, arguments: ["t": at]).map { row in
+                    RunningJob(job: row["key"], producer: row["producer"] ?? "", since: Self.date(row["at_ms"]), worker: row["worker"],
+                        node: row["node"])
+                }
+                // Before the job log: the rounds' actions, for jobs the log says nothing about up
+                // to T. Both subqueries walk action_by_job backwards from T and stop at the first
+                // match (rows at or after the pool's first job event are skipped: facts rule there).
+                let legacy = try Row.fetchAll(db, sql: """
+                    SELECT j.key, last.at_ms, r.producer,
+                           (SELECT s.at_ms FROM action s WHERE s.job = j.id AND s.at_ms <= last.at_ms AND s.outcome = 'started'
                             ORDER BY s.at_ms DESC LIMIT 1) AS started_ms
                     FROM job j
                     JOIN action last ON (last.round, last.seq) = (
                         SELECT a.round, a.seq FROM action a
-                        WHERE a.job = j.id AND a.at_ms <= ? AND a.outcome IN ('started', 'already-running', 'stopped', 'not-found')
+                        WHERE a.job = j.id AND a.at_ms <= :t AND a.outcome IN ('started', 'already-running', 'stopped', 'not-found')
+                          AND a.at_ms < COALESCE((SELECT MIN(f.at_ms) FROM job_event f
+                                                  WHERE f.pool = (SELECT pool FROM round WHERE id = a.round)), 9223372036854775807)
                         ORDER BY a.at_ms DESC LIMIT 1)
                     JOIN round r ON r.id = last.round
                     WHERE last.outcome IN ('started', 'already-running')
-                    ORDER BY j.key
-                    """, arguments: [at, at]).map { row in
+                      AND NOT EXISTS (SELECT 1 FROM job_event e WHERE e.job = j.id AND e.at_ms <= :t)
+                    """, arguments: ["t": at]).map { row in
                     let since: Int64 = (row["started_ms"] as Int64?) ?? row["at_ms"]
                     return RunningJob(job: row["key"], producer: row["producer"], since: Self.date(since))
                 }
+                return (facts + legacy).sorted { $0.job < $1.job }
             }
         } catch {
             throw Self.map(error, path: path, doing: "read")
         }
     }
 
+    /// The job event kinds that end a run on its worker.
+    static let endKindsSQL = "('stopped', 'released', 'taken-over', 'lost', 'ended-unowned', 'given-up')"
+
+    /// The round a `started` event (table alias `alias`) belongs to: its own, or for a requeued
+    /// start without one, that of the latest earlier non-requeued start of the job (the run it
+    /// continues). As in the job_runs view (0006_audit_history.sql).
+    static func runRoundSQL(_ alias: String) -> String {
+        """
+        COALESCE(\(alias).round_id, CASE WHEN \(alias).requeued = 1 THEN (
+            SELECT o2.round_id FROM job_event o2
+            WHERE o2.job = \(alias).job AND o2.kind = 'started' AND (o2.requeued = 0 OR o2.round_id IS NOT NULL)
+              AND (o2.at_ms < \(alias).at_ms OR (o2.at_ms = \(alias).at_ms AND o2.id < \(alias).id))
+            ORDER BY o2.at_ms DESC, o2.id DESC LIMIT 1) END)
+        """
+    }
+
     /// Deletes rounds (and their actions) started before `olderThan`, and/or all but the newest
-    /// `keep` rounds. With `dryRun`, only counts what would go.
+    /// `keep` rounds; with `olderThan`, job events before it too (`keep` counts rounds only: job
+    /// events are kept by age alone). With `dryRun`, only counts what would go.
     ///
     /// The deleted rounds need not be a prefix of the hash chains (rounds are recorded in any
     /// order): before deleting, the chains' bridges are rewritten so that every remaining round
-    /// still links to the one before it, and verification passes (see HistoryChain.swift).
+    /// (and job event) still links to the one before it, and verification passes (see HistoryChain.swift).
     public func prune(olderThan: Date?, keep: Int?, dryRun: Bool) throws(StoreError) -> PruneReport {
         var conditions: [String] = []
         var arguments: [any DatabaseValueConvertible] = []
@@ -429,13 +518,19 @@ extension PlanStore {
         guard !conditions.isEmpty else { return PruneReport(rounds: 0, actions: 0) }
         // Both limits must allow the deletion: old enough AND beyond the newest `keep`.
         let selection = "SELECT id FROM round WHERE " + conditions.joined(separator: " AND ")
+        let eventCut = olderThan.map(Self.ms)
         do {
             return try database.write { db in
                 let rounds = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM (\(selection))", arguments: StatementArguments(arguments)) ?? 0
                 let actions = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM action WHERE round IN (\(selection))",
                     arguments: StatementArguments(arguments)) ?? 0
-                if !dryRun && rounds > 0 {
-                    let state = try ChainState.load(db)
+                var events = 0
+                if let eventCut {
+                    events = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM job_event WHERE at_ms < ?", arguments: [eventCut]) ?? 0
+                }
+                guard !dryRun else { return PruneReport(rounds: rounds, actions: actions, jobEvents: events) }
+                let state = try ChainState.load(db)
+                if rounds > 0 {
                     try Self.rebridge(db, .round, entries: """
                         SELECT id, prev_hash, hash, id IN (\(selection)) FROM round WHERE hash IS NOT NULL ORDER BY id
                         """, arguments: StatementArguments(arguments), head: state.roundHead)
@@ -446,7 +541,12 @@ extension PlanStore {
                     try db.execute(sql: "DELETE FROM action WHERE round IN (\(selection))", arguments: StatementArguments(arguments))
                     try db.execute(sql: "DELETE FROM round WHERE id IN (\(selection))", arguments: StatementArguments(arguments))
                 }
-                return PruneReport(rounds: rounds, actions: actions)
+                if let eventCut, events > 0 {
+                    try Self.rebridge(db, .event, entries: "SELECT id, prev_hash, hash, at_ms < ? FROM job_event ORDER BY id",
+                        arguments: [eventCut], head: state.eventHead)
+                    try db.execute(sql: "DELETE FROM job_event WHERE at_ms < ?", arguments: [eventCut])
+                }
+                return PruneReport(rounds: rounds, actions: actions, jobEvents: events)
             }
         } catch let error as StoreError {
             throw error

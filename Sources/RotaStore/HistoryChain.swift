@@ -38,6 +38,13 @@ import GRDB
 // were removed between them". A prune only bridges gaps whose links were intact: a gap that was
 // already there (a row deleted by hand) stays visible.
 //
+// A third chain (migration 0006_audit_history) runs over the pool's job events (`job_event`), in
+// insertion order (`job_event.id`), built like the round chain:
+//     hash = SHA-256("rota.event.v1" ‖ prev_hash ‖ pool ‖ entry_id ‖ idx ‖ job key ‖ kind ‖ worker ‖ node
+//                    ‖ node_id ‖ at_ms ‖ actor ‖ reason ‖ round_id ‖ requeued ‖ error)
+// with its head in `history_chain.event_head` and its bridges under the name 'event'. An action's
+// `actor` (0006) enters its row's hash only when set, as `reason` (0005) does.
+//
 // Rounds recorded before migration 0003 have no hashes: they are "unchained". The migration notes
 // the highest round id at that time (`history_chain.unchained_through`); a round without hashes
 // is accepted as unchained only up to that id and before the first chained round, otherwise it
@@ -62,10 +69,22 @@ public struct HistoryVerification: Sendable, Hashable {
     public var head: String
     /// The outcome chain's head (hex).
     public var outcomeHead: String
-    /// The first altered or missing row, in insertion order; nil when the history is intact.
+    /// The first altered or missing row, in insertion order (rounds first, then job events); nil
+    /// when the history is intact.
     public var problem: HistoryProblem?
+    /// Job events checked (the pool's job log, migration 0006).
+    public var events = 0
+    /// Job events removed by pruning, bridged by the event chain.
+    public var eventsPruned = 0
+    /// The event chain's head (hex).
+    public var eventHead = ""
+    /// Holes this node knows its history has (entries trimmed from a stream before it read them),
+    /// not filled since: the chains cannot show what never reached this database.
+    public var gaps: [HistoryGap] = []
 
     public var isIntact: Bool { problem == nil }
+    /// Intact and without unfilled gaps.
+    public var isComplete: Bool { problem == nil && gaps.isEmpty }
 }
 
 /// The first thing `verifyHistory` found wrong.
@@ -94,8 +113,13 @@ public struct HistoryProblem: Sendable, Hashable, CustomStringConvertible {
     public var part: Part?
     /// The altered round, or the round right after the gap (nil when the gap is at the end).
     public var roundID: String?
-    /// That round's row id (`round.id`, the insertion order).
+    /// That round's row id (`round.id`, the insertion order), or the job event's (`job_event.id`).
     public var id: Int64?
+    /// For a problem in the event chain: the altered job event, or the one right after the gap,
+    /// as `pool entry-id#index` (nil when the gap is at the end).
+    public var event: String?
+    /// Which chain: round, outcome or event.
+    public var chain = "round"
     /// The row ids of the missing rounds, when they can be told (a gap between two remaining rounds).
     public var missingIDs: ClosedRange<Int64>?
     /// One line for people.
@@ -142,7 +166,7 @@ struct ChainHasher {
     }
 
     mutating func addAction(seq: Int64, job: String?, action: String, outcome: String, error: String?, payloadHash: String?, atMS: Int64,
-                            reason: String?) {
+                            reason: String?, actor: String?) {
         append(seq)
         append(job)
         append(code: Self.code(action: action), action)
@@ -155,6 +179,11 @@ struct ChainHasher {
             append("reason")
             append(reason)
         }
+        // The same for the actor (migration 0006).
+        if let actor {
+            append("actor")
+            append(actor)
+        }
         actionCount += 1
     }
 
@@ -163,6 +192,7 @@ struct ChainHasher {
         case "start": 1
         case "stop": 2
         case "restart": 3
+        case "notify": 4
         default: nil
         }
     }
@@ -174,6 +204,9 @@ struct ChainHasher {
         case "stopped": 3
         case "not-found": 4
         case "failed": 5
+        case "stop-failed": 6
+        case "notified": 7
+        case "unplaced": 8
         default: nil
         }
     }
@@ -202,6 +235,29 @@ struct ChainHasher {
         append(failed)
         append(error)
         append(bytes: actionsHash)
+        return SHA256.hash(buffer)
+    }
+
+    mutating func eventHash(
+        prev: [UInt8], pool: String, entryID: String, index: Int64, job: String?, kind: String, worker: String, node: String, nodeID: String,
+        atMS: Int64, actor: String?, reason: String?, roundID: String?, requeued: Bool, error: String?
+    ) -> [UInt8] {
+        start("rota.event.v1")
+        append(bytes: prev)
+        append(pool)
+        append(entryID)
+        append(index)
+        append(job)
+        append(kind)
+        append(worker)
+        append(node)
+        append(nodeID)
+        append(atMS)
+        append(actor)
+        append(reason)
+        append(roundID)
+        buffer.append(requeued ? 1 : 0)
+        append(error)
         return SHA256.hash(buffer)
     }
 
@@ -255,11 +311,13 @@ struct ChainState {
     var roundHead: [UInt8]
     var outcomeHead: [UInt8]
     var outcomeSeq: Int64
+    var eventHead: [UInt8]
     var hasher = ChainHasher()
     var changed = false
 
     static func load(_ db: Database) throws -> ChainState {
-        guard let row = try Row.fetchOne(db, sql: "SELECT round_head, outcome_head, outcome_seq FROM history_chain WHERE id = 1") else {
+        guard let row = try Row.fetchOne(db, sql: "SELECT round_head, outcome_head, outcome_seq, event_head FROM history_chain WHERE id = 1")
+        else {
             // The migration creates the row: someone deleted it. Recording must not stop for that;
             // the chains restart from zero, and verification reports the break at the next round.
             try db.execute(sql: """
@@ -268,13 +326,14 @@ struct ChainState {
                 """)
             return try load(db)
         }
-        return ChainState(roundHead: bytes(row["round_head"]), outcomeHead: bytes(row["outcome_head"]), outcomeSeq: row["outcome_seq"])
+        return ChainState(roundHead: bytes(row["round_head"]), outcomeHead: bytes(row["outcome_head"]), outcomeSeq: row["outcome_seq"],
+            eventHead: bytes(row["event_head"]))
     }
 
     func saveIfChanged(_ db: Database) throws {
         guard changed else { return }
-        try db.cachedStatement(sql: "UPDATE history_chain SET round_head = ?, outcome_head = ?, outcome_seq = ? WHERE id = 1")
-            .execute(arguments: [Data(roundHead), Data(outcomeHead), outcomeSeq])
+        try db.cachedStatement(sql: "UPDATE history_chain SET round_head = ?, outcome_head = ?, outcome_seq = ?, event_head = ? WHERE id = 1")
+            .execute(arguments: [Data(roundHead), Data(outcomeHead), outcomeSeq, Data(eventHead)])
     }
 }
 
@@ -289,7 +348,7 @@ struct ChainBridge {
 }
 
 enum ChainName: String {
-    case round, outcome
+    case round, outcome, event
 }
 
 extension PlanStore {
@@ -370,8 +429,10 @@ extension PlanStore {
         var problem: HistoryProblem
     }
 
-    private static func verify(_ db: Database) throws -> HistoryVerification {
-        guard let state = try Row.fetchOne(db, sql: "SELECT round_head, outcome_head, unchained_through FROM history_chain WHERE id = 1")
+    static func verify(_ db: Database) throws -> HistoryVerification {
+        guard let state = try Row.fetchOne(db, sql: """
+            SELECT round_head, outcome_head, unchained_through, event_head FROM history_chain WHERE id = 1
+            """)
         else {
             let problem = HistoryProblem(kind: .missing, message: "the chain state (table history_chain) was deleted")
             return HistoryVerification(verified: 0, unchained: 0, pruned: 0, head: "", outcomeHead: "", problem: problem)
@@ -383,8 +444,77 @@ extension PlanStore {
         if let outcomeProblem, result.problem == nil || outcomeProblem.position < result.problem!.position {
             result.problem = outcomeProblem
         }
-        return HistoryVerification(verified: result.verified, unchained: result.unchained, pruned: result.pruned,
-            head: SHA256.hex(roundHead), outcomeHead: SHA256.hex(outcomeHead), problem: result.problem?.problem)
+        let eventHead = bytes(state["event_head"])
+        let events = try verifyEvents(db, head: eventHead)
+        var verification = HistoryVerification(verified: result.verified, unchained: result.unchained, pruned: result.pruned,
+            head: SHA256.hex(roundHead), outcomeHead: SHA256.hex(outcomeHead), problem: result.problem?.problem ?? events.problem)
+        verification.events = events.verified
+        verification.eventsPruned = events.pruned
+        verification.eventHead = SHA256.hex(eventHead)
+        verification.gaps = try gaps(db, pool: nil, includeFilled: false).map(\.gap)
+        return verification
+    }
+
+    private struct EventsResult {
+        var verified = 0
+        var pruned = 0
+        var problem: HistoryProblem?
+    }
+
+    /// The event chain, in insertion order: each job event against its hash, each link, the head.
+    private static func verifyEvents(_ db: Database, head: [UInt8]) throws -> EventsResult {
+        var result = EventsResult()
+        let bridges = try loadBridges(db, .event)
+        var hasher = ChainHasher()
+        var previous = ChainHasher.genesis
+        var previousName: String?
+        let cursor = try Row.fetchCursor(db, sql: """
+            SELECT e.id, e.pool, e.entry_id, e.idx, j.key, e.kind, e.worker, e.node, e.node_id, e.at_ms, e.actor, e.reason, e.round_id,
+                   e.requeued, e.error, e.prev_hash, e.hash
+            FROM job_event e LEFT JOIN job j ON j.id = e.job ORDER BY e.id
+            """)
+        func problem(_ kind: HistoryProblem.Kind, _ id: Int64?, _ name: String?, _ message: String) -> HistoryProblem {
+            var problem = HistoryProblem(kind: kind, id: id, message: message)
+            problem.event = name
+            problem.chain = ChainName.event.rawValue
+            return problem
+        }
+        while let row = try cursor.next() {
+            let id: Int64 = row[0], pool: String = row[1], entryID: String = row[2], index: Int64 = row[3]
+            let name = "\(pool) \(entryID)#\(index)"
+            let label = "job event \(name) (#\(id))"
+            let prev = bytes(row[15]), hash = bytes(row[16])
+            let computed = hasher.eventHash(prev: prev, pool: pool, entryID: entryID, index: index, job: row[4], kind: row[5], worker: row[6],
+                node: row[7], nodeID: row[8], atMS: row[9], actor: row[10], reason: row[11], roundID: row[12], requeued: row[13],
+                error: row[14])
+            if computed != hash {
+                result.problem = problem(.altered, id, name, "\(label) altered: its content does not match its hash")
+                return result
+            }
+            if prev != previous {
+                if let bridge = bridges[prev], bridge.from == previous {
+                    result.pruned += bridge.pruned
+                } else {
+                    let after = previousName ?? "the start of the event chain"
+                    result.problem = problem(.missing, id, name,
+                        "job event(s) missing before \(label): it links to neither \(after) nor a prune")
+                    return result
+                }
+            }
+            result.verified += 1
+            previous = hash
+            previousName = label
+        }
+        if head != previous {
+            if let bridge = bridges[head], bridge.from == previous {
+                result.pruned += bridge.pruned
+            } else {
+                let last = previousName.map { "\($0), the newest" } ?? "the start of the event chain"
+                result.problem = problem(.missing, nil, nil,
+                    "job event(s) missing after \(last): the event chain's head (\(SHA256.hex(head.prefix(8)))…) leads to neither it nor a prune")
+            }
+        }
+        return result
     }
 
     private static func name(_ roundID: String, _ id: Int64) -> String { "round \(roundID) (#\(id))" }
@@ -404,7 +534,7 @@ extension PlanStore {
             let prev = bytes(row[3])
             if prev != previous && bridges[prev]?.from != previous {
                 let after = previousName.map { "the outcome of \($0)" } ?? "the start of the outcome chain"
-                return Located(position: id, problem: HistoryProblem(kind: .missing, roundID: roundID, id: id,
+                return Located(position: id, problem: HistoryProblem(kind: .missing, roundID: roundID, id: id, chain: "outcome",
                     message: "outcome missing before the outcome of \(name(roundID, id)) (outcome #\(seq)): it links to neither \(after) nor a prune; a round's outcome was erased or its round deleted"))
             }
             previous = bytes(row[4])
@@ -412,7 +542,7 @@ extension PlanStore {
         }
         if head != previous && bridges[head]?.from != previous {
             let last = previousName.map { "the outcome of \($0), the last one" } ?? "the start of the outcome chain"
-            return Located(position: Int64.max, problem: HistoryProblem(kind: .missing,
+            return Located(position: Int64.max, problem: HistoryProblem(kind: .missing, chain: "outcome",
                 message: "outcome(s) missing after \(last): the outcome chain's head (\(SHA256.hex(head.prefix(8)))…) leads to neither it nor a prune"))
         }
         return nil
@@ -441,18 +571,18 @@ extension PlanStore {
             FROM round ORDER BY id
             """)
         let actions = try Row.fetchCursor(db, sql: """
-            SELECT a.round, a.seq, j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms, a.reason
+            SELECT a.round, a.seq, j.key, a.action, a.outcome, a.error, a.payload_hash, a.at_ms, a.reason, a.actor
             FROM action a LEFT JOIN job j ON j.id = a.job ORDER BY a.round, a.seq
             """)
         // The next action row not consumed yet, copied out of the cursor.
         struct ActionRow {
             var round: Int64, seq: Int64, job: String?, action: String, outcome: String, error: String?, payloadHash: String?, atMS: Int64
-            var reason: String?
+            var reason: String?, actor: String?
         }
         func nextAction() throws -> ActionRow? {
             guard let row = try actions.next() else { return nil }
             return ActionRow(round: row[0], seq: row[1], job: row[2], action: row[3], outcome: row[4], error: row[5], payloadHash: row[6],
-                atMS: row[7], reason: row[8])
+                atMS: row[7], reason: row[8], actor: row[9])
         }
         var pending = try nextAction()
 
@@ -535,7 +665,7 @@ extension PlanStore {
             hasher.startActions()
             while let action = pending, action.round == id {
                 hasher.addAction(seq: action.seq, job: action.job, action: action.action, outcome: action.outcome, error: action.error,
-                    payloadHash: action.payloadHash, atMS: action.atMS, reason: action.reason)
+                    payloadHash: action.payloadHash, atMS: action.atMS, reason: action.reason, actor: action.actor)
                 actionRows += 1
                 pending = try nextAction()
             }

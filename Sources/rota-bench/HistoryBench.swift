@@ -5,7 +5,7 @@ import RotaStore
 struct HistoryBench: ParsableCommand, AsyncBody {
     static let configuration = CommandConfiguration(
         commandName: "history",
-        abstract: "SQLite plan history: recording rate, audit query latency, bytes per action row."
+        abstract: "SQLite plan history: recording rate, audit query latency, bytes per action row, job events recorded per second."
     )
 
     @Flag(help: "Print one JSON object per line instead of a table.")
@@ -25,6 +25,12 @@ struct HistoryBench: ParsableCommand, AsyncBody {
 
     @Option(help: "Rounds per transaction (a node catching up on the history stream records in batches).")
     var batch = 1_000
+
+    @Option(help: "Job events (the pool's job log) to record after the rounds, in batches of --event-batch.")
+    var events = 200_000
+
+    @Option(help: "Job events per recordJobEvents call.")
+    var eventBatch = 1_000
 
     func run() throws {}
 
@@ -64,7 +70,7 @@ struct HistoryBench: ParsableCommand, AsyncBody {
                 let (kind, outcome) = action(occurrence: occurrences[job])
                 occurrences[job] += 1
                 return ActionRecord(job: keys[job], action: kind, outcome: outcome,
-                    payloadHash: "0123456789abcdef", at: tick.addingTimeInterval(Double(offset) / 1000))
+                    payloadHash: "0123456789abcdef", at: tick.addingTimeInterval(Double(offset) / 1000), actor: "node-\(index % 3)")
             }
             pending.append((round, actions))
             if pending.count >= max(1, batch) || index == rounds - 1 {
@@ -73,6 +79,31 @@ struct HistoryBench: ParsableCommand, AsyncBody {
             }
         }
         let rate = Double(rounds * roundSize) / seconds(clock.now - started)
+        try store.checkpoint()
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let bytesPerRow = Double(size) / Double(rounds * roundSize)
+
+        // The job log over the same span: each job started and stopped in turn on rotating workers.
+        if !json { print("recording \(events) job events in batches of \(eventBatch)…") }
+        let eventsStarted = clock.now
+        var eventBuffer: [JobEventRecord] = []
+        for index in 0..<max(0, events) {
+            let job = index % keys.count
+            let cycle = index / keys.count
+            let worker = "worker-\((job + cycle / 2) % 30)"
+            eventBuffer.append(JobEventRecord(pool: "bench", entryID: "\(index)-0", index: 0, job: keys[job],
+                kind: cycle % 2 == 0 ? .started : .stopped, worker: worker, node: "node-\(job % 3)", nodeID: "node-id-\(job % 3)",
+                at: now.addingTimeInterval(-span + span * Double(index) / Double(max(1, events))), actor: "node-\(job % 3)",
+                round: cycle % 2 == 0 ? "bench-\(index % rounds)" : nil))
+            if eventBuffer.count >= max(1, eventBatch) || index == events - 1 {
+                try store.recordJobEvents(eventBuffer)
+                eventBuffer.removeAll(keepingCapacity: true)
+            }
+        }
+        let eventRate = Double(max(0, events)) / seconds(clock.now - eventsStarted)
+        try store.checkpoint()
+        let sizeWithEvents = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let bytesPerEvent = Double(sizeWithEvents - size) / Double(max(1, events))
 
         var jobLatencies: [Double] = []
         var atLatencies: [Double] = []
@@ -88,10 +119,6 @@ struct HistoryBench: ParsableCommand, AsyncBody {
             _ = try store.jobsRunning(at: instant)
             atLatencies.append(microseconds(clock.now - t1) / 1000)
         }
-        try store.checkpoint()
-        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        let bytesPerRow = Double(size) / Double(rounds * roundSize)
-
         // No external reference exists for these: `reference` is the target, and
         // `ratio` ≥ 1 means the target is met (value/target for rates, target/value otherwise).
         let rows = [
@@ -102,6 +129,11 @@ struct HistoryBench: ParsableCommand, AsyncBody {
                 reference: 20, ratio: 20 / percentile(atLatencies.sorted(), 99)),
             Measurement(suite: "history", metric: "history_bytes_per_row", value: bytesPerRow, unit: "bytes", reference: 200,
                 ratio: 200 / bytesPerRow),
+            // No target was set for these: the action rows' targets serve as references.
+            Measurement(suite: "history", metric: "job_events_per_s", value: eventRate, unit: "events/s", reference: 100_000,
+                ratio: eventRate / 100_000),
+            Measurement(suite: "history", metric: "job_event_bytes", value: bytesPerEvent, unit: "bytes", reference: 200,
+                ratio: 200 / bytesPerEvent),
         ]
         if json {
             for row in rows { print(row.json) }

@@ -31,8 +31,8 @@ func time(_ text: String?, option: String) throws -> Date? {
 
 struct History: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Audit the planning history: rounds, their actions, retention.",
-        subcommands: [List.self, ShowRound.self, Prune.self, Verify.self],
+        abstract: "Audit the planning history: rounds, their actions, the pool's job events, retention.",
+        subcommands: [List.self, ShowRound.self, Prune.self, Verify.self, Sync.self],
         defaultSubcommand: List.self
     )
 
@@ -88,13 +88,13 @@ struct History: ParsableCommand {
                 let items = actions.map { action -> JSONValue in
                     .object([("job", .string(action.job)), ("action", .string(action.action.rawValue)),
                         ("outcome", .string(action.outcome.rawValue)), ("error", .optional(action.error)), ("at", .string(rfc3339(action.at))),
-                        ("reason", .optional(action.reason))])
+                        ("reason", .optional(action.reason)), ("actor", .optional(action.actor))])
                 }
                 print(jsonArray([record.json + [("actions", .array(items))]]), terminator: "")
             case .table, .csv:
                 print(render(RoundRecord.header, [record.row], format: format))
-                print(render(["JOB", "ACTION", "OUTCOME", "AT", "REASON", "ERROR"],
-                    actions.map { [$0.job, $0.action.rawValue, $0.outcome.rawValue, rfc3339($0.at), $0.reason ?? "-", $0.error ?? "-"] },
+                print(render(["JOB", "ACTION", "OUTCOME", "AT", "REASON", "ACTOR", "ERROR"],
+                    actions.map { [$0.job, $0.action.rawValue, $0.outcome.rawValue, rfc3339($0.at), $0.reason ?? "-", $0.actor ?? "-", $0.error ?? "-"] },
                     format: format),
                     terminator: "")
             }
@@ -102,7 +102,9 @@ struct History: ParsableCommand {
     }
 
     struct Prune: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete old rounds and their actions.")
+        static let configuration = CommandConfiguration(
+            abstract: "Delete old rounds and their actions (and, with --older-than, old job events).",
+            discussion: "--keep counts rounds only: job events are pruned by age alone (--older-than).")
 
         @Option(help: "The SQLite database.") var db: String
         @Option(help: "Delete rounds started longer ago than this duration (e.g. 30d).") var olderThan: String?
@@ -122,7 +124,8 @@ struct History: ParsableCommand {
             let store = try openStore(db)
             let report: PruneReport
             do { report = try store.prune(olderThan: cutoff, keep: keep, dryRun: dryRun) } catch { throw CommandFailure(error.message) }
-            print("\(dryRun ? "would delete" : "deleted") \(report.rounds) round(s) and \(report.actions) action(s)")
+            print("\(dryRun ? "would delete" : "deleted") \(report.rounds) round(s) and \(report.actions) action(s)"
+                + (olderThan == nil ? "" : ", \(report.jobEvents) job event(s)"))
         }
     }
 }
@@ -131,13 +134,21 @@ extension History {
     /// `rota history verify`: checks the history's hash chains (see RotaStore's HistoryChain.swift).
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check the history's hash chains: report the first altered or missing round.",
+            abstract: "Check the history's hash chains: report the first altered or missing round or job event, and known gaps.",
             discussion: """
-                Every round is chained to the one recorded before it (SHA-256 over its identity and intent), and every \
-                outcome to the outcome recorded before it (over the finished time, counts, error and action rows). \
-                Exits 0 with "ok: N rounds verified" when the history is intact, 2 with one line naming the first \
-                altered round (and which part: identity, intent, outcome or actions) or the first missing one. Rounds \
-                recorded before the chain existed are reported as unchained; pruned rounds are bridged.
+                Every round is chained to the one recorded before it (SHA-256 over its identity and intent), every \
+                outcome to the outcome recorded before it (over the finished time, counts, error and action rows), and \
+                every job event of the pool's job log to the event recorded before it. Rounds recorded before the chain \
+                existed are reported as unchained; pruned rounds and events are bridged.
+
+                The chains cannot show what never reached this database: entries trimmed from the pool's streams \
+                before this node read them. The node records those as gaps, listed here until `rota history sync` \
+                fills them from another node's database.
+
+                Exit codes: 0 with "ok: N rounds verified" when the history is intact and has no unfilled gap; \
+                2 with one line naming the first altered round or event (and which part) or the first missing one; \
+                3 when the chains are intact but unfilled gaps exist (one line per gap). Tampered wins: a history \
+                that is both tampered and incomplete exits 2.
                 """
         )
 
@@ -162,11 +173,15 @@ extension History {
                         ("kind", .string(problem.kind.rawValue)), ("part", .optional(problem.part?.rawValue)),
                         ("round", .optional(problem.roundID)), ("id", problem.id.map { .int(Int($0)) } ?? .null),
                         ("missing_ids", problem.missingIDs.map { .array([.int(Int($0.lowerBound)), .int(Int($0.upperBound))]) } ?? .null),
-                        ("message", .string(problem.message)),
+                        ("message", .string(problem.message)), ("chain", .string(problem.chain)), ("event", .optional(problem.event)),
                     ])))
                 } else {
                     members.append(("problem", .null))
                 }
+                members += [("intact", .raw(result.isIntact ? "true" : "false")), ("events", .int(result.events)),
+                    ("events_pruned", .int(result.eventsPruned)), ("event_head", .string(result.eventHead)),
+                    ("gaps", .array(result.gaps.map(\.json)))]
+                members[0] = ("ok", .raw(result.isComplete ? "true" : "false"))
                 print(JSONValue.object(members).text)
             case .table:
                 if let problem = result.problem {
@@ -175,10 +190,73 @@ extension History {
                     var notes: [String] = []
                     if result.unchained > 0 { notes.append("\(result.unchained) older round(s) unchained: recorded before the chain existed") }
                     if result.pruned > 0 { notes.append("\(result.pruned) pruned") }
-                    print("ok: \(result.verified) rounds verified" + (notes.isEmpty ? "" : " (\(notes.joined(separator: "; ")))"))
+                    if result.eventsPruned > 0 { notes.append("\(result.eventsPruned) job event(s) pruned") }
+                    let events = result.events > 0 ? " and \(result.events) job events" : ""
+                    print((result.gaps.isEmpty ? "ok: " : "intact, with gaps: ") + "\(result.verified) rounds\(events) verified"
+                        + (notes.isEmpty ? "" : " (\(notes.joined(separator: "; ")))"))
                 }
+                for gap in result.gaps { print(gap.line) }
             }
             if !result.isIntact { throw ExitCode(2) }
+            if !result.gaps.isEmpty { throw ExitCode(3) }
+        }
+    }
+}
+
+extension HistoryGap {
+    var json: JSONValue {
+        .object([("pool", .string(pool)), ("stream", .string(stream)), ("after", .string(after)), ("before", .string(before)),
+            ("detected_at", .string(rfc3339(detectedAt))), ("filled_at", .optional(filledAt.map(rfc3339))),
+            ("filled_from", .optional(filledFrom))])
+    }
+
+    /// One line for people: the stream IDs' ms parts are times.
+    var line: String {
+        let times = [after, before].map { id in StreamEntryID(id).flatMap { Date(milliseconds: $0.ms) }.map(rfc3339) ?? id }
+        return "gap: pool \(pool) stream \(stream): entries after \(after) (\(times[0])) and before \(before) (\(times[1])) were trimmed "
+            + "before this node read them (detected \(rfc3339(detectedAt)))"
+            + (filledAt.map { " filled \(rfc3339($0)) from \(filledFrom ?? "?")" } ?? "")
+    }
+}
+
+extension Date {
+    /// A stream ID's ms part as a date, when it is one (not beyond what Date holds sensibly).
+    init?(milliseconds: UInt64) {
+        guard milliseconds < 1 << 52 else { return nil }
+        self.init(timeIntervalSince1970: Double(milliseconds) / 1000)
+    }
+}
+
+extension History {
+    /// `rota history sync`: fills this node's history from another node's database.
+    struct Sync: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy from another node's database the rounds and job events this one lacks; fill the gaps it covers.",
+            discussion: """
+                Opens --from read-only, checks its chains (refuses one that does not verify, one that is this same \
+                database, and files that are not a Rota database of this version), then appends what --db lacks \
+                (rounds with their actions by round ID, outcomes of rounds --db has unfinished, job events by stream \
+                entry) to --db's own chains, so that `rota history verify --db` still passes. A gap of --db is marked \
+                filled when --from read that stream past it and has no unfilled gap overlapping it.
+                """
+        )
+
+        @Option(help: "The SQLite database to fill.") var db: String
+        @Option(help: "Another node's SQLite database (opened read-only).") var from: String
+
+        func run() throws {
+            let store = try openStore(db)
+            let report: SyncReport
+            do { report = try store.sync(from: from) } catch { throw CommandFailure(error.message) }
+            print("copied from \(report.source): \(report.rounds) round(s), \(report.outcomes) outcome(s) of unfinished rounds, "
+                + "\(report.jobEvents) job event(s)")
+            for conflict in report.conflicts { print("not copied: \(conflict)") }
+            for gap in report.filledGaps {
+                print("filled gap: pool \(gap.pool) stream \(gap.stream): after \(gap.after) and before \(gap.before)")
+            }
+            let left: [HistoryGap]
+            do { left = try store.gaps() } catch { throw CommandFailure(error.message) }
+            if !left.isEmpty { print("\(left.count) gap(s) still unfilled") }
         }
     }
 }
@@ -197,10 +275,13 @@ struct Jobs: ParsableCommand {
         do { jobs = try store.jobsRunning(at: instant) } catch { throw CommandFailure(error.message) }
         switch format {
         case .json:
-            print(jsonArray(jobs.map { [("job", .string($0.job)), ("producer", .string($0.producer)), ("since", .string(rfc3339($0.since)))] }),
+            print(jsonArray(jobs.map { [("job", .string($0.job)), ("producer", .string($0.producer)), ("since", .string(rfc3339($0.since))),
+                ("worker", .optional($0.worker)), ("node", .optional($0.node))] }),
                 terminator: "")
         case .table, .csv:
-            print(render(["JOB", "PRODUCER", "SINCE"], jobs.map { [$0.job, $0.producer, rfc3339($0.since)] }, format: format), terminator: "")
+            print(render(["JOB", "PRODUCER", "SINCE", "WORKER", "NODE"],
+                jobs.map { [$0.job, $0.producer.isEmpty ? "-" : $0.producer, rfc3339($0.since), $0.worker ?? "-", $0.node ?? "-"] },
+                format: format), terminator: "")
         }
     }
 }

@@ -10,33 +10,6 @@ private func temporaryPath() -> String {
 
 private func at(_ seconds: Double) -> Date { Date(timeIntervalSince1970: 1_800_000_000 + seconds) }
 
-/// Runs SQL statements on the file behind the store's back (another process, as a tamperer would),
-/// and returns the rows of the queries among them, one `a|b|c` line each.
-@discardableResult
-private func sql(_ path: String, _ statements: String...) throws -> String { try sql(path, statements) }
-
-@discardableResult
-private func sql(_ path: String, _ statements: [String]) throws -> String {
-    let script = """
-        import sqlite3, sys
-        c = sqlite3.connect(sys.argv[1], isolation_level=None)
-        c.execute("PRAGMA busy_timeout = 5000")
-        for statement in sys.argv[2:]:
-            for row in c.execute(statement):
-                print("|".join("" if v is None else str(v) for v in row))
-        """
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = ["python3", "-c", script, path] + statements
-    let out = Pipe()
-    process.standardOutput = out
-    try process.run()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    guard process.terminationStatus == 0 else { throw TestFailure("sqlite3 script failed: \(statements)") }
-    return text.trimmingCharacters(in: .whitespacesAndNewlines)
-}
-
 private func round(_ id: String, producer: String = "p", tick: Double, jobs: [String] = ["a", "b"]) -> RoundRecord {
     RoundRecord(roundID: id, pool: "demo", producer: producer, revision: 1, node: "n1", tick: at(tick), startedAt: at(tick + 0.01),
         planned: jobs.map { PlannedAction(job: $0, action: .start) })
@@ -148,10 +121,10 @@ private func populated() throws -> PlanStore {
             statements: ["DELETE FROM action WHERE round = (SELECT id FROM round WHERE round_id = 'r1') AND seq = 2"],
             kind: .altered, part: .actions, round: "r1"),
         Tampering(name: "an action added",
-            statements: ["INSERT INTO action SELECT id, 9, 1, 'stop', 'stopped', NULL, NULL, 0, NULL FROM round WHERE round_id = 'r5'"],
+            statements: ["INSERT INTO action SELECT id, 9, 1, 'stop', 'stopped', NULL, NULL, 0, NULL, NULL FROM round WHERE round_id = 'r5'"],
             kind: .altered, part: .actions, round: "r5"),
         Tampering(name: "an action added to an unfinished round",
-            statements: ["INSERT INTO action SELECT id, 0, 1, 'stop', 'stopped', NULL, NULL, 0, NULL FROM round WHERE round_id = 'r3'"],
+            statements: ["INSERT INTO action SELECT id, 0, 1, 'stop', 'stopped', NULL, NULL, 0, NULL, NULL FROM round WHERE round_id = 'r3'"],
             kind: .altered, part: .actions, round: "r3"),
         Tampering(name: "a job renamed", statements: ["UPDATE job SET key = 'zzz' WHERE key = 'c'"], kind: .altered, part: .actions, round: "r1"),
         Tampering(name: "counts", statements: ["UPDATE round SET failed = 0 WHERE round_id = 'r1'"], kind: .altered, part: .outcome, round: "r1"),
@@ -194,6 +167,7 @@ private func populated() throws -> PlanStore {
         if let missing = tampering.missing { #expect(problem.missingIDs == missing) }
         #expect(!problem.message.contains("\n"))
         if let round = tampering.round { #expect(problem.message.contains("round \(round) (#")) }
+        #expect(problem.chain == (tampering.name == "an outcome erased" ? "outcome" : "round"))
     }
 
     @Test func messagesNameTheRoundAndThePart() throws {
