@@ -1,3 +1,9 @@
+import Foundation
+
+/// Unix milliseconds, rounded: the unit of the agreement sweep (and of the times `rota-chaos`
+/// writes for scripts to check it again).
+func unixMilliseconds(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+
 /// Whether a job runs, as a step function of time: the instants (Unix milliseconds) at which its
 /// state changes, in order, one per instant, each a real change. Before the first, it does not run.
 struct Steps: Equatable, Sendable {

@@ -93,10 +93,19 @@ final class ChaosProcess: Sendable {
             current.waitUntilExit()
             let status = current.terminationStatus
             let bySignal = current.terminationReason == .uncaughtSignal
-            guarded.withLock { state in
+            let ended = guarded.withLock { state -> State in
                 state.exitStatus = status
                 state.endedBySignal = bySignal
                 if state.endedAt == nil { state.endedAt = Date() }
+                return state
+            }
+            // For people (and scripts) reading a kept log: where the checker ends its open jobs.
+            if let end = FileHandle(forWritingAtPath: logPath), let endedAt = ended.endedAt {
+                let how = ended.killedBySuite ? "SIGKILLed by rota-chaos" : ended.terminatedBySuite ? "exited after SIGTERM" : "exited"
+                let line = #"{"message":"rota-chaos: process ended","how":"\#(how)","status":\#(status),"time":"\#(Self.timeFormat.format(endedAt))","at_ms":\#(unixMilliseconds(endedAt))}"#
+                _ = try? end.seekToEnd()
+                try? end.write(contentsOf: Data((line + "\n").utf8))
+                try? end.close()
             }
             withExtendedLifetime(errors) {}
         }.start()

@@ -111,7 +111,7 @@ struct Checker {
             }
         }
         let worst = perJob.sorted { $0.1 > $1.1 }.prefix(3).map { job, seconds in
-            "\(job) \((seconds * 100).rounded() / 100) s (started by \(startedBy[job, default: []].joined(separator: ",")))"
+            "\(job) \((seconds * 1000).rounded() / 1000) s (started by \(startedBy[job, default: []].joined(separator: ",")))"
         }
         return (total, worst)
     }
@@ -387,7 +387,7 @@ extension Checker {
     /// logs' (some process logged a start without a matching stop, a process's open jobs ending
     /// at its end), leaving out `tolerance` seconds either side of each change in the logs.
     func historyAgreement(from: Date, until: Date, tolerance: Double) -> HistoryAgreement {
-        func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+        let ms = unixMilliseconds
         let logs = copyChanges().changes.mapValues { Steps(copies: $0.map { (ms($0.0), $0.1) }) }
         var result = HistoryAgreement()
         for slot in cluster.plannerSlots {

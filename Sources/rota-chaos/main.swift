@@ -139,8 +139,8 @@ struct Chaos: ParsableCommand {
         let history = await checker.history(horizon: Date().addingTimeInterval(-3), wait: 20)
         // From the initial convergence to the end of settling, with a planning interval of
         // tolerance either side of every change in the logs.
-        let agreement = checker.historyAgreement(
-            from: initial.settledAt ?? faultStart, until: settling.end, tolerance: Double(ChaosCluster.intervalSeconds))
+        let agreementFrom = initial.settledAt ?? faultStart
+        let agreement = checker.historyAgreement(from: agreementFrom, until: settling.end, tolerance: Double(ChaosCluster.intervalSeconds))
         let disagreement = agreement.worst.map { rounded(Double($0.total) / 1000) } ?? -1
         let settle = settling.settledAt.map { $0.timeIntervalSince(faultEnd) }
         var failures: [String] = []
@@ -185,6 +185,7 @@ struct Chaos: ParsableCommand {
                 ("history_disagreement_per_db", agreement.databases.map { "\($0.slot):\(rounded(Double($0.total) / 1000))" }.joined(separator: ",")),
             ]
         }
+        fields.append(("history_window_ms", "\(unixMilliseconds(agreementFrom))-\(unixMilliseconds(settling.end))"))
         if !agreement.unreadable.isEmpty { fields.append(("history_unreadable", agreement.unreadable.joined(separator: "; "))) }
         fields += injected.details
         if !worstFaultOverlap.isEmpty { fields.append(("fault_overlap_worst", worstFaultOverlap.joined(separator: "; "))) }
