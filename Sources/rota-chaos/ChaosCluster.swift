@@ -11,6 +11,8 @@ final class ChaosCluster: Sendable {
     static let pool = "chaos"
     static let producers = 10
     static let jobsPerProducer = 50
+    /// Every producer plans once a second.
+    static let intervalSeconds = 1
 
     let directory: URL
     let executable: URL
@@ -54,7 +56,7 @@ final class ChaosCluster: Sendable {
         }
         var plan = "pool: \(Self.pool)\nproducers:\n"
         for producer in 0..<Self.producers {
-            plan += "  - name: p\(producer)\n    every: 1s\n    mode: exact\n    jobs:\n"
+            plan += "  - name: p\(producer)\n    every: \(Self.intervalSeconds)s\n    mode: exact\n    jobs:\n"
             for job in 0..<Self.jobsPerProducer { plan += "      - {key: p\(producer)/j\(job), handler: log, payload: {n: \(job)}}\n" }
         }
         try plan.write(to: plansDirectory.appendingPathComponent("chaos.yaml"), atomically: true, encoding: .utf8)

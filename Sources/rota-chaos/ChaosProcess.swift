@@ -34,6 +34,10 @@ final class ChaosProcess: Sendable {
         var lastLines: [String] = []
         /// Set when the suite itself killed it: any other exit is a crash.
         var killedBySuite = false
+        /// Set when the suite asked it to stop (SIGTERM): an exit with status 0 is then no crash.
+        var terminatedBySuite = false
+        /// It ended on a signal (it did not call exit).
+        var endedBySignal = false
     }
 
     let role: Role
@@ -88,9 +92,20 @@ final class ChaosProcess: Sendable {
             let current = self.process.withLock { $0 }
             current.waitUntilExit()
             let status = current.terminationStatus
-            guarded.withLock { state in
+            let bySignal = current.terminationReason == .uncaughtSignal
+            let ended = guarded.withLock { state -> State in
                 state.exitStatus = status
+                state.endedBySignal = bySignal
                 if state.endedAt == nil { state.endedAt = Date() }
+                return state
+            }
+            // For people (and scripts) reading a kept log: where the checker ends its open jobs.
+            if let end = FileHandle(forWritingAtPath: logPath), let endedAt = ended.endedAt {
+                let how = ended.killedBySuite ? "SIGKILLed by rota-chaos" : ended.terminatedBySuite ? "exited after SIGTERM" : "exited"
+                let line = #"{"message":"rota-chaos: process ended","how":"\#(how)","status":\#(status),"time":"\#(Self.timeFormat.format(endedAt))","at_ms":\#(unixMilliseconds(endedAt))}"#
+                _ = try? end.seekToEnd()
+                try? end.write(contentsOf: Data((line + "\n").utf8))
+                try? end.close()
             }
             withExtendedLifetime(errors) {}
         }.start()
@@ -140,8 +155,14 @@ final class ChaosProcess: Sendable {
     var hasEnded: Bool { guarded.withLock { $0.endedAt != nil } }
     var endedAt: Date? { guarded.withLock { $0.endedAt } }
 
-    /// It exited without the suite killing it (a crash, a trap, an exit on its own).
-    var crashed: Bool { guarded.withLock { $0.exitStatus != nil && !$0.killedBySuite } }
+    /// It exited without the suite killing it (a crash, a trap, an exit on its own), or exited
+    /// with a failure or on a signal after the suite asked it to stop.
+    var crashed: Bool {
+        guarded.withLock { state in
+            guard let status = state.exitStatus, !state.killedBySuite else { return false }
+            return !(state.terminatedBySuite && status == 0 && !state.endedBySignal)
+        }
+    }
 
     func signal(_ signal: Int32) {
         guard !hasEnded else { return }
@@ -162,6 +183,29 @@ final class ChaosProcess: Sendable {
         while guarded.withLock({ $0.exitStatus == nil }) && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(5))
         }
+    }
+
+    /// SIGTERM: the process hands its jobs over and exits on its own; its jobs end at its own
+    /// "job stopped" lines, or at its exit. Waits until it has exited, at most `timeout`; past that
+    /// it is SIGKILLed and false is returned.
+    func terminate(timeout: Duration) async -> Bool {
+        let proceed = guarded.withLock { state -> Bool in
+            guard state.endedAt == nil else { return false }
+            state.terminatedBySuite = true
+            return true
+        }
+        guard proceed else { return true }
+        _ = kill(pid, SIGTERM)
+        let deadline = ContinuousClock.now + timeout
+        // endedAt is set once the whole of its stderr was read and it was reaped.
+        while !hasEnded {
+            if ContinuousClock.now >= deadline {
+                await killNow()
+                return false
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
     }
 
     /// Waits until the process logged its ready line; throws if it ends first or at the deadline.

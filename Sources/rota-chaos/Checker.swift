@@ -59,8 +59,10 @@ struct Checker {
     /// the logs of every incarnation (a killed process's jobs end at its kill).
     func overlapSeconds(from: Date, until: Date) -> Double { overlap(from: from, until: until).total }
 
-    /// The same, with the jobs that ran twice longest (job, seconds, slots that logged its starts).
-    func overlap(from: Date, until: Date) -> (total: Double, worst: [String]) {
+    /// Per job, the changes in its number of running copies by the logs of every incarnation
+    /// (+1 at a start, -1 at a stop, -n at the end of a process that ended with n copies still
+    /// open: a killed process's jobs end at its kill), and the slots that logged its starts.
+    func copyChanges() -> (changes: [String: [(Date, Int)]], startedBy: [String: [String]]) {
         var changes: [String: [(Date, Int)]] = [:]
         var startedBy: [String: [String]] = [:]
         for process in cluster.all {
@@ -83,6 +85,12 @@ struct Checker {
                 for (job, count) in open where count > 0 { changes[job, default: []].append((ended, -count)) }
             }
         }
+        return (changes, startedBy)
+    }
+
+    /// The same, with the jobs that ran twice longest (job, seconds, slots that logged its starts).
+    func overlap(from: Date, until: Date) -> (total: Double, worst: [String]) {
+        let (changes, startedBy) = copyChanges()
         var total = 0.0
         var perJob: [(String, Double)] = []
         for (job, events) in changes {
@@ -103,7 +111,7 @@ struct Checker {
             }
         }
         let worst = perJob.sorted { $0.1 > $1.1 }.prefix(3).map { job, seconds in
-            "\(job) \((seconds * 100).rounded() / 100) s (started by \(startedBy[job, default: []].joined(separator: ",")))"
+            "\(job) \((seconds * 1000).rounded() / 1000) s (started by \(startedBy[job, default: []].joined(separator: ",")))"
         }
         return (total, worst)
     }
@@ -212,6 +220,26 @@ struct Checker {
         return Date().timeIntervalSince(began)
     }
 
+    /// After a restart: polls until `process` is back — it logged a job start and the pool is
+    /// converged, or the pool has been converged for `hold` seconds — at most `limit` seconds after
+    /// `since`. Returns the seconds since `since`; nil if the process ended or the limit passed.
+    func waitBack(_ process: ChaosProcess, since: Date, hold: Double, limit: Double) async -> Double? {
+        var convergedSince: Date?
+        while Date().timeIntervalSince(since) <= limit, !process.hasEnded {
+            let now = Date()
+            if await divergence().isEmpty {
+                let converged = convergedSince ?? now
+                convergedSince = converged
+                let tookJob = process.records.contains { if case .started = $0.kind { true } else { false } }
+                if tookJob || now.timeIntervalSince(converged) >= hold { return now.timeIntervalSince(since) }
+            } else {
+                convergedSince = nil
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        return nil
+    }
+
     private func waitForLog(timeout: Double, _ what: String, _ condition: (LogView) -> Bool) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while !condition(logView()) {
@@ -248,17 +276,20 @@ struct Checker {
 
     /// Every round of the pool in one planner's SQLite file (plain SQL, read-only).
     func rounds(inDatabase path: String) throws -> [RoundRow] {
-        var configuration = Configuration()
-        configuration.readonly = true
-        configuration.busyMode = .timeout(5)
-        let queue = try DatabaseQueue(path: path, configuration: configuration)
-        return try queue.read { db in
+        try Self.openReadOnly(path).read { db in
             try Row.fetchAll(db, sql: "SELECT round_id, producer, tick_ms, node, finished_ms FROM round WHERE pool = ?", arguments: [ChaosCluster.pool])
                 .map { row in
                     RoundRow(roundID: row["round_id"], producer: row["producer"], tick: row["tick_ms"], node: row["node"],
                         finished: (row["finished_ms"] as Int64?) != nil)
                 }
         }
+    }
+
+    private static func openReadOnly(_ path: String) throws -> DatabaseQueue {
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(5)
+        return try DatabaseQueue(path: path, configuration: configuration)
     }
 
     /// Compares every planner's history: a tick planned by two nodes (by the databases or by the
@@ -315,5 +346,67 @@ struct Checker {
             }
         }
         return report
+    }
+}
+
+// MARK: - The history against the logs
+
+extension Checker {
+    struct HistoryAgreement {
+        struct Database {
+            let slot: String
+            /// Milliseconds of disagreement over all jobs.
+            let total: Int64
+            /// The jobs that disagree longest, longest first (at most 3), with their milliseconds.
+            let worst: [(job: String, ms: Int64)]
+        }
+
+        var databases: [Database] = []
+        var unreadable: [String] = []
+
+        /// The database whose history disagrees most with the logs.
+        var worst: Database? { databases.max { $0.total < $1.total } }
+    }
+
+    /// Per job, the rows of the `job_state_changes` view (job, at_ms, state; plain SQL) of one
+    /// planner's database: what its history says about when the job ran.
+    func stateChanges(inDatabase path: String) throws -> [String: [(at: Int64, running: Bool)]] {
+        try Self.openReadOnly(path).read { db in
+            var rows: [String: [(at: Int64, running: Bool)]] = [:]
+            let cursor = try Row.fetchCursor(db, sql: "SELECT job, at_ms, state FROM job_state_changes")
+            while let row = try cursor.next() {
+                guard let job = row["job"] as String?, let at = row["at_ms"] as Int64?, let state = row["state"] as String? else { continue }
+                rows[job, default: []].append((at, state == "running"))
+            }
+            return rows
+        }
+    }
+
+    /// For every planner's database: over `from`..<`until`, per job, how long the history's "J is
+    /// running" (its last `job_state_changes` row at or before T says 'running') differs from the
+    /// logs' (some process logged a start without a matching stop, a process's open jobs ending
+    /// at its end), leaving out `tolerance` seconds either side of each change in the logs.
+    func historyAgreement(from: Date, until: Date, tolerance: Double) -> HistoryAgreement {
+        let ms = unixMilliseconds
+        let logs = copyChanges().changes.mapValues { Steps(copies: $0.map { (ms($0.0), $0.1) }) }
+        var result = HistoryAgreement()
+        for slot in cluster.plannerSlots {
+            let history: [String: Steps]
+            do {
+                history = try stateChanges(inDatabase: cluster.database(of: slot)).mapValues { Steps(states: $0) }
+            } catch {
+                result.unreadable.append("\(slot): \(error)")
+                continue
+            }
+            var perJob: [(job: String, ms: Int64)] = []
+            for job in Set(logs.keys).union(history.keys) {
+                let disagreement = (logs[job] ?? Steps()).disagreement(
+                    with: history[job] ?? Steps(), tolerance: Int64((tolerance * 1000).rounded()), from: ms(from), until: ms(until))
+                if disagreement > 0 { perJob.append((job, disagreement)) }
+            }
+            let worst = perJob.sorted { $0.ms != $1.ms ? $0.ms > $1.ms : $0.job < $1.job }.prefix(3)
+            result.databases.append(.init(slot: slot, total: perJob.reduce(0) { $0 + $1.ms }, worst: Array(worst)))
+        }
+        return result
     }
 }

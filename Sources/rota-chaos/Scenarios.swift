@@ -16,15 +16,17 @@ struct Profile: Sendable {
     var redisDownSeconds: Double
     var clientKills: Int
     var floodJobs: Int
+    /// Rolling restarts of the whole fleet, one process after the other.
+    var rollingRestarts: Int
     /// Seconds the pool must stay converged to count as settled (and over which overlap is measured).
     var hold: Double
 
     static let short = Profile(
         workerKills: 20, workerKillGap: 2...4, plannerKills: 10, plannerKillGap: 3...5, pauses: 1,
-        redisRestarts: 1, redisDownSeconds: 2, clientKills: 1, floodJobs: 2_500, hold: 5)
+        redisRestarts: 1, redisDownSeconds: 2, clientKills: 1, floodJobs: 2_500, rollingRestarts: 1, hold: 5)
     static let long = Profile(
         workerKills: 100, workerKillGap: 1...5, plannerKills: 40, plannerKillGap: 2...6, pauses: 3,
-        redisRestarts: 3, redisDownSeconds: 5, clientKills: 5, floodJobs: 10_000, hold: 15)
+        redisRestarts: 3, redisDownSeconds: 5, clientKills: 5, floodJobs: 10_000, rollingRestarts: 3, hold: 15)
 }
 
 enum Scenario: String, CaseIterable, Sendable {
@@ -35,12 +37,18 @@ enum Scenario: String, CaseIterable, Sendable {
     case clientKill = "client-kill"
     case flood
     case poison
+    case rollingRestart = "rolling-restart"
 
     /// What the fault phase did, for the report.
     struct Injected {
         var faults = 0
         var details: [(String, any Sendable)] = []
+        /// What went wrong during the fault phase itself (the scenario fails).
+        var failures: [String] = []
     }
+
+    /// A graceful fault: no job may run in two copies at any time, not just after settling.
+    var forbidsFaultOverlap: Bool { self == .rollingRestart }
 
     /// Runs the fault phase against a converged pool. Returns when the last fault is over (the
     /// last process restarted, the paused ones resumed, Redis back); settling is measured from then.
@@ -132,6 +140,8 @@ enum Scenario: String, CaseIterable, Sendable {
             injected.details.append(("poisoned_entries", written))
             // Long enough for every node to meet them: sweeps, ticks, replication, status.
             try await Task.sleep(for: .seconds(5))
+        case .rollingRestart:
+            injected = try await rollingRestart(rounds: profile.rollingRestarts, cluster: cluster, checker: checker)
         case .flood:
             let result = try await flood(jobs: profile.floodJobs, client: checker.client)
             checker.desired.formUnion(result.started)
@@ -144,6 +154,40 @@ enum Scenario: String, CaseIterable, Sendable {
             ]
             if let example = result.failed.first { injected.details.append(("flood_error", "\(example.key): \(example.value)")) }
         }
+        return injected
+    }
+
+    /// SIGTERM each `rota run` and then each `rota worker` in turn; once it has exited, start it
+    /// again in its slot (same name, same database) and wait until it is back (ready, and it took
+    /// a job or the pool stayed converged for 2 s) before the next.
+    private func rollingRestart(rounds: Int, cluster: ChaosCluster, checker: Checker) async throws -> Injected {
+        var injected = Injected()
+        // A node hands its jobs over for at most a worker TTL; rejoining may take as long as the
+        // pool may take to settle.
+        let limit = settleBudget()
+        var exits: [Double] = [], backs: [Double] = []
+        for _ in 0..<rounds {
+            for slot in cluster.plannerSlots + cluster.workerSlots {
+                guard let victim = cluster.current(slot), !victim.hasEnded else { throw ChaosFailure(.process, "no live \(slot) to restart") }
+                let asked = Date()
+                if !(await victim.terminate(timeout: .seconds(limit))) {
+                    injected.failures.append("\(victim.description) still running \(limit) s after SIGTERM (SIGKILLed)")
+                }
+                exits.append(Date().timeIntervalSince(asked))
+                injected.faults += 1
+                let successor = try cluster.spawn(slot)
+                let spawned = Date()
+                try await successor.waitUntilReady()
+                if let back = await checker.waitBack(successor, since: spawned, hold: 2, limit: limit) {
+                    backs.append(back)
+                } else {
+                    injected.failures.append("\(successor.description) not back \(limit) s after its restart")
+                }
+            }
+        }
+        let tenths = { (values: [Double]) in values.map { "\(($0 * 10).rounded() / 10)" }.joined(separator: ",") }
+        injected.details += [("restart_order", (cluster.plannerSlots + cluster.workerSlots).joined(separator: ",")),
+            ("exit_s", tenths(exits)), ("back_s", tenths(backs))]
         return injected
     }
 

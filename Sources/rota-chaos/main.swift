@@ -14,8 +14,10 @@ struct Chaos: ParsableCommand {
             Each scenario starts a fresh pool (1 redis-server with AOF, 3 `rota run`, 3 `rota worker`, \
             a plan of 500 always-desired jobs at 1 s), waits until every job runs once, injects its \
             fault, then waits for the pool to settle. Pass: 0 lost, 0 running twice, 0 overlap after \
-            settling, 0 duplicate or missing history rounds, settled within worker TTL + ack grace + \
-            one interval. Logs of failed scenarios are kept (their directory is printed).
+            settling (rolling-restart: none during the fault either), 0 duplicate or missing history \
+            rounds, settled within worker TTL + ack grace + one interval; with \
+            --require-history-agreement, no disagreement between the history and the workers' logs. \
+            Logs of failed scenarios are kept (their directory is printed).
             """
     )
 
@@ -36,6 +38,12 @@ struct Chaos: ParsableCommand {
     @Option(help: "Keep every scenario's logs and databases under this directory.")
     var keep: String?
 
+    @Flag(help: "Fail a scenario whose history disagrees with the workers' logs (history_disagreement_s > 0); always reported.")
+    var requireHistoryAgreement = false
+
+    @Flag(help: .hidden)
+    var selfTest = false
+
     func validate() throws {
         for name in scenarios where Scenario(rawValue: name) == nil {
             throw ValidationError("unknown scenario '\(name)'; known: \(Scenario.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -43,6 +51,14 @@ struct Chaos: ParsableCommand {
     }
 
     func execute() async throws {
+        // The checker checks its own arithmetic first (hand-made cases; microseconds).
+        let broken = Steps.selfTest()
+        for failure in broken { FileHandle.standardError.write(Data("rota-chaos: self-test: \(failure)\n".utf8)) }
+        if !broken.isEmpty { throw ExitCode(1) }
+        if selfTest {
+            print("rota-chaos: self-test passed")
+            return
+        }
         let executable = URL(fileURLWithPath: rota
             ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota").path)
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
@@ -81,8 +97,7 @@ struct Chaos: ParsableCommand {
 
     /// One scenario on a fresh pool; never throws: a harness failure is a failed line that says why.
     private func run(_ scenario: Scenario, profile: Profile, directory: URL, executable: URL, random: inout SplitMix64) async -> Line {
-        let defaults = Node.Options()
-        let budget = seconds(defaults.workerTTL) + seconds(defaults.ackGracePeriod) + 1
+        let budget = settleBudget()
         let cluster = ChaosCluster(directory: directory, executable: executable)
         let began = Date()
         var fields: [(String, any Sendable)] = [("scenario", scenario.rawValue)]
@@ -122,6 +137,11 @@ struct Chaos: ParsableCommand {
         let overlap = checker.overlapSeconds(from: settledFrom, until: settling.end)
         let (faultOverlap, worstFaultOverlap) = checker.overlap(from: faultStart, until: settledFrom)
         let history = await checker.history(horizon: Date().addingTimeInterval(-3), wait: 20)
+        // From the initial convergence to the end of settling, with a planning interval of
+        // tolerance either side of every change in the logs.
+        let agreementFrom = initial.settledAt ?? faultStart
+        let agreement = checker.historyAgreement(from: agreementFrom, until: settling.end, tolerance: Double(ChaosCluster.intervalSeconds))
+        let disagreement = agreement.worst.map { rounded(Double($0.total) / 1000) } ?? -1
         let settle = settling.settledAt.map { $0.timeIntervalSince(faultEnd) }
         var failures: [String] = []
         // Still working, not just still holding its jobs: planning goes on, and a new job can be
@@ -138,6 +158,11 @@ struct Chaos: ParsableCommand {
         if !lost.isEmpty { failures.append("lost \(lost.count): \(lost.sorted().prefix(5))") }
         if !twice.isEmpty { failures.append("running twice \(twice.count): \(twice.keys.sorted().prefix(5))") }
         if overlap > 0 { failures.append("overlap after settling \(rounded(overlap)) s") }
+        if scenario.forbidsFaultOverlap && faultOverlap > 0 { failures.append("overlap during the fault \(rounded(faultOverlap)) s") }
+        failures += injected.failures
+        if requireHistoryAgreement && disagreement != 0 {
+            failures.append(agreement.worst == nil ? "no history readable" : "history disagrees with the logs for \(disagreement) s")
+        }
         if history.duplicateRounds > 0 || history.missingRounds > 0 { failures += history.examples }
         if let settle, settle > budget { failures.append("settled in \(rounded(settle)) s (budget \(budget) s)") }
         let crashed = cluster.all.filter(\.crashed)
@@ -151,8 +176,17 @@ struct Chaos: ParsableCommand {
             ("desired", checker.desired.count), ("running", view.copies.count), ("faults", injected.faults),
             ("fault_overlap_s", rounded(faultOverlap)), ("rounds", history.rounds), ("unfinished_rounds", history.unfinishedRounds),
             ("skipped_ticks", history.skippedTicks), ("rounds_after_fault", roundsAfter), ("probe_s", rounded(probe)),
-            ("crashes", crashed.count),
+            ("crashes", crashed.count), ("history_disagreement_s", disagreement),
         ]
+        if let worst = agreement.worst {
+            fields += [
+                ("history_disagreement_worst", worst.worst.map { "\($0.job) \(rounded(Double($0.ms) / 1000)) s" }.joined(separator: "; ")),
+                ("history_disagreement_db", worst.slot),
+                ("history_disagreement_per_db", agreement.databases.map { "\($0.slot):\(rounded(Double($0.total) / 1000))" }.joined(separator: ",")),
+            ]
+        }
+        fields.append(("history_window_ms", "\(unixMilliseconds(agreementFrom))-\(unixMilliseconds(settling.end))"))
+        if !agreement.unreadable.isEmpty { fields.append(("history_unreadable", agreement.unreadable.joined(separator: "; "))) }
         fields += injected.details
         if !worstFaultOverlap.isEmpty { fields.append(("fault_overlap_worst", worstFaultOverlap.joined(separator: "; "))) }
         if !failures.isEmpty { fields.append(("failures", failures.joined(separator: " | "))) }
@@ -162,6 +196,12 @@ struct Chaos: ParsableCommand {
 
 private func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+/// How long the pool may take to settle after a fault: worker TTL + ack grace + one interval.
+func settleBudget() -> Double {
+    let defaults = Node.Options()
+    return seconds(defaults.workerTTL) + seconds(defaults.ackGracePeriod) + Double(ChaosCluster.intervalSeconds)
 }
 
 private func rounded(_ value: Double) -> Double { (value * 1000).rounded() / 1000 }
