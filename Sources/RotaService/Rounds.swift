@@ -495,7 +495,10 @@ public enum HistoryWire {
         round.error = wire.error
         let actions = try wire.actions.map { action in
             guard let kind = ActionKind(rawValue: action.action), let outcome = ActionOutcome(rawValue: action.outcome) else {
-                throw ServiceError(.invalidArgument, "unknown action or outcome in round \(wire.id)")
+                throw ServiceError(.invalidArgument, "unknown action or outcome in round \(wire.id.prefix(200))")
+            }
+            guard (action.reason?.utf8.count ?? 0) <= 64, (action.actor?.utf8.count ?? 0) <= 300 else {
+                throw ServiceError(.invalidArgument, "round \(wire.id.prefix(200)): an action's reason or actor is too long")
             }
             return ActionRecord(job: action.job, action: kind, outcome: outcome, error: action.error, payloadHash: action.hash,
                                 at: try time(action.at, "action time"), reason: action.reason, actor: action.actor)

@@ -56,7 +56,7 @@ struct StreamFollower: Sendable {
 
     /// Records a gap when Redis deleted entries after `cursor` (this node never read them).
     func checkGap(after cursor: String?) async {
-        guard let cursor, let cursorID = StreamID(cursor) else { return }
+        guard let cursor, let cursorID = StreamEntryID(cursor) else { return }
         let info: [String: RedisValue]
         do {
             let reply = try await stream.client.send("XINFO", "STREAM", stream.key)
@@ -72,9 +72,9 @@ struct StreamFollower: Sendable {
             // No stream yet (nothing published), or Redis unreachable: nothing to compare.
             return
         }
-        guard let deleted = info["max-deleted-entry-id"]?.string.flatMap(StreamID.init), deleted > cursorID else { return }
+        guard let deleted = info["max-deleted-entry-id"]?.string.flatMap(StreamEntryID.init), deleted > cursorID else { return }
         // Everything up to the first entry left is gone: the gap runs from the cursor to it.
-        let before = info["recorded-first-entry-id"]?.string ?? info["last-generated-id"]?.string ?? deleted.description
+        let before = info["recorded-first-entry-id"]?.string ?? info["last-generated-id"]?.string ?? "\(deleted.ms)-\(deleted.seq)"
         do {
             try store.recordGap(pool: pool, stream: stream.name, after: cursor, before: before, at: Date())
             Counter(label: "rota_history_gaps", dimensions: [("pool", pool), ("stream", stream.name)]).increment()
@@ -84,21 +84,4 @@ struct StreamFollower: Sendable {
             logger.error("could not record a history gap", metadata: ["stream": "\(stream.name)", "error": "\(error)"])
         }
     }
-}
-
-/// A Redis stream entry ID (`ms-seq`), compared as numbers: as strings "9-0" sorts after "10-0".
-struct StreamID: Comparable, CustomStringConvertible {
-    let ms: UInt64
-    let seq: UInt64
-
-    init?(_ text: String) {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count == 2, let ms = UInt64(parts[0]), let seq = UInt64(parts[1]) else { return nil }
-        self.ms = ms
-        self.seq = seq
-    }
-
-    static func < (lhs: StreamID, rhs: StreamID) -> Bool { (lhs.ms, lhs.seq) < (rhs.ms, rhs.seq) }
-
-    var description: String { "\(ms)-\(seq)" }
 }
