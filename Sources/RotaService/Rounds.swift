@@ -200,6 +200,9 @@ final class ProducerPlanner: JobProducer {
                 actions.append(ActionRecord(job: key, action: isStart ? .start : .stop, outcome: .failed, error: message, payloadHash: hash,
                     at: now, reason: reason))
                 record.failed += 1
+            case .stopFailed(let message):
+                actions.append(ActionRecord(job: key, action: .stop, outcome: .failed, error: message, at: now, reason: reason))
+                record.failed += 1
             }
         }
         record.finishedAt = now
