@@ -110,6 +110,21 @@ struct JobLogTests {
         }
     }
 
+    @Test("a repeated delivery of a running job is a confirmation, not a start: no second started entry")
+    func confirmationNotLogged() async throws {
+        try await withPool { pool in
+            let node = try await pool.start().node
+            let handler = ControlledHandler()
+            let worker = try await node.addWorker(handler)
+            try await node.dispatch(key: "job", payload: bytes("p"))
+            let again = JobRecord(key: "job", dispatcher: node.id, payload: bytes("p"), createdAt: Date(), requeued: true)
+            try await worker.start(again)
+            #expect(handler.recorder.started.count == 1)
+            #expect(entries(try await jobLog(node, pool.client), .started, job: "job").count == 1)
+            try await node.shutdown()
+        }
+    }
+
     @Test("a stop handler that throws: stopAndWait throws stopFailed, the job stays owned, the job log says stop-failed")
     func stopFailed() async throws {
         try await withPool { pool in
