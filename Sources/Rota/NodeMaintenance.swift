@@ -288,18 +288,52 @@ extension Node {
         } catch {
             logger.warning("could not mark the worker as retiring", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
         }
-        var remaining = await worker.releaseForHandoff(jobs, reason: reason, keepOnStopFailure: false)
-        let origin = JobOrigin(actor: options.name, reason: reason)
-        let deadline = ContinuousClock.now + options.workerTTL
-        while !remaining.isEmpty {
-            remaining = await requeueAll(remaining, origin: origin)
-            if remaining.isEmpty || ContinuousClock.now >= deadline { break }
-            try? await Task.sleep(for: .milliseconds(50))
+        await withDiscardingTaskGroup { group in
+            // The worker's loops are stopped, but stopping its jobs may take longer than the
+            // worker TTL: its keep-alive goes on meanwhile, or peers would find it dead and
+            // requeue the jobs it has not stopped yet (two copies again).
+            group.addTask { await self.keepAlive(retiring: worker) }
+            await self.handOff(jobs, of: worker, reason: reason)
+            group.cancelAll()
         }
-        for job in remaining {
-            // Stopped here, payload kept, no owner: orphan recovery restarts it once Redis takes
-            // writes again.
-            logger.error("could not requeue a job; orphan recovery will restart it", metadata: ["job": "\(job.key)"])
+    }
+
+    private func handOff(_ jobs: [Job], of worker: Worker, reason: String) async {
+        let origin = JobOrigin(actor: options.name, reason: reason)
+        // A few jobs at a time: each is requeued as soon as it stopped, rather than all of them
+        // waiting for the slowest stop.
+        var pending = jobs[...]
+        while !pending.isEmpty {
+            let chunk = Array(pending.prefix(16))
+            pending = pending.dropFirst(chunk.count)
+            var remaining = await worker.releaseForHandoff(chunk, reason: reason, keepOnStopFailure: false)
+            let deadline = ContinuousClock.now + options.workerTTL
+            while !remaining.isEmpty {
+                remaining = await requeueAll(remaining, origin: origin)
+                if remaining.isEmpty || ContinuousClock.now >= deadline { break }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            for job in remaining {
+                // Stopped here, payload kept, no owner: orphan recovery restarts it once Redis
+                // takes writes again.
+                logger.error("could not requeue a job; orphan recovery will restart it", metadata: ["job": "\(job.key)"])
+            }
+        }
+    }
+
+    /// Writes a retiring worker's keep-alive every half TTL until cancelled.
+    private func keepAlive(retiring worker: Worker) async {
+        while !Task.isCancelled {
+            do {
+                try await maps.workerKeepAlive.set(worker.id, String(nowNanos()))
+            } catch {
+                logger.warning("keep-alive of a retiring worker failed", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
+            }
+            do {
+                try await Task.sleep(for: options.workerTTL / 2)
+            } catch {
+                return
+            }
         }
     }
 

@@ -630,17 +630,32 @@ public final class Worker: Sendable {
     /// the ack grace period) and the second delivery went to another worker: the registry names
     /// one owner per job, and the job runs there. Checked every keep-alive, so a duplicate lasts
     /// at most half a worker TTL (the reference let it run until a rebalance).
+    ///
+    /// Also stops the jobs the pool no longer has at all (no owner, no payload): a stop ended them
+    /// while this worker looked dead (paused, cut off from Redis), so no stop will reach it here.
     func stopJobsOwnedElsewhere() async {
         let owners = node.maps.owners
+        let payloads = node.maps.payloads
         let suspects = state.withLock { state in
-            state.jobs.keys.filter { key in owners.string(key).map { $0 != id } ?? false }
+            state.jobs.keys.filter { key in
+                if let owner = owners.string(key) { return owner != id }
+                return payloads.get(key) == nil
+            }
         }
         guard !suspects.isEmpty else { return }
         await serial.withLock {
             for key in suspects where localJob(key) != nil {
                 // The replica may lag behind this worker's own start: Redis has the last word.
-                guard let owner = try? await node.client.send("HGET", owners.contentKey, key).string, owner != id else { continue }
-                await stopTakenOver(key, owner: owner)
+                // Starts are recorded under `serial`, so a job running here is in Redis by now.
+                guard let replies = try? await node.client.pipeline([
+                    RedisCommand("HGET", owners.contentKey, key), RedisCommand("HEXISTS", payloads.contentKey, key),
+                ]), replies.count == 2 else { continue }
+                if let owner = replies[0].string, !replies[0].isNull {
+                    if owner != id { await stopTakenOver(key, owner: owner) }
+                } else if replies[1].int == 0 {
+                    logger.warning("job no longer exists in the pool (a stop ended it); stopping it here", metadata: ["job": "\(key)"])
+                    await stopHereOnly([key], reason: "ended")
+                }
             }
         }
     }

@@ -195,6 +195,22 @@ struct JobLogTests {
         }
     }
 
+    @Test("a job the pool ended while its worker looked dead stops at the worker's next keep-alive")
+    func endedWhileAway() async throws {
+        try await withPool { pool in
+            let node = try await pool.start().node
+            let handler = ControlledHandler()
+            let worker = try await node.addWorker(handler)
+            try await node.dispatch(key: "job", payload: bytes("p"))
+            // What the routing node's end-unowned script leaves behind: no owner, no payload.
+            _ = try await node.maps.owners.delete("job")
+            _ = try await node.maps.payloads.delete("job")
+            try await eventually("the worker stopped its copy") { handler.recorder.stopped == ["job"] && worker.jobs.isEmpty }
+            #expect(entries(try await jobLog(node, pool.client), .takenOver, job: "job").first?.job.reason == "ended")
+            try await node.shutdown()
+        }
+    }
+
     @Test("a requeued job that keeps failing to start is given up after maxStartFailures; a success resets the count")
     func givenUp() async throws {
         try await withPool { pool in
@@ -292,12 +308,15 @@ struct JobLogTests {
             try await eventually("B sees A's worker") { b.activeWorkers() == [workerA.id] }
             let handlerB = ControlledHandler(name: "b", timeline: timeline)
             _ = try await b.addWorker(handlerB)
-            for key in ["j1", "j2"] { try await b.dispatch(key: key, payload: bytes(key)) }
-            #expect(handlerA.recorder.runningKeys == ["j1", "j2"])
+            // Three jobs of 300 ms each: stopping them all takes longer than two worker TTLs, and
+            // peers must not take the closing worker for dead meanwhile.
+            let keys: Set = ["j1", "j2", "j3"]
+            for key in keys.sorted() { try await b.dispatch(key: key, payload: bytes(key)) }
+            #expect(handlerA.recorder.runningKeys == keys)
             try await a.close()
-            try await eventually("B runs both jobs") { handlerB.recorder.runningKeys == ["j1", "j2"] }
+            try await eventually("B runs every job") { handlerB.recorder.runningKeys == keys }
             let events = timeline.events.withLock { $0 }
-            for key in ["j1", "j2"] {
+            for key in keys.sorted() {
                 let stoppedOnA = try #require(events.first { $0.name == "a" && $0.event == .stopped(key) })
                 let startedOnB = try #require(events.first { $0.name == "b" && $0.event == .started(key) })
                 #expect(startedOnB.at > stoppedOnA.at, "\(key) started on B before A's copy stopped")
