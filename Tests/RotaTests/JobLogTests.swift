@@ -313,13 +313,19 @@ struct JobLogTests {
             let keys: Set = ["j1", "j2", "j3"]
             for key in keys.sorted() { try await b.dispatch(key: key, payload: bytes(key)) }
             #expect(handlerA.recorder.runningKeys == keys)
+            // Closing before the routing node acknowledged a start would let that start be
+            // delivered again to B (a redelivery, another matter than the handoff tested here).
+            try await eventually("the start events are acknowledged") {
+                try await pool.client.send("XPENDING", b.poolStream.key, "events").array?.first?.int == 0
+            }
             try await a.close()
             try await eventually("B runs every job") { handlerB.recorder.runningKeys == keys }
             let events = timeline.events.withLock { $0 }
             for key in keys.sorted() {
                 let stoppedOnA = try #require(events.first { $0.name == "a" && $0.event == .stopped(key) })
                 let startedOnB = try #require(events.first { $0.name == "b" && $0.event == .started(key) })
-                #expect(startedOnB.at > stoppedOnA.at, "\(key) started on B before A's copy stopped")
+                let history = try await jobLog(b, pool.client).filter { $0.jobs.contains { $0.job == key } }
+                #expect(startedOnB.at > stoppedOnA.at, "\(key) started on B before A's copy stopped: \(history)")
             }
             let log = try await jobLog(b, pool.client)
             #expect(entries(log, .released, job: "j1").first?.job.reason == "worker-closing")
