@@ -435,6 +435,19 @@ public final class Node: Service, Sendable {
             logger.error("shutdown: destroying schedule maps failed", metadata: ["error": "\(error)"])
         }
         do {
+            // Tombstones of ended jobs expire by themselves; a new pool of this name starts clean.
+            var cursor = "0"
+            repeat {
+                let reply = try await client.send("SCAN", cursor, "MATCH", keySpace.key("ended", "*"), "COUNT", 1000).array ?? []
+                cursor = reply.first?.string ?? "0"
+                if reply.count > 1, let keys = reply[1].array?.compactMap(\.string), !keys.isEmpty {
+                    _ = try await client.send(RedisCommand(arguments: ["DEL"] + keys))
+                }
+            } while cursor != "0"
+        } catch {
+            logger.error("shutdown: deleting tombstones failed", metadata: ["error": "\(error)"])
+        }
+        do {
             try await poolStream.destroy()
             // The job log stays: it is history (capped), not state, and its readers may be behind.
             try await client.send(

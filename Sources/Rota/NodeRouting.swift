@@ -385,10 +385,12 @@ extension Node {
                 keys: [
                     maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
                     maps.pending.contentKey, maps.pending.channel, startFailuresKey, jobLogKey, maps.workerKeepAlive.contentKey,
+                    endedKey(key),
                 ],
                 arguments: [
                     key, seenOwner, String(nowNanos()), String(options.workerTTL.nanoseconds),
                     JobLogJSON.head(.endedUnowned, worker: "", node: self), JobLogJSON.job(key, origin: record.origin),
+                    Self.tombstoneLifetimeMillis,
                 ]
             )
         } catch {
@@ -403,6 +405,13 @@ extension Node {
         default: return nil
         }
     }
+
+    /// The tombstone of a job a stop ended while its owner looked dead: the owner's ID, for
+    /// ``tombstoneLifetimeMillis``. A worker paused longer than that has been evicted (and stopped
+    /// every job) by then.
+    func endedKey(_ job: String) -> String { keySpace.key("ended", job) }
+
+    static let tombstoneLifetimeMillis = 600_000
 
     /// Workers that may receive jobs, in hash-bucket order: registered (not retiring), not being
     /// cleaned up, and alive (keep-alive within the worker TTL). Ordered by creation time, then ID,

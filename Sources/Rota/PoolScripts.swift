@@ -197,8 +197,11 @@ enum PoolScripts {
     /// absent, or still names the worker the router saw and that worker's keep-alive in Redis is
     /// older than the TTL, the payload, owner, pending guard and start-failure count go and the job
     /// log gets `ended-unowned`.
+    /// When it ends the job of a dead owner, a tombstone (the owner's ID, expiring) tells that
+    /// worker, should it come back, that its copy must stop.
     /// KEYS: owners h/c, payloads h/c, pending h/c, start-failures hash, job log, worker keep-alive
-    /// hash. ARGV: key, owner seen ("" for none), now nanos, TTL nanos, job-log head, fragment.
+    /// hash, tombstone. ARGV: key, owner seen ("" for none), now nanos, TTL nanos, job-log head,
+    /// fragment, tombstone lifetime (ms).
     /// → 0 no such job · 1 ended · 2 the job has a live or another owner now (route it again).
     static let endUnowned = RedisScript(helpers + """
         local k = ARGV[1]
@@ -212,6 +215,7 @@ enum PoolScripts {
             return 2
           end
           mdel(KEYS[1], KEYS[2], k)
+          redis.call('SET', KEYS[10], owner, 'PX', ARGV[7])
         end
         mdel(KEYS[3], KEYS[4], k)
         mdel(KEYS[5], KEYS[6], k)

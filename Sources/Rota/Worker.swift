@@ -631,8 +631,10 @@ public final class Worker: Sendable {
     /// one owner per job, and the job runs there. Checked every keep-alive, so a duplicate lasts
     /// at most half a worker TTL (the reference let it run until a rebalance).
     ///
-    /// Also stops the jobs the pool no longer has at all (no owner, no payload): a stop ended them
-    /// while this worker looked dead (paused, cut off from Redis), so no stop will reach it here.
+    /// Also stops the jobs a stop ended while this worker looked dead (paused, cut off from
+    /// Redis): no owner, and the tombstone the routing node left names this worker. Without the
+    /// tombstone a missing owner proves nothing: Redis may have lost its state, and
+    /// ``registerAgain()`` restores what runs here.
     func stopJobsOwnedElsewhere() async {
         let owners = node.maps.owners
         let payloads = node.maps.payloads
@@ -647,14 +649,16 @@ public final class Worker: Sendable {
             for key in suspects where localJob(key) != nil {
                 // The replica may lag behind this worker's own start: Redis has the last word.
                 // Starts are recorded under `serial`, so a job running here is in Redis by now.
+                let tombstone = node.endedKey(key)
                 guard let replies = try? await node.client.pipeline([
-                    RedisCommand("HGET", owners.contentKey, key), RedisCommand("HEXISTS", payloads.contentKey, key),
+                    RedisCommand("HGET", owners.contentKey, key), RedisCommand("GET", tombstone),
                 ]), replies.count == 2 else { continue }
                 if let owner = replies[0].string, !replies[0].isNull {
                     if owner != id { await stopTakenOver(key, owner: owner) }
-                } else if replies[1].int == 0 {
-                    logger.warning("job no longer exists in the pool (a stop ended it); stopping it here", metadata: ["job": "\(key)"])
+                } else if replies[1].string == id {
+                    logger.warning("a stop ended this job while the worker looked dead; stopping it here", metadata: ["job": "\(key)"])
                     await stopHereOnly([key], reason: "ended")
+                    _ = try? await node.client.send("DEL", tombstone)
                 }
             }
         }

@@ -192,6 +192,8 @@ struct JobLogTests {
             #expect(try await node.stopAndWait(key: "job") == .endedUnowned)
             #expect(try await pool.client.send("HEXISTS", node.maps.payloads.contentKey, "job").int == 0)
             #expect(entries(try await jobLog(node, pool.client), .endedUnowned, job: "job").count == 1)
+            // The owner may come back: the tombstone tells it to stop its copy.
+            #expect(try await pool.client.send("GET", node.endedKey("job")).string == worker.id)
         }
     }
 
@@ -202,11 +204,22 @@ struct JobLogTests {
             let handler = ControlledHandler()
             let worker = try await node.addWorker(handler)
             try await node.dispatch(key: "job", payload: bytes("p"))
-            // What the routing node's end-unowned script leaves behind: no owner, no payload.
+            // Without a tombstone a missing owner and payload prove nothing (Redis may have lost
+            // its state): the job keeps running.
             _ = try await node.maps.owners.delete("job")
             _ = try await node.maps.payloads.delete("job")
+            for round in 1...2 {
+                let seen = try await pool.client.send("HGET", node.maps.workerKeepAlive.contentKey, worker.id).string
+                try await eventually("keep-alive round \(round)") {
+                    try await pool.client.send("HGET", node.maps.workerKeepAlive.contentKey, worker.id).string != seen
+                }
+            }
+            #expect(handler.recorder.stopped.isEmpty)
+            // What the routing node's end-unowned script leaves behind for a dead owner.
+            try await pool.client.send("SET", node.endedKey("job"), worker.id, "PX", 60_000)
             try await eventually("the worker stopped its copy") { handler.recorder.stopped == ["job"] && worker.jobs.isEmpty }
             #expect(entries(try await jobLog(node, pool.client), .takenOver, job: "job").first?.job.reason == "ended")
+            try await eventually("the tombstone is gone") { try await pool.client.send("EXISTS", node.endedKey("job")).int == 0 }
             try await node.shutdown()
         }
     }
