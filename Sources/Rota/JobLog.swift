@@ -252,6 +252,8 @@ enum JobLogJSON {
     }
 
     static func quote(_ text: String) -> String {
+        // Keys, IDs and names rarely need escaping: one pass over the bytes decides.
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F }) { return "\"" + text + "\"" }
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

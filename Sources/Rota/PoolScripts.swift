@@ -52,7 +52,7 @@ enum PoolScripts {
     /// owner and payload written only when different; for a fresh dispatch ("1") the pending guard
     /// removed; a requeued start ("0") is recorded only while the payload exists (a stop may have
     /// ended the job meanwhile: the start must not resurrect it); "2" (a worker registering its
-    /// jobs again after Redis lost them) always writes. A recorded start clears the job's
+    /// jobs again after Redis lost them) always writes. A recorded requeued start clears the job's
     /// start-failure count. → true when recorded.
     private static let startRecord = """
         local function record_start(w, k, p, flag)
@@ -60,7 +60,9 @@ enum PoolScripts {
           if redis.call('HGET', KEYS[1], k) ~= w then mset(KEYS[1], KEYS[2], k, w) end
           if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
           if flag == '1' then mdel(KEYS[5], KEYS[6], k) end
-          redis.call('HDEL', KEYS[7], k)
+          -- Only requeued jobs are counted (ends and give-ups delete their counts): fresh
+          -- dispatches, the hot path, skip the write.
+          if flag == '0' then redis.call('HDEL', KEYS[7], k) end
           return true
         end
 
