@@ -33,6 +33,8 @@ public final class Node: Service, Sendable {
     let closedLatch = Latch()
     /// Dispatch results by pool event ID: the error text, "" for success.
     let results = Rendezvous<String>()
+    /// Stop outcomes by pool event ID (``stopAndWait(key:origin:)``).
+    let stopResults = Rendezvous<StopResultRecord>()
     let rebalanceLock = AsyncLock()
     let rebalanceRequests: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
     let spawner: (stream: AsyncStream<@Sendable () async -> Void>, continuation: AsyncStream<@Sendable () async -> Void>.Continuation)
@@ -53,9 +55,10 @@ public final class Node: Service, Sendable {
             throw PoolError(.invalidArgument, "invalid pool name: \(error.message)", underlying: error)
         }
         guard options.workerTTL > .zero, options.ackGracePeriod > .zero, options.jobSinkBlockDuration > .zero,
-              options.workerShutdownTTL > .zero, options.maxQueuedJobs >= 0
+              options.workerShutdownTTL > .zero, options.maxQueuedJobs >= 0,
+              options.maxStartFailures >= 1
         else {
-            throw PoolError(.invalidArgument, "pool options: durations must be positive and maxQueuedJobs not negative")
+            throw PoolError(.invalidArgument, "pool options: durations must be positive, maxQueuedJobs not negative and maxStartFailures at least 1")
         }
         self.id = newIdentifier()
         self.pool = pool
@@ -165,6 +168,7 @@ public final class Node: Service, Sendable {
             let error = PoolError(.closed, "node \(id) stopped")
             readyLatch.open(.failure(error))
             results.fail(with: error)
+            stopResults.fail(with: error)
             state.withLock { state in
                 if state.phase != .closed { state.phase = .closed }
             }
@@ -303,7 +307,7 @@ public final class Node: Service, Sendable {
         await withDiscardingTaskGroup { group in
             for worker in workers {
                 group.addTask {
-                    await self.requeueJobs(of: worker)
+                    await self.requeueJobs(of: worker, reason: "worker-closing")
                     await self.removeFromMaps(worker)
                 }
             }
@@ -323,7 +327,9 @@ public final class Node: Service, Sendable {
         } catch {
             logger.warning("could not delete the node inbox", metadata: ["error": "\(error)"])
         }
-        results.fail(with: PoolError(.closed, "node \(id) of pool \(pool) closed"))
+        let closed = PoolError(.closed, "node \(id) of pool \(pool) closed")
+        results.fail(with: closed)
+        stopResults.fail(with: closed)
         state.withLock { state in
             state.phase = .closed
             if shutdown { state.shutdown = true }
@@ -429,8 +435,25 @@ public final class Node: Service, Sendable {
             logger.error("shutdown: destroying schedule maps failed", metadata: ["error": "\(error)"])
         }
         do {
+            // Tombstones of ended jobs expire by themselves; a new pool of this name starts clean.
+            var cursor = "0"
+            repeat {
+                let reply = try await client.send("SCAN", cursor, "MATCH", keySpace.key("ended", "*"), "COUNT", 1000).array ?? []
+                cursor = reply.first?.string ?? "0"
+                if reply.count > 1, let keys = reply[1].array?.compactMap(\.string), !keys.isEmpty {
+                    _ = try await client.send(RedisCommand(arguments: ["DEL"] + keys))
+                }
+            } while cursor != "0"
+        } catch {
+            logger.error("shutdown: deleting tombstones failed", metadata: ["error": "\(error)"])
+        }
+        do {
             try await poolStream.destroy()
-            try await client.send("DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"), namesKey, workerNodesKey)
+            // The job log stays: it is history (capped), not state, and its readers may be behind.
+            try await client.send(
+                "DEL", keySpace.key("sink", "events", "keepalive"), keySpace.key("sink", "events", "lease"), namesKey, workerNodesKey,
+                startFailuresKey
+            )
         } catch {
             logger.error("shutdown: deleting the pool stream failed", metadata: ["error": "\(error)"])
         }
@@ -483,7 +506,7 @@ public final class Node: Service, Sendable {
     public func removeWorker(_ worker: Worker) async {
         guard state.withLock({ $0.workers[worker.id] }) != nil else { return }
         await worker.stopLoops()
-        await requeueJobs(of: worker)
+        await requeueJobs(of: worker, reason: "worker-removed")
         await removeFromMaps(worker)
         state.withLock { _ = $0.workers.removeValue(forKey: worker.id) }
     }

@@ -239,14 +239,17 @@ extension Node {
     // MARK: Requeue and removal
 
     /// Appends requeued start events for `jobs`, at most 64 at a time; returns those that failed.
-    func requeueAll(_ jobs: [Job]) async -> [Job] {
+    /// `origin` says why (it reaches the job log with the new owner's `started`).
+    func requeueAll(_ jobs: [Job], origin: JobOrigin) async -> [Job] {
         var failed: [Job] = []
         await withTaskGroup(of: Job?.self) { group in
             var iterator = jobs.makeIterator()
             func addNext() -> Bool {
                 guard let job = iterator.next() else { return false }
                 group.addTask {
-                    let record = JobRecord(key: job.key, dispatcher: job.dispatcherID, payload: job.payload, createdAt: job.createdAt, requeued: true)
+                    let record = JobRecord(
+                        key: job.key, dispatcher: job.dispatcherID, payload: job.payload, createdAt: job.createdAt, requeued: true, origin: origin
+                    )
                     do {
                         _ = try await self.requeue(record)
                         return nil
@@ -266,10 +269,13 @@ extension Node {
         return failed
     }
 
-    /// Close and RemoveWorker: retire the (stopped) worker, requeue its jobs for the others and
-    /// stop them here. Ownership and payloads are left alone until the new owners take over, so
-    /// the jobs stay recoverable if this process dies halfway.
-    func requeueJobs(of worker: Worker) async {
+    /// Close and RemoveWorker: retire the (stopped) worker, then hand its jobs to the others. Each
+    /// job is stopped here before its requeue is appended (a job never runs on two workers during
+    /// a rolling restart), its ownership released and its payload kept. If this process dies
+    /// before a job's ownership is released, the owner still names this worker and the cleanup of
+    /// the dead worker requeues it; if it dies between the release and the requeue, the payload
+    /// has no owner and orphan recovery requeues it. `reason`: `worker-closing` or `worker-removed`.
+    func requeueJobs(of worker: Worker, reason: String) async {
         let jobs = worker.jobs
         guard !jobs.isEmpty else { return }
         do {
@@ -282,32 +288,53 @@ extension Node {
         } catch {
             logger.warning("could not mark the worker as retiring", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
         }
-        let deadline = ContinuousClock.now + options.workerTTL
-        var remaining = jobs
-        while !remaining.isEmpty {
-            let failed = await requeueAll(remaining)
-            let failedKeys = Set(failed.map(\.key))
-            for job in remaining where !failedKeys.contains(job.key) {
-                await stopLocally(job, on: worker)
-            }
-            remaining = failed
-            if remaining.isEmpty || ContinuousClock.now >= deadline { break }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        for job in remaining {
-            // Its payload stays: orphan recovery restarts it once Redis takes writes again.
-            logger.error("could not requeue a job; stopping it here, orphan recovery will restart it", metadata: ["job": "\(job.key)"])
-            await stopLocally(job, on: worker)
+        await withDiscardingTaskGroup { group in
+            // The worker's loops are stopped, but stopping its jobs may take longer than the
+            // worker TTL: its keep-alive goes on meanwhile, or peers would find it dead and
+            // requeue the jobs it has not stopped yet (two copies again).
+            group.addTask { await self.keepAlive(retiring: worker) }
+            await self.handOff(jobs, of: worker, reason: reason)
+            group.cancelAll()
         }
     }
 
-    private func stopLocally(_ job: Job, on worker: Worker) async {
-        do {
-            try await worker.handler.stop(key: job.key)
-        } catch {
-            logger.warning("stop handler failed", metadata: ["job": "\(job.key)", "error": "\(error)"])
+    private func handOff(_ jobs: [Job], of worker: Worker, reason: String) async {
+        let origin = JobOrigin(actor: options.name, reason: reason)
+        // A few jobs at a time: each is requeued as soon as it stopped, rather than all of them
+        // waiting for the slowest stop.
+        var pending = jobs[...]
+        while !pending.isEmpty {
+            let chunk = Array(pending.prefix(16))
+            pending = pending.dropFirst(chunk.count)
+            var remaining = await worker.releaseForHandoff(chunk, reason: reason, keepOnStopFailure: false)
+            let deadline = ContinuousClock.now + options.workerTTL
+            while !remaining.isEmpty {
+                remaining = await requeueAll(remaining, origin: origin)
+                if remaining.isEmpty || ContinuousClock.now >= deadline { break }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            for job in remaining {
+                // Stopped here, payload kept, no owner: orphan recovery restarts it once Redis
+                // takes writes again.
+                logger.error("could not requeue a job; orphan recovery will restart it", metadata: ["job": "\(job.key)"])
+            }
         }
-        worker.forget(job.key)
+    }
+
+    /// Writes a retiring worker's keep-alive every half TTL until cancelled.
+    private func keepAlive(retiring worker: Worker) async {
+        while !Task.isCancelled {
+            do {
+                try await maps.workerKeepAlive.set(worker.id, String(nowNanos()))
+            } catch {
+                logger.warning("keep-alive of a retiring worker failed", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
+            }
+            do {
+                try await Task.sleep(for: options.workerTTL / 2)
+            } catch {
+                return
+            }
+        }
     }
 
     func removeFromMaps(_ worker: Worker) async {
@@ -397,7 +424,12 @@ extension Node {
                 requeued.append(Job(key: key, payload: payload, createdAt: Date(), isRequeued: true, dispatcherID: id, workerID: ""))
             }
         }
-        let failed = await requeueAll(requeued)
+        let origin = JobOrigin(actor: options.name, reason: "worker-lost")
+        let failed = await requeueAll(requeued, origin: origin)
+        let failedKeys = Set(failed.map(\.key))
+        await appendJobLog(.lost, worker: worker, jobs: requeued.filter { !failedKeys.contains($0.key) }.map {
+            JobLogJSON.job($0.key, origin: origin, requeued: true)
+        })
         guard failed.isEmpty else {
             // Keep the lock: a later sweep retries once it is stale.
             logger.warning("cleanup incomplete; will retry", metadata: ["inactive": "\(worker)", "failed": "\(failed.count)"])
@@ -427,7 +459,12 @@ extension Node {
         }
         guard !due.isEmpty else { return }
         logger.warning("requeuing orphaned jobs", metadata: ["count": "\(due.count)"])
-        let failed = await requeueAll(due)
+        let origin = JobOrigin(actor: options.name, reason: "orphan")
+        let failed = await requeueAll(due, origin: origin)
+        let failedKeys = Set(failed.map(\.key))
+        await appendJobLog(.orphanRequeued, worker: "", jobs: due.filter { !failedKeys.contains($0.key) }.map {
+            JobLogJSON.job($0.key, origin: origin, requeued: true)
+        })
         if !failed.isEmpty {
             // Try again at the next sweep rather than after another grace period.
             state.withLock { state in

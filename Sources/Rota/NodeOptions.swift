@@ -20,9 +20,15 @@ extension Node {
         /// Liveness window of workers and nodes: keep-alives every half of it, dead-worker and
         /// dead-node sweeps every period.
         public var workerTTL: Duration = .seconds(10)
-        /// A human name for this node (shown by `rota status`); the process's host name and ID
-        /// by default. Node IDs stay unique whatever the names.
-        public var name: String = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        /// A human name for this node (shown by `rota status`, written into the job log); the
+        /// host name by default, so it stays the same across restarts. Node IDs stay unique
+        /// whatever the names.
+        public var name: String = ProcessInfo.processInfo.hostName
+        /// A requeued job (a handoff or recovery) whose start fails this many times in a row, on
+        /// any workers, is given up: removed from the pool and logged (`given-up`), instead of
+        /// being retried forever. A successful start resets the count. Fresh dispatches are not
+        /// counted: their dispatcher gets the error and nothing is kept.
+        public var maxStartFailures = 5
         /// The largest payload a dispatch or notification accepts (bytes). Payloads are copied to
         /// every routing node's memory: a limit keeps one bad caller from exhausting them.
         public var maxPayloadBytes = 1 << 20

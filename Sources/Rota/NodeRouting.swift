@@ -34,13 +34,15 @@ extension Node {
     /// is in progress (from any node), this throws ``PoolError/Code/jobExists``. A failing start
     /// handler's error text comes back as ``PoolError/Code/startFailed``; no start within twice the
     /// ack grace period throws ``PoolError/Code/timeout`` (the job may still start later).
-    public func dispatch(key: String, payload: [UInt8] = []) async throws {
+    /// `origin` (who asked, and why) goes into the job log's `started` entry.
+    public func dispatch(key: String, payload: [UInt8] = [], origin: JobOrigin? = nil) async throws {
         try checkOpen()
         try Self.validate(key: key)
         try checkPayload(payload, of: key)
+        try origin?.validate()
         let began = ContinuousClock.now
         defer { Metrics.Timer(label: "rota_dispatch_duration").recordNanoseconds((ContinuousClock.now - began).nanoseconds) }
-        let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false)
+        let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false, origin: origin)
         let (claim, eventID) = try await claimAndAppend(record)
         let token: String
         switch claim {
@@ -53,7 +55,7 @@ extension Node {
         let outcome: Result<String, any Error>
         do {
             guard let eventID else { throw PoolError(.redis, "dispatching \(key): the admission script returned no event ID") }
-            outcome = .success(try await waitForResult(eventID, key: key))
+            outcome = .success(try await waitForResult(eventID, in: results, timeoutMessage: "job \(key) timed out: no worker started it"))
         } catch {
             outcome = .failure(error)
         }
@@ -80,40 +82,64 @@ extension Node {
         }
     }
 
-    private func waitForResult(_ eventID: String, key: String) async throws -> String {
+    /// The value delivered for pool event `eventID`, waiting at most twice the ack grace period.
+    private func waitForResult<Value: Sendable>(_ eventID: String, in rendezvous: Rendezvous<Value>, timeoutMessage: String) async throws -> Value {
         let timeout = options.ackGracePeriod * 2
-        return try await withThrowingTaskGroup(of: String?.self) { group in
-            group.addTask { try await self.results.wait(eventID) }
+        return try await withThrowingTaskGroup(of: Value?.self) { group in
+            group.addTask { try await rendezvous.wait(eventID) }
             group.addTask {
                 try await Task.sleep(for: timeout)
                 return nil
             }
             defer { group.cancelAll() }
             guard let first = try await group.next(), let result = first else {
-                throw PoolError(.timeout, "job \(key) timed out: no worker started it within \(timeout)")
+                throw PoolError(.timeout, "\(timeoutMessage) within \(timeout)")
             }
             return result
         }
     }
 
     /// Asks the worker running `key` to stop it. Returns once the request is queued; stopping a job
-    /// that does not exist is a no-op.
-    public func stop(key: String) async throws {
+    /// that does not exist is a no-op, and one that exists but no worker runs is ended. `origin`
+    /// goes into the job log. ``stopAndWait(key:origin:)`` waits for the outcome.
+    public func stop(key: String, origin: JobOrigin? = nil) async throws {
         try checkOpen()
-        try await append("s", JobKeyRecord(key: key).encoded(), what: "stopping \(key)")
+        try origin?.validate()
+        try await append("s", StopRecord(key: key, origin: origin).encoded(), what: "stopping \(key)")
+    }
+
+    /// Stops `key` and returns once the pool confirmed it: the owner's stop handler returned and
+    /// the job is gone from Redis, or there was no such job, or it had no owner and was ended.
+    /// A failing stop handler throws ``PoolError/Code/stopFailed`` (the job keeps running and
+    /// stays owned); no outcome within twice the ack grace period throws
+    /// ``PoolError/Code/timeout`` (the stop may still happen). Works from client-only nodes.
+    public func stopAndWait(key: String, origin: JobOrigin? = nil) async throws -> StopOutcome {
+        try checkOpen()
+        try origin?.validate()
+        let eventID = try await append("s", StopRecord(key: key, requester: id, origin: origin).encoded(), what: "stopping \(key)")
+        guard let eventID else { throw PoolError(.redis, "stopping \(key): XADD returned no event ID") }
+        let result = try await waitForResult(eventID, in: stopResults, timeoutMessage: "stopping job \(key) timed out: no worker confirmed it")
+        switch result.outcome {
+        case .stopped: return .stopped(worker: result.detail)
+        case .notRunning: return .notRunning
+        case .endedUnowned: return .endedUnowned
+        case .failed: throw PoolError(.stopFailed, result.detail)
+        }
     }
 
     /// Sends `payload` to the worker running `key` (to its ``NotificationHandler``). Returns once the
-    /// notification is queued.
-    public func notify(key: String, payload: [UInt8]) async throws {
+    /// notification is queued. `origin` is accepted for symmetry with dispatch and stop;
+    /// notifications are not job transitions and are not logged.
+    public func notify(key: String, payload: [UInt8], origin: JobOrigin? = nil) async throws {
         try checkOpen()
         try checkPayload(payload, of: key)
         try await append("n", NotificationRecord(key: key, payload: payload).encoded(), what: "notifying \(key)")
     }
 
-    private func append(_ name: String, _ payload: [UInt8], what: String) async throws {
+    @discardableResult
+    private func append(_ name: String, _ payload: [UInt8], what: String) async throws -> String? {
         do {
-            try await poolStream.add(name: name, payload: payload)
+            return try await poolStream.add(name: name, payload: payload)
         } catch {
             throw PoolError(.redis, "\(what): \(error)", underlying: error)
         }
@@ -192,7 +218,9 @@ extension Node {
     /// Appends a start event that bypasses admission (handoffs and recoveries: the job exists).
     @discardableResult
     func requeue(_ record: JobRecord) async throws -> String? {
+        // Origins the pool writes itself are short; one that would not fit is left out.
         var record = record
+        if record.origin?.fitsWire == false { record.origin = nil }
         record.requeued = true
         return try await poolStream.add(name: "j", payload: record.encoded())
     }
@@ -222,6 +250,8 @@ extension Node {
         var dropped: [StreamEvent] = []
         var forwards: [(event: StreamEvent, target: String)] = []
         var commands: [RedisCommand] = []
+        // Stop outcomes owed to the nodes waiting for them.
+        var stopReplies: [RedisCommand] = []
         // Snapshots of three maps: once per batch, not once per event.
         let active = activeWorkers()
         for event in events {
@@ -246,9 +276,29 @@ extension Node {
                 forwards.append((event, target))
             case .notFound:
                 dropped.append(event)
+                if event.name == "s", let reply = stopReply(event, .notRunning) { stopReplies.append(reply) }
+            case .awaitingOwner where event.name == "s":
+                // Nobody runs it to stop it: end it here, unless an owner turned up meanwhile.
+                switch await endUnowned(event, key: key) {
+                case .notRunning?:
+                    dropped.append(event)
+                    if let reply = stopReply(event, .notRunning) { stopReplies.append(reply) }
+                case .endedUnowned?:
+                    dropped.append(event)
+                    if let reply = stopReply(event, .endedUnowned) { stopReplies.append(reply) }
+                default:
+                    logger.debug("stop left for later: the job has an owner now", metadata: ["event": "\(event.id)", "job": "\(key)"])
+                }
             case .awaitingOwner, .noWorkers:
                 // Left pending: the sink delivers it again after the ack grace period.
                 logger.debug("event left for later", metadata: ["event": "\(event.id)", "job": "\(key)", "reason": "\(decision)"])
+            }
+        }
+        if !stopReplies.isEmpty {
+            do {
+                _ = try await client.pipeline(stopReplies)
+            } catch {
+                logger.warning("could not reply to stop requesters", metadata: ["error": "\(error)"])
             }
         }
         if !dropped.isEmpty {
@@ -314,6 +364,55 @@ extension Node {
         }
     }
 
+    /// The outcome of a stop event for the node waiting for it, if one does (an append to its
+    /// inbox, NOMKSTREAM).
+    private func stopReply(_ event: StreamEvent, _ outcome: StopResultRecord.Outcome) -> RedisCommand? {
+        guard let record = StopRecord(decoding: event.payload), !record.requester.isEmpty else { return nil }
+        let result = StopResultRecord(eventID: event.id, outcome: outcome)
+        return appendCommand(to: keySpace.key("stream", Self.inboxName(ofNode: record.requester)), name: "r", payload: result.encoded())
+    }
+
+    /// Ends a job that exists but that no active worker owns (see ``PoolScripts/endUnowned``):
+    /// → `.endedUnowned`, `.notRunning` (gone meanwhile), or nil when an owner turned up (or Redis
+    /// failed) and the stop must be routed again later.
+    func endUnowned(_ event: StreamEvent, key: String) async -> StopResultRecord.Outcome? {
+        guard let record = StopRecord(decoding: event.payload) else { return nil }
+        let seenOwner = maps.owners.string(key) ?? ""
+        let reply: RedisValue
+        do {
+            reply = try await client.evaluate(
+                PoolScripts.endUnowned,
+                keys: [
+                    maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
+                    maps.pending.contentKey, maps.pending.channel, startFailuresKey, jobLogKey, maps.workerKeepAlive.contentKey,
+                    endedKey(key),
+                ],
+                arguments: [
+                    key, seenOwner, String(nowNanos()), String(options.workerTTL.nanoseconds),
+                    JobLogJSON.head(.endedUnowned, worker: "", node: self), JobLogJSON.job(key, origin: record.origin),
+                    Self.tombstoneLifetimeMillis,
+                ]
+            )
+        } catch {
+            logger.warning("could not end a job without owner; the stop is left for later", metadata: ["job": "\(key)", "error": "\(error)"])
+            return nil
+        }
+        switch reply.int {
+        case 0: return .notRunning
+        case 1:
+            logger.info("stopped a job that no worker ran", metadata: ["job": "\(key)", "lastOwner": "\(seenOwner)"])
+            return .endedUnowned
+        default: return nil
+        }
+    }
+
+    /// The tombstone of a job a stop ended while its owner looked dead: the owner's ID, for
+    /// ``tombstoneLifetimeMillis``. A worker paused longer than that has been evicted (and stopped
+    /// every job) by then.
+    func endedKey(_ job: String) -> String { keySpace.key("ended", job) }
+
+    static let tombstoneLifetimeMillis = 600_000
+
     /// Workers that may receive jobs, in hash-bucket order: registered (not retiring), not being
     /// cleaned up, and alive (keep-alive within the worker TTL). Ordered by creation time, then ID,
     /// so every node computes the same order.
@@ -371,6 +470,14 @@ extension Node {
     }
 
     private func handleInboxEvent(_ event: StreamEvent) {
+        if event.name == "r" {
+            guard let result = StopResultRecord(decoding: event.payload) else {
+                logger.error("ignoring a malformed stop result", metadata: ["event": "\(event.id)"])
+                return
+            }
+            stopResults.deliver(result.eventID, result)
+            return
+        }
         guard event.name == "d" else { return }
         guard let result = AckRecord(decoding: event.payload) else {
             logger.error("ignoring a malformed dispatch result", metadata: ["event": "\(event.id)"])

@@ -19,6 +19,11 @@ enum PoolScripts {
           redis.call('PUBLISH', c, 'del:' .. pack(k) .. pack(tostring(rev)))
           return true
         end
+        -- A job-log entry: head .. fragments .. ']}' (see JobLogJSON), nothing when no fragment.
+        local function job_log(key, head, frags)
+          if #frags == 0 then return end
+          redis.call('XADD', key, 'MAXLEN', '~', '\(JobLogEntry.maxLength)', '*', 'n', 'e', 'p', head .. table.concat(frags, ',') .. ']}')
+        end
         -- Decimal timestamps compare as numbers: a longer digit string is larger.
         local function newer_or_equal(a, b)
           if string.len(a) ~= string.len(b) then return string.len(a) > string.len(b) end
@@ -43,14 +48,22 @@ enum PoolScripts {
 
         """
 
-    /// A worker's record of one job it started, shared by ``recordStart`` and ``commitBatch``
-    /// (same first six keys): owner and payload written only when different, and for a fresh
-    /// dispatch ("1") the pending guard removed.
+    /// A worker's record of one job it started, used by ``commitBatch`` (KEYS 1–8 as there):
+    /// owner and payload written only when different; for a fresh dispatch ("1") the pending guard
+    /// removed; a requeued start ("0") is recorded only while the payload exists (a stop may have
+    /// ended the job meanwhile: the start must not resurrect it); "2" (a worker registering its
+    /// jobs again after Redis lost them) always writes. A recorded requeued start clears the job's
+    /// start-failure count. → true when recorded.
     private static let startRecord = """
-        local function record_start(w, k, p, fresh)
+        local function record_start(w, k, p, flag)
+          if flag == '0' and redis.call('HEXISTS', KEYS[3], k) == 0 then return false end
           if redis.call('HGET', KEYS[1], k) ~= w then mset(KEYS[1], KEYS[2], k, w) end
           if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
-          if fresh == '1' then mdel(KEYS[5], KEYS[6], k) end
+          if flag == '1' then mdel(KEYS[5], KEYS[6], k) end
+          -- Only requeued jobs are counted (ends and give-ups delete their counts): fresh
+          -- dispatches, the hot path, skip the write.
+          if flag == '0' then redis.call('HDEL', KEYS[7], k) end
+          return true
         end
 
         """
@@ -91,58 +104,126 @@ enum PoolScripts {
         return 1
         """)
 
-    /// A worker records that it runs jobs: owner and durable payload, written only when different.
-    /// For a fresh dispatch the pending guard goes too: from now on the payload alone keeps the
-    /// key admitted, and the dispatcher need not spend a round trip releasing it.
-    /// KEYS: owners hash/channel, payloads hash/channel, pending hash/channel.
-    /// ARGV: worker ID, then (key, payload, "1" if fresh) triples. → the number of jobs.
-    static let recordStart = RedisScript(helpers + startRecord + """
-        local n = 0
-        for i = 2, #ARGV, 3 do
-          record_start(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 2])
-          n = n + 1
-        end
-        return n
-        """)
-
     /// What a worker does after handling a batch of inbox events, in one atomic step: record the
-    /// jobs it started (owner, payload, and the fresh dispatch's guard removed, as ``recordStart``)
-    /// and append its replies (acks to routing nodes, results to dispatchers) with NOMKSTREAM.
+    /// jobs it started (see ``startRecord``), count its failed requeued starts (giving a job up
+    /// after the maximum: payload, owner and count removed), append the job log, and append its
+    /// replies (acks to routing nodes, results to dispatchers and stop requesters) with NOMKSTREAM.
     /// Recording and replying together means a dispatcher never hears "started" for a job the
     /// pool does not know, and a routing node never acknowledges one.
-    /// KEYS: owners h/c, payloads h/c, pending h/c, then the inboxes replied to.
-    /// ARGV: worker ID, number of jobs, (key, payload, "1" if fresh) per job, then
-    /// (index of the inbox in KEYS, event name, payload) per reply. → the number of jobs.
+    /// KEYS: owners h/c, payloads h/c, pending h/c, start-failures hash, job log, then the inboxes
+    /// replied to.
+    /// ARGV: worker ID, number of starts, number of failed requeued starts, maximum failures,
+    /// job-log heads for `started`, `start-failed` and `given-up`; then (key, payload, flag,
+    /// job-log fragment or "" for none) per start; (key, fragment) per failed start; then (index of
+    /// the inbox in KEYS, event name, payload) per reply.
+    /// → {keys of requeued starts refused (the job ended), keys given up}.
     static let commitBatch = RedisScript(helpers + startRecord + """
+        local w = ARGV[1]
         local n = tonumber(ARGV[2])
-        local i = 3
+        local m = tonumber(ARGV[3])
+        local max = tonumber(ARGV[4])
+        local refused, started = {}, {}
+        local i = 8
         for _ = 1, n do
-          record_start(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 2])
-          i = i + 3
+          if record_start(w, ARGV[i], ARGV[i + 1], ARGV[i + 2]) then
+            if ARGV[i + 3] ~= '' then table.insert(started, ARGV[i + 3]) end
+          else
+            table.insert(refused, ARGV[i])
+          end
+          i = i + 4
         end
+        local failed, gaveup, gaveup_frags = {}, {}, {}
+        for _ = 1, m do
+          local k, frag = ARGV[i], ARGV[i + 1]
+          if redis.call('HEXISTS', KEYS[3], k) == 1 then
+            local count = redis.call('HGET', KEYS[7], k)
+            -- Anything but a small count (garbage, a huge number) starts over.
+            if not count or not string.match(count, '^%d+$') or string.len(count) > 9 then count = '0' end
+            count = tonumber(count) + 1
+            redis.call('HSET', KEYS[7], k, tostring(count))
+            frag = string.sub(frag, 1, -2) .. ',"failures":' .. count .. '}'
+            local owner = redis.call('HGET', KEYS[1], k)
+            -- A job another worker owns runs there: only an unowned one is given up.
+            if count >= max and (not owner or owner == w) then
+              mdel(KEYS[1], KEYS[2], k)
+              mdel(KEYS[3], KEYS[4], k)
+              redis.call('HDEL', KEYS[7], k)
+              table.insert(gaveup, k)
+              table.insert(gaveup_frags, frag)
+            else
+              table.insert(failed, frag)
+            end
+          else
+            redis.call('HDEL', KEYS[7], k)
+          end
+          i = i + 2
+        end
+        job_log(KEYS[8], ARGV[5], started)
+        job_log(KEYS[8], ARGV[6], failed)
+        job_log(KEYS[8], ARGV[7], gaveup_frags)
         while i + 2 <= #ARGV do
           redis.call('XADD', KEYS[tonumber(ARGV[i])], 'NOMKSTREAM', '*', 'n', ARGV[i + 1], 'p', ARGV[i + 2])
           i = i + 3
         end
-        return n
+        return {refused, gaveup}
         """)
 
     /// A worker gives jobs up: ownership is removed where it still names this worker; the payload
-    /// is deleted only for jobs that end (stop, failed fresh start), kept for handoffs.
-    /// KEYS: owners hash, owners channel, payloads hash, payloads channel.
-    /// ARGV: worker ID, "1" to delete payloads / "0" to keep them, keys…
-    /// → the number of ownership entries removed.
+    /// (and the start-failure count) is deleted only for jobs that end (stop, shutdown), kept for
+    /// handoffs. The job log gets the jobs whose ownership or payload this removed.
+    /// KEYS: owners h/c, payloads h/c, start-failures hash, job log.
+    /// ARGV: worker ID, "1" to delete payloads / "0" to keep them, job-log head, then
+    /// (key, job-log fragment) pairs. → the number of ownership entries removed.
     static let release = RedisScript(helpers + """
         local n = 0
-        for i = 3, #ARGV do
+        local frags = {}
+        for i = 4, #ARGV, 2 do
           local k = ARGV[i]
+          local changed = false
           if redis.call('HGET', KEYS[1], k) == ARGV[1] then
             mdel(KEYS[1], KEYS[2], k)
             n = n + 1
+            changed = true
           end
-          if ARGV[2] == '1' then mdel(KEYS[3], KEYS[4], k) end
+          if ARGV[2] == '1' then
+            if mdel(KEYS[3], KEYS[4], k) then changed = true end
+            redis.call('HDEL', KEYS[5], k)
+          end
+          if changed then table.insert(frags, ARGV[i + 1]) end
         end
+        job_log(KEYS[6], ARGV[3], frags)
         return n
+        """)
+
+    /// A stop for a job no active worker runs ends it: if the payload exists and the owner entry is
+    /// absent, or still names the worker the router saw and that worker's keep-alive in Redis is
+    /// older than the TTL, the payload, owner, pending guard and start-failure count go and the job
+    /// log gets `ended-unowned`.
+    /// When it ends the job of a dead owner, a tombstone (the owner's ID, expiring) tells that
+    /// worker, should it come back, that its copy must stop.
+    /// KEYS: owners h/c, payloads h/c, pending h/c, start-failures hash, job log, worker keep-alive
+    /// hash, tombstone. ARGV: key, owner seen ("" for none), now nanos, TTL nanos, job-log head,
+    /// fragment, tombstone lifetime (ms).
+    /// → 0 no such job · 1 ended · 2 the job has a live or another owner now (route it again).
+    static let endUnowned = RedisScript(helpers + """
+        local k = ARGV[1]
+        if redis.call('HEXISTS', KEYS[3], k) == 0 then return 0 end
+        local owner = redis.call('HGET', KEYS[1], k)
+        if owner then
+          if owner ~= ARGV[2] then return 2 end
+          local seen = redis.call('HGET', KEYS[9], owner)
+          if seen and string.match(seen, '^%d+$') and string.len(seen) <= 19
+             and tonumber(ARGV[3]) - tonumber(seen) <= tonumber(ARGV[4]) then
+            return 2
+          end
+          mdel(KEYS[1], KEYS[2], k)
+          redis.call('SET', KEYS[10], owner, 'PX', ARGV[7])
+        end
+        mdel(KEYS[3], KEYS[4], k)
+        mdel(KEYS[5], KEYS[6], k)
+        redis.call('HDEL', KEYS[7], k)
+        job_log(KEYS[8], ARGV[5], {ARGV[6]})
+        return 1
         """)
 
     /// Removes a worker from the registry, keep-alives, cleanup locks and every ownership entry that

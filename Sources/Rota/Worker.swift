@@ -190,7 +190,12 @@ public final class Worker: Sendable {
                     }
                     running.removeAll { taken.contains($0.key) }
                 }
-                if !running.isEmpty { try await recordStart(running) }
+                if !running.isEmpty {
+                    // Not a start: no job-log entry, and written whatever Redis holds ("2").
+                    var commit = Commit()
+                    commit.started = running.map { StartedJob(job: $0, flag: "2", logFragment: "") }
+                    await settle(try await record(commit), of: commit)
+                }
                 logger.info("worker registered again", metadata: ["jobs": "\(running.count)"])
             } catch {
                 logger.error("could not register the worker again", metadata: ["error": "\(error)"])
@@ -221,16 +226,43 @@ public final class Worker: Sendable {
         let payload: [UInt8]
     }
 
-    /// The jobs a batch started and the replies it owes, written together by ``send(_:)``.
+    /// A job to record as running here.
+    struct StartedJob {
+        let job: Job
+        /// "1" fresh dispatch, "0" requeued (recorded only while the payload exists), "2" registered
+        /// again (see ``PoolScripts/commitBatch``).
+        let flag: String
+        /// The job-log object for a real start; "" for a confirmation (a repeated delivery).
+        let logFragment: String
+    }
+
+    /// A requeued start that failed: counted in Redis, given up after the maximum.
+    struct FailedStart {
+        let key: String
+        let error: String
+        let logFragment: String
+    }
+
+    /// The jobs a batch started, the requeued starts that failed, and the replies it owes, written
+    /// together by ``send(_:)``.
     struct Commit {
-        var started: [Job] = []
+        var started: [StartedJob] = []
+        var failed: [FailedStart] = []
         var replies: [Reply] = []
+
+        var isEmpty: Bool { started.isEmpty && failed.isEmpty && replies.isEmpty }
+
+        mutating func merge(_ other: Commit) {
+            started += other.started
+            failed += other.failed
+            replies += other.replies
+        }
     }
 
     /// An event decoded from the inbox.
     private enum Inbound {
         case start(StreamEvent, Envelope, JobRecord)
-        case stop(StreamEvent, Envelope, String)
+        case stop(StreamEvent, Envelope, StopRecord)
         case notify(StreamEvent, Envelope, NotificationRecord)
         case malformed(StreamEvent, Envelope, String)
     }
@@ -254,8 +286,8 @@ public final class Worker: Sendable {
                     inbound.append(.malformed(event, envelope, "malformed job record"))
                 }
             case "s":
-                if let key = JobKeyRecord.key(fromEventPayload: envelope.payload) {
-                    inbound.append(.stop(event, envelope, key))
+                if let record = StopRecord(decoding: envelope.payload) {
+                    inbound.append(.stop(event, envelope, record))
                 } else {
                     inbound.append(.malformed(event, envelope, "malformed stop record"))
                 }
@@ -279,8 +311,8 @@ public final class Worker: Sendable {
                 index += 1
             }
             if !starts.isEmpty {
-                let (outcomes, started) = await runStarts(starts.map(\.2))
-                commit.started += started
+                let (outcomes, startCommit) = await runStarts(starts.map(\.2))
+                commit.merge(startCommit)
                 for ((event, envelope, record), outcome) in zip(starts, outcomes) {
                     commit.replies += reply(to: event, from: envelope, outcome: outcome, dispatcher: record.requeued ? nil : record.dispatcher)
                 }
@@ -292,8 +324,10 @@ public final class Worker: Sendable {
                 commit = Commit()
             }
             switch inbound[index] {
-            case .stop(let event, let envelope, let key):
-                commit.replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.stop(key) }), dispatcher: nil)
+            case .stop(let event, let envelope, let record):
+                let outcome = await Result(catching: { try await self.stop(record) })
+                commit.replies += reply(to: event, from: envelope, outcome: outcome, dispatcher: nil)
+                commit.replies += stopReply(to: record, event: event, outcome: outcome)
             case .notify(let event, let envelope, let record):
                 commit.replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.notify(record) }), dispatcher: nil)
             case .malformed(let event, let envelope, let problem):
@@ -309,8 +343,8 @@ public final class Worker: Sendable {
     private func reply(to event: StreamEvent, from envelope: Envelope, outcome: Result<Void, any Error>, dispatcher: String?) -> [Reply] {
         var errorText = ""
         if case .failure(let error) = outcome {
-            if let poolError = error as? PoolError, poolError.code == .requeue { return [] }
-            errorText = (error as? PoolError)?.message ?? "\(error)"
+            if isRequeue(error) { return [] }
+            errorText = describe(error)
         }
         let ack = Envelope(sender: id, payload: AckRecord(eventID: event.id, error: errorText).encoded())
         var replies = [Reply(inbox: node.keySpace.key("stream", Node.inboxName(ofNode: envelope.sender)), name: "a", payload: ack.encoded())]
@@ -321,20 +355,58 @@ public final class Worker: Sendable {
         return replies
     }
 
-    /// Records the started jobs and appends the replies, atomically (see ``PoolScripts/commitBatch``).
+    /// The stop outcome for the node that waits for it (``Node/stopAndWait(key:origin:)``), sent
+    /// with the batch's commit: after the stop's own script, so the payload is gone by then.
+    private func stopReply(to record: StopRecord, event: StreamEvent, outcome: Result<Void, any Error>) -> [Reply] {
+        guard !record.requester.isEmpty, let poolEventID = event.topic else { return [] }
+        let result: StopResultRecord
+        switch outcome {
+        case .success: result = StopResultRecord(eventID: poolEventID, outcome: .stopped, detail: id)
+        case .failure(let error) where isRequeue(error): return []
+        case .failure(let error): result = StopResultRecord(eventID: poolEventID, outcome: .failed, detail: describe(error))
+        }
+        return [Reply(inbox: node.keySpace.key("stream", Node.inboxName(ofNode: record.requester)), name: "r", payload: result.encoded())]
+    }
+
+    private func isRequeue(_ error: any Error) -> Bool { (error as? PoolError)?.code == .requeue }
+
+    private func describe(_ error: any Error) -> String { (error as? PoolError)?.message ?? "\(error)" }
+
+    /// Records the started jobs, counts the failed requeued starts and appends the replies,
+    /// atomically (see ``PoolScripts/commitBatch``), then stops what the pool refused.
     /// NOMKSTREAM: a node that is gone gets nothing (its pool event is delivered again; a vanished
     /// dispatcher no longer waits). If this fails, nothing is acknowledged: the events come back
     /// and, the jobs running here already, are only recorded and acknowledged then.
     func send(_ commit: Commit) async {
-        guard !commit.started.isEmpty || !commit.replies.isEmpty else { return }
+        guard !commit.isEmpty else { return }
+        do {
+            await settle(try await record(commit), of: commit)
+        } catch {
+            logger.warning("could not record starts and acknowledge events; they will be delivered again", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Runs ``PoolScripts/commitBatch``: → the requeued starts refused (their job ended meanwhile)
+    /// and the jobs given up.
+    func record(_ commit: Commit) async throws -> (refused: [String], givenUp: [String]) {
+        guard !commit.isEmpty else { return ([], []) }
         let maps = node.maps
         var keys: [any RedisArgument] = [
             maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
-            maps.pending.contentKey, maps.pending.channel,
+            maps.pending.contentKey, maps.pending.channel, node.startFailuresKey, node.jobLogKey,
         ]
         var inboxIndex: [String: Int] = [:]
-        var arguments: [any RedisArgument] = [id, commit.started.count]
-        for job in commit.started { arguments += [job.key, job.payload, job.isRequeued ? "0" : "1"] }
+        let logsStarts = commit.started.contains { !$0.logFragment.isEmpty }
+        var arguments: [any RedisArgument] = [
+            id, commit.started.count, commit.failed.count, node.options.maxStartFailures,
+            logsStarts ? JobLogJSON.head(.started, worker: id, node: node) : "",
+            commit.failed.isEmpty ? "" : JobLogJSON.head(.startFailed, worker: id, node: node),
+            commit.failed.isEmpty ? "" : JobLogJSON.head(.givenUp, worker: id, node: node),
+        ]
+        for started in commit.started {
+            arguments += [started.job.key, started.job.payload, started.flag, started.logFragment]
+        }
+        for failed in commit.failed { arguments += [failed.key, failed.logFragment] }
         for reply in commit.replies {
             let index: Int
             if let known = inboxIndex[reply.inbox] {
@@ -346,10 +418,34 @@ public final class Worker: Sendable {
             }
             arguments += [index, reply.name, reply.payload]
         }
-        do {
-            _ = try await node.client.evaluate(PoolScripts.commitBatch, keys: keys, arguments: arguments)
-        } catch {
-            logger.warning("could not record starts and acknowledge events; they will be delivered again", metadata: ["error": "\(error)"])
+        let reply = try await node.client.evaluate(PoolScripts.commitBatch, keys: keys, arguments: arguments)
+        let lists = reply.array ?? []
+        func strings(_ index: Int) -> [String] { index < lists.count ? (lists[index].array ?? []).compactMap(\.string) : [] }
+        return (strings(0), strings(1))
+    }
+
+    /// After a commit: a requeued start the pool refused belongs to a job a stop ended while the
+    /// start ran here; its copy stops again (job log `taken-over`, reason `ended`). Given-up jobs
+    /// are reported.
+    func settle(_ result: (refused: [String], givenUp: [String]), of commit: Commit) async {
+        var stopped: [String] = []
+        for key in result.refused where localJob(key) != nil {
+            logger.warning("the job ended while its requeued start ran here; stopping it again", metadata: ["job": "\(key)"])
+            do {
+                try await handler.stop(key: key)
+            } catch {
+                logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
+            }
+            forget(key)
+            stopped.append(JobLogJSON.job(key, origin: JobOrigin(actor: node.options.name, reason: "ended"), requeued: true))
+        }
+        await node.appendJobLog(.takenOver, worker: id, jobs: stopped)
+        for key in result.givenUp {
+            let error = commit.failed.last { $0.key == key }?.error ?? ""
+            logger.error(
+                "giving up job \(key): its requeued start failed \(node.options.maxStartFailures) times in a row; last error: \(error)",
+                metadata: ["job": "\(key)", "error": "\(error)"]
+            )
         }
     }
 
@@ -358,28 +454,29 @@ public final class Worker: Sendable {
     /// Starts a job and records it (owner and payload). A failed start leaves no record (a
     /// requeued job keeps the payload it already had, so it is recovered later rather than lost).
     func start(_ record: JobRecord) async throws {
-        let (outcomes, started) = await runStarts([record])
-        if !started.isEmpty { try await recordStart(started) }
+        let (outcomes, commit) = await runStarts([record])
+        await settle(try await self.record(commit), of: commit)
         try outcomes[0].get()
     }
 
     /// Runs the start handler of each job in order and returns the outcomes and the jobs to
     /// record. Recording comes after the handlers, with the acknowledgements: until then the
     /// pool event stays pending, so a worker that dies here has its job delivered elsewhere.
-    func runStarts(_ records: [JobRecord]) async -> ([Result<Void, any Error>], [Job]) {
-        guard !isStopped else { return (records.map { _ in .failure(PoolError(.workerStopped, "worker stopped")) }, []) }
+    func runStarts(_ records: [JobRecord]) async -> ([Result<Void, any Error>], Commit) {
+        guard !isStopped else { return (records.map { _ in .failure(PoolError(.workerStopped, "worker stopped")) }, Commit()) }
         // Repeated deliveries of a job this worker already runs with the same payload: the
-        // ownership is confirmed, the handler is not started twice.
+        // ownership is confirmed, the handler is not started twice (and the job log not told).
         var known = state.withLock { state in state.jobs.mapValues(\.payload) }
         var outcomes: [Result<Void, any Error>] = []
-        var started: [Job] = []
+        var commit = Commit()
         for record in records {
             let job = Job(
                 key: record.key, payload: record.payload, createdAt: record.createdAt,
                 isRequeued: record.requeued, dispatcherID: record.dispatcher, workerID: id
             )
+            let flag = record.requeued ? "0" : "1"
             if known[job.key] == job.payload {
-                started.append(job)
+                commit.started.append(StartedJob(job: job, flag: flag, logFragment: ""))
                 outcomes.append(.success(()))
                 continue
             }
@@ -387,14 +484,19 @@ public final class Worker: Sendable {
                 try await handler.start(job)
                 state.withLock { $0.jobs[job.key] = job }
                 known[job.key] = job.payload
-                started.append(job)
+                commit.started.removeAll { $0.job.key == job.key }
+                commit.started.append(StartedJob(job: job, flag: flag, logFragment: JobLogJSON.job(job.key, origin: record.origin, requeued: record.requeued)))
                 outcomes.append(.success(()))
             } catch {
                 if known[job.key] != nil {
                     // A restart with a new payload failed: the old run is gone too.
                     forget(job.key)
                     known.removeValue(forKey: job.key)
-                    started.removeAll { $0.key == job.key }
+                    commit.started.removeAll { $0.job.key == job.key }
+                }
+                if record.requeued && !isRequeue(error) {
+                    let text = describe(error)
+                    commit.failed.append(FailedStart(key: job.key, error: text, logFragment: JobLogJSON.job(job.key, origin: record.origin, requeued: true, error: text)))
                 }
                 outcomes.append(.failure(error))
             }
@@ -403,17 +505,29 @@ public final class Worker: Sendable {
         // is now another worker, a rebalance moves it (checking these jobs, not all of them).
         let active = node.activeWorkers()
         let hasher = node.options.hasher
-        if !active.isEmpty, started.contains(where: { active[hasher.bucket(for: $0.key, buckets: active.count)] != id }) {
+        if !active.isEmpty, commit.started.contains(where: { active[hasher.bucket(for: $0.job.key, buckets: active.count)] != id }) {
             node.rebalanceRequests.continuation.yield()
         }
-        return (outcomes, started)
+        return (outcomes, commit)
     }
 
-    func stop(_ key: String) async throws {
+    func stop(_ key: String) async throws { try await stop(StopRecord(key: key)) }
+
+    /// Stops a job this worker runs, for good: job log `stopped`, or `stop-failed` when the handler
+    /// throws (the job then keeps running and stays owned).
+    func stop(_ record: StopRecord) async throws {
+        let key = record.key
         guard localJob(key) != nil else { throw PoolError.requeue }
-        try await handler.stop(key: key)
+        do {
+            try await handler.stop(key: key)
+        } catch {
+            if !isRequeue(error) {
+                await node.appendJobLog(.stopFailed, worker: id, jobs: [JobLogJSON.job(key, origin: record.origin, error: describe(error))])
+            }
+            throw error
+        }
         forget(key)
-        try await releaseOwnership([key], deletePayloads: true)
+        try await releaseOwnership([(key, JobLogJSON.job(key, origin: record.origin))], deletePayloads: true, log: .stopped)
     }
 
     func notify(_ record: NotificationRecord) async throws {
@@ -429,27 +543,20 @@ public final class Worker: Sendable {
         try await notifiable.handleNotification(key: record.key, payload: record.payload)
     }
 
-    func recordStart(_ jobs: [Job]) async throws {
+    /// Gives jobs up (see ``PoolScripts/release``); the job log gets `log` for those whose
+    /// ownership or payload this removed, each with its fragment.
+    func releaseOwnership(_ jobs: [(key: String, logFragment: String)], deletePayloads: Bool, log: JobLogEntry.Kind) async throws {
+        guard !jobs.isEmpty else { return }
         let maps = node.maps
-        var arguments: [any RedisArgument] = [id]
-        for job in jobs { arguments += [job.key, job.payload, job.isRequeued ? "0" : "1"] }
-        _ = try await node.client.evaluate(
-            PoolScripts.recordStart,
-            keys: [
-                maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
-                maps.pending.contentKey, maps.pending.channel,
-            ],
-            arguments: arguments
-        )
-    }
-
-    func releaseOwnership(_ keys: [String], deletePayloads: Bool) async throws {
-        guard !keys.isEmpty else { return }
-        let maps = node.maps
+        var arguments: [any RedisArgument] = [id, deletePayloads ? "1" : "0", JobLogJSON.head(log, worker: id, node: node)]
+        for job in jobs { arguments += [job.key, job.logFragment] }
         _ = try await node.client.evaluate(
             PoolScripts.release,
-            keys: [maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel],
-            arguments: [id, deletePayloads ? "1" : "0"] + keys
+            keys: [
+                maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
+                node.startFailuresKey, node.jobLogKey,
+            ],
+            arguments: arguments
         )
     }
 
@@ -465,29 +572,22 @@ public final class Worker: Sendable {
             let moving = state.withLock { Array($0.jobs.values) }.filter { active[hasher.bucket(for: $0.key, buckets: active.count)] != id }
             guard !moving.isEmpty else { return }
             logger.debug("rebalancing", metadata: ["moving": "\(moving.count)"])
-            var released: [Job] = []
-            for job in moving {
-                do {
-                    try await handler.stop(key: job.key)
-                    forget(job.key)
-                    released.append(job)
-                } catch {
-                    logger.warning("stop handler failed; the job stays here", metadata: ["job": "\(job.key)", "error": "\(error)"])
-                }
-            }
-            do {
-                try await releaseOwnership(released.map(\.key), deletePayloads: false)
-            } catch {
-                // The requeued start overwrites the ownership anyway.
-                logger.warning("could not release ownership", metadata: ["error": "\(error)"])
-            }
-            let failed = await node.requeueAll(released)
+            let released = await releaseForHandoff(moving, reason: "rebalance", keepOnStopFailure: true)
+            let failed = await node.requeueAll(released, origin: JobOrigin(actor: node.options.name, reason: "rebalance"))
             for job in failed {
-                // Nowhere else to go: run it here again rather than lose it.
+                // Nowhere else to go: run it here again rather than lose it. Should this start
+                // fail too, the payload stays and orphan recovery restarts the job.
                 do {
-                    try await recordStart([job])
-                    try await handler.start(job)
-                    state.withLock { $0.jobs[job.key] = job }
+                    let requeued = Job(
+                        key: job.key, payload: job.payload, createdAt: job.createdAt,
+                        isRequeued: true, dispatcherID: job.dispatcherID, workerID: id
+                    )
+                    try await handler.start(requeued)
+                    state.withLock { $0.jobs[job.key] = requeued }
+                    var commit = Commit()
+                    let origin = JobOrigin(actor: node.options.name, reason: "requeue-failed")
+                    commit.started = [StartedJob(job: requeued, flag: "0", logFragment: JobLogJSON.job(job.key, origin: origin, requeued: true))]
+                    await settle(try await record(commit), of: commit)
                 } catch {
                     logger.error("could not restart a job after a failed handoff; orphan recovery will", metadata: ["job": "\(job.key)", "error": "\(error)"])
                 }
@@ -495,22 +595,71 @@ public final class Worker: Sendable {
         }
     }
 
+    /// Stops `jobs` here, then releases their ownership (payloads stay) with job log `released`,
+    /// so that the requeue the caller appends next never makes a job run on two workers at once.
+    /// A failing stop handler logs `stop-failed`; with `keepOnStopFailure` the job then stays here,
+    /// otherwise it is forgotten and moves all the same (the worker is leaving).
+    /// → the jobs released.
+    func releaseForHandoff(_ jobs: [Job], reason: String, keepOnStopFailure: Bool) async -> [Job] {
+        let origin = JobOrigin(actor: node.options.name, reason: reason)
+        var released: [Job] = []
+        var stopFailures: [String] = []
+        for job in jobs {
+            do {
+                try await handler.stop(key: job.key)
+            } catch {
+                logger.warning("stop handler failed", metadata: ["job": "\(job.key)", "error": "\(error)", "reason": "\(reason)"])
+                stopFailures.append(JobLogJSON.job(job.key, origin: origin, requeued: job.isRequeued, error: describe(error)))
+                if keepOnStopFailure { continue }
+            }
+            forget(job.key)
+            released.append(job)
+        }
+        await node.appendJobLog(.stopFailed, worker: id, jobs: stopFailures)
+        do {
+            try await releaseOwnership(released.map { ($0.key, JobLogJSON.job($0.key, origin: origin, requeued: $0.isRequeued)) }, deletePayloads: false, log: .released)
+        } catch {
+            // The requeued start overwrites the ownership anyway.
+            logger.warning("could not release ownership", metadata: ["error": "\(error)"])
+        }
+        return released
+    }
+
     /// Stops, here only, the jobs whose ownership another worker took over. That happens when a
     /// start was delivered twice (an ack lost in a Redis outage, a slow start redelivered after
     /// the ack grace period) and the second delivery went to another worker: the registry names
     /// one owner per job, and the job runs there. Checked every keep-alive, so a duplicate lasts
     /// at most half a worker TTL (the reference let it run until a rebalance).
+    ///
+    /// Also stops the jobs a stop ended while this worker looked dead (paused, cut off from
+    /// Redis): no owner, and the tombstone the routing node left names this worker. Without the
+    /// tombstone a missing owner proves nothing: Redis may have lost its state, and
+    /// ``registerAgain()`` restores what runs here.
     func stopJobsOwnedElsewhere() async {
         let owners = node.maps.owners
+        let payloads = node.maps.payloads
         let suspects = state.withLock { state in
-            state.jobs.keys.filter { key in owners.string(key).map { $0 != id } ?? false }
+            state.jobs.keys.filter { key in
+                if let owner = owners.string(key) { return owner != id }
+                return payloads.get(key) == nil
+            }
         }
         guard !suspects.isEmpty else { return }
         await serial.withLock {
             for key in suspects where localJob(key) != nil {
                 // The replica may lag behind this worker's own start: Redis has the last word.
-                guard let owner = try? await node.client.send("HGET", owners.contentKey, key).string, owner != id else { continue }
-                await stopTakenOver(key, owner: owner)
+                // Starts are recorded under `serial`, so a job running here is in Redis by now.
+                let tombstone = node.endedKey(key)
+                guard let replies = try? await node.client.pipeline([
+                    RedisCommand("HGET", owners.contentKey, key), RedisCommand("GET", tombstone),
+                ]), replies.count == 2 else { continue }
+                if let owner = replies[0].string, !replies[0].isNull {
+                    if owner != id { await stopTakenOver(key, owner: owner) }
+                } else if replies[1].string == id {
+                    logger.warning("a stop ended this job while the worker looked dead; stopping it here", metadata: ["job": "\(key)"])
+                    await stopHereOnly([key], reason: "ended")
+                    _ = try? await node.client.send("DEL", tombstone)
+                }
             }
         }
     }
@@ -519,18 +668,31 @@ public final class Worker: Sendable {
     /// without touching its ownership or payload. Called under `serial`.
     private func stopTakenOver(_ key: String, owner: String) async {
         logger.warning("job was taken over by another worker; stopping it here", metadata: ["job": "\(key)", "owner": "\(owner)"])
-        do {
-            try await handler.stop(key: key)
-        } catch {
-            logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
+        await stopHereOnly([key], reason: "taken-over")
+    }
+
+    /// Stops jobs here without touching the pool's state (they belong to others now): job log
+    /// `taken-over` with `reason`.
+    private func stopHereOnly(_ keys: [String], reason: String) async {
+        let origin = JobOrigin(actor: node.options.name, reason: reason)
+        var logged: [String] = []
+        for key in keys {
+            do {
+                try await handler.stop(key: key)
+            } catch {
+                logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
+            }
+            forget(key)
+            logged.append(JobLogJSON.job(key, origin: origin))
         }
-        forget(key)
+        await node.appendJobLog(.takenOver, worker: id, jobs: logged)
     }
 
     /// Shutdown: stops every local job for good (ownership and payload removed).
     func stopAllJobs() async {
         let current = jobs
-        var stopped: [String] = []
+        let origin = JobOrigin(actor: node.options.name, reason: "shutdown")
+        var stopped: [(key: String, logFragment: String)] = []
         for job in current {
             do {
                 try await handler.stop(key: job.key)
@@ -538,10 +700,10 @@ public final class Worker: Sendable {
                 logger.warning("stop handler failed during shutdown", metadata: ["job": "\(job.key)", "error": "\(error)"])
             }
             forget(job.key)
-            stopped.append(job.key)
+            stopped.append((job.key, JobLogJSON.job(job.key, origin: origin)))
         }
         do {
-            try await releaseOwnership(stopped, deletePayloads: true)
+            try await releaseOwnership(stopped, deletePayloads: true, log: .stopped)
         } catch {
             logger.error("could not remove stopped jobs from the pool", metadata: ["error": "\(error)"])
         }
@@ -550,14 +712,7 @@ public final class Worker: Sendable {
     /// Stops every local job without touching the pool's maps (the worker was evicted: its jobs
     /// already belong to others).
     func stopJobsLocally() async {
-        for job in jobs {
-            do {
-                try await handler.stop(key: job.key)
-            } catch {
-                logger.warning("stop handler failed", metadata: ["job": "\(job.key)", "error": "\(error)"])
-            }
-            forget(job.key)
-        }
+        await stopHereOnly(jobs.map(\.key), reason: "evicted")
     }
 }
 

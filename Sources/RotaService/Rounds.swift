@@ -261,6 +261,9 @@ final class ProducerPlanner: JobProducer {
                 let kind: ActionKind = !isStart ? .stop : (open.reasons[key] == Reason.payloadChanged ? .restart : .start)
                 actions.append(action(kind, .failed, error: message, hash: hash))
                 record.failed += 1
+            case .stopFailed(let message):
+                actions.append(ActionRecord(job: key, action: .stop, outcome: .failed, error: message, at: now, reason: reason))
+                record.failed += 1
             }
         }
         record.finishedAt = now

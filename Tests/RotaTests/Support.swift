@@ -208,12 +208,13 @@ struct CapturingHandler: LogHandler {
 }
 
 /// The pool's Redis keys left after a shutdown, minus what may legitimately stay: map tombstones
-/// (only `=rev`, `=cleared`, `=kind=destroy`) and node inboxes cleaned asynchronously.
+/// (only `=rev`, `=cleared`, `=kind=destroy`), node inboxes cleaned asynchronously, and the job
+/// log (history, kept on purpose).
 func leftoverKeys(_ client: RedisClient, pool: String) async throws -> [String] {
     let keys = try await client.send("KEYS", "rota:{\(pool)}:*").array?.compactMap(\.string) ?? []
     var left: [String] = []
     for key in keys.sorted() {
-        if key.contains(":stream:node-") { continue }
+        if key.contains(":stream:node-") || key.hasSuffix(":stream:job-log") { continue }
         if try await client.send("TYPE", key).string == "hash" {
             let fields = try await client.send("HGETALL", key).array?.compactMap(\.string) ?? []
             var content: [String: String] = [:]

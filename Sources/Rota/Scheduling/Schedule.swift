@@ -7,10 +7,13 @@ import Synchronization
 public struct PlannedJob: Sendable, Hashable {
     public var key: String
     public var payload: [UInt8]
+    /// Why the plan wants it (job log `reason` of its start or restart); "planned" when nil.
+    public var reason: String?
 
-    public init(key: String, payload: [UInt8] = []) {
+    public init(key: String, payload: [UInt8] = [], reason: String? = nil) {
         self.key = key
         self.payload = payload
+        self.reason = reason
     }
 }
 
@@ -21,11 +24,23 @@ public struct JobPlan: Sendable, Hashable {
     /// Ignored when ``stopAll`` is set.
     public var stop: [String]
     public var stopAll: Bool
+    /// Why each stop is wanted (job key → job log `reason`); "planned" for keys not listed.
+    public var stopReasons: [String: String]
+    /// The reason of the stops "stop all" makes; "planned" when nil.
+    public var stopAllReason: String?
+    /// The planning round's ID, carried into the job log with every action of this plan.
+    public var round: String?
 
-    public init(start: [PlannedJob] = [], stop: [String] = [], stopAll: Bool = false) {
+    public init(
+        start: [PlannedJob] = [], stop: [String] = [], stopAll: Bool = false,
+        stopReasons: [String: String] = [:], stopAllReason: String? = nil, round: String? = nil
+    ) {
         self.start = start
         self.stop = stop
         self.stopAll = stopAll
+        self.stopReasons = stopReasons
+        self.stopAllReason = stopAllReason
+        self.round = round
     }
 }
 
@@ -45,10 +60,14 @@ public enum JobOutcome: Sendable, Hashable {
     case alreadyRunning
     /// Running with another payload: stopped and started again with the new one.
     case restarted
+    /// The owner's stop handler returned (or the job had no owner and was ended).
     case stopped
     /// Asked to stop, but not running.
     case notFound
     case failed(String)
+    /// The stop handler failed, or no stop was confirmed in time: the job may still run, and the
+    /// schedule keeps it in its bookkeeping so that the next "stop all" tries again.
+    case stopFailed(String)
 }
 
 /// One applied plan.
@@ -60,10 +79,13 @@ public struct PlanReport: Sendable {
     public let outcomes: [(key: String, outcome: JobOutcome)]
 
     public func count(_ outcome: JobOutcome) -> Int { outcomes.filter { $0.outcome == outcome }.count }
+    /// Failed starts, restarts and stops.
     public var failures: [(key: String, message: String)] {
         outcomes.compactMap { item in
-            if case .failed(let message) = item.outcome { return (item.key, message) }
-            return nil
+            switch item.outcome {
+            case .failed(let message), .stopFailed(let message): return (item.key, message)
+            default: return nil
+            }
         }
     }
 }
@@ -202,7 +224,10 @@ public final class Schedule: Sendable {
             var pending = work.makeIterator()
             func addNext() -> Bool {
                 guard let next = pending.next() else { return false }
-                group.addTask { (next.job.key, next.restart ? await self.restart(next.job) : await self.dispatch(next.job)) }
+                let origin = self.origin(plan, reason: next.job.reason)
+                group.addTask {
+                    (next.job.key, next.restart ? await self.restart(next.job, origin: origin) : await self.dispatch(next.job, origin: origin))
+                }
                 return true
             }
             for _ in 0..<64 where !addNext() { break }
@@ -233,45 +258,77 @@ public final class Schedule: Sendable {
         }
         let startKeys = Set(plan.start.map(\.key))
         let stops = plan.stopAll ? started.keys.filter { !startKeys.contains($0) }.sorted() : plan.stop
-        var stopOutcomes: [(String, JobOutcome)] = []
-        for key in stops where !startKeys.contains(key) || !plan.stopAll {
-            var outcome = JobOutcome.notFound
-            if payloads.get(key) != nil {
-                do {
-                    try await node.stop(key: key)
-                    outcome = .stopped
-                } catch {
-                    outcome = .failed("\(error)")
-                }
-            }
-            if case .failed = outcome {
-                // Still running: kept, so a later "stop all" tries again.
+        var stopOutcomes: [String: JobOutcome] = [:]
+        var stopOrder: [String] = []
+        var toStop: [String] = []
+        for key in stops where (!startKeys.contains(key) || !plan.stopAll) && stopOutcomes[key] == nil {
+            stopOrder.append(key)
+            if payloads.get(key) == nil {
+                stopOutcomes[key] = .notFound
             } else {
-                do {
-                    _ = try await started.delete(key)
-                } catch {
-                    logger.warning("could not forget a stopped job", metadata: ["job": "\(key)", "error": "\(error)"])
-                }
+                stopOutcomes[key] = .stopFailed("not applied")
+                toStop.append(key)
             }
-            stopOutcomes.append((key, outcome))
+        }
+        // Stops wait for their worker's confirmation: many at once (bounded), as dispatches.
+        await withTaskGroup(of: (String, JobOutcome).self) { group in
+            var pending = toStop.makeIterator()
+            func addNext() -> Bool {
+                guard let key = pending.next() else { return false }
+                let origin = self.origin(plan, reason: plan.stopAll ? plan.stopAllReason : plan.stopReasons[key])
+                group.addTask { (key, await self.stop(key, origin: origin)) }
+                return true
+            }
+            for _ in 0..<64 where !addNext() { break }
+            while let (key, outcome) = await group.next() {
+                stopOutcomes[key] = outcome
+                _ = addNext()
+            }
+        }
+        for key in stopOrder {
+            if case .stopFailed? = stopOutcomes[key] { continue }
+            if case .failed? = stopOutcomes[key] { continue }
+            // Stopped or not running: forgotten. A failed stop is kept, so a later "stop all"
+            // tries again.
+            do {
+                _ = try await started.delete(key)
+            } catch {
+                logger.warning("could not forget a stopped job", metadata: ["job": "\(key)", "error": "\(error)"])
+            }
         }
         var ordered: [(key: String, outcome: JobOutcome)] = []
         var seen: Set<String> = []
         for job in plan.start where seen.insert(job.key).inserted {
             ordered.append((job.key, outcomes[job.key] ?? .failed("not applied")))
         }
-        ordered += stopOutcomes.map { (key: $0.0, outcome: $0.1) }
+        ordered += stopOrder.map { (key: $0, outcome: stopOutcomes[$0] ?? .stopFailed("not applied")) }
         for failure in ordered {
-            if case .failed(let message) = failure.outcome {
+            switch failure.outcome {
+            case .failed(let message), .stopFailed(let message):
                 logger.warning("plan action failed", metadata: ["job": "\(failure.key)", "error": "\(message)"])
+            default: break
             }
         }
         return PlanReport(producer: producer.name, tick: tick, node: node.id, outcomes: ordered)
     }
 
-    private func dispatch(_ job: PlannedJob) async -> JobOutcome {
+    /// The origin of this node's actions for `plan`: "planned" unless the plan says why.
+    private func origin(_ plan: JobPlan, reason: String?) -> JobOrigin {
+        var origin = JobOrigin(actor: node.options.name, reason: reason ?? "planned", round: plan.round)
+        // Producers' texts: what would not fit the pool's records is cut, not refused.
+        if !origin.fitsWire {
+            origin = JobOrigin(
+                actor: String(decoding: origin.actor.utf8.prefix(JobOrigin.maxActorBytes), as: UTF8.self),
+                reason: String(decoding: origin.reason.utf8.prefix(JobOrigin.maxReasonBytes), as: UTF8.self),
+                round: origin.round.map { String(decoding: $0.utf8.prefix(JobOrigin.maxRoundBytes), as: UTF8.self) }
+            )
+        }
+        return origin
+    }
+
+    private func dispatch(_ job: PlannedJob, origin: JobOrigin) async -> JobOutcome {
         do {
-            try await node.dispatch(key: job.key, payload: job.payload)
+            try await node.dispatch(key: job.key, payload: job.payload, origin: origin)
             return .started
         } catch let error as PoolError where error.code == .jobExists {
             // Started meanwhile (another node's round, or this node's replica was behind).
@@ -283,20 +340,32 @@ public final class Schedule: Sendable {
         }
     }
 
-    /// Stops a job running with another payload, waits until it is gone, then starts the new one.
-    private func restart(_ job: PlannedJob) async -> JobOutcome {
+    /// A stop confirmed by the job's worker: `.stopped` only once the stop handler returned (or
+    /// the job had no owner and was ended).
+    private func stop(_ key: String, origin: JobOrigin) async -> JobOutcome {
         do {
-            try await node.stop(key: job.key)
-            let deadline = ContinuousClock.now + node.options.ackGracePeriod * 2
-            while node.maps.payloads.get(job.key) != nil, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(5))
+            switch try await node.stopAndWait(key: key, origin: origin) {
+            case .stopped, .endedUnowned: return .stopped
+            case .notRunning: return .notFound
             }
-            switch await dispatch(job) {
+        } catch let error as PoolError {
+            return .stopFailed(error.code == .stopFailed ? error.message : "\(error.code): \(error.message)")
+        } catch {
+            return .stopFailed("\(error)")
+        }
+    }
+
+    /// Stops a job running with another payload, waits for its worker to confirm, then starts
+    /// the new one. An old copy that did not stop is not started over: two would run.
+    private func restart(_ job: PlannedJob, origin: JobOrigin) async -> JobOutcome {
+        switch await stop(job.key, origin: origin) {
+        case .stopFailed(let message):
+            return .failed("restart: the old copy did not stop: \(message)")
+        default:
+            switch await dispatch(job, origin: origin) {
             case .started: return .restarted
             case let other: return other
             }
-        } catch {
-            return .failed("\(error)")
         }
     }
 }

@@ -9,7 +9,8 @@ import Foundation
 /// A job as dispatched to a worker.
 ///
 /// Layout: str key, str dispatcher node ID, str payload, Int64 `createdAt`
-/// (Unix nanoseconds), 1 byte `requeued` (0 or 1).
+/// (Unix nanoseconds), 1 byte `requeued` (0 or 1), then, only when the job has an origin:
+/// str actor (≤ 200 bytes), str reason (≤ 64), str round (≤ 300, empty for none).
 struct JobRecord: Sendable, Hashable {
     var key: String
     /// Node ID of the dispatcher that created the job.
@@ -18,13 +19,16 @@ struct JobRecord: Sendable, Hashable {
     /// Carried as whole Unix nanoseconds, so sub-nanosecond precision is lost.
     var createdAt: Date
     var requeued: Bool
+    /// Who asked for this start and why (for the job log).
+    var origin: JobOrigin?
 
-    init(key: String, dispatcher: String, payload: [UInt8] = [], createdAt: Date, requeued: Bool = false) {
+    init(key: String, dispatcher: String, payload: [UInt8] = [], createdAt: Date, requeued: Bool = false, origin: JobOrigin? = nil) {
         self.key = key
         self.dispatcher = dispatcher
         self.payload = payload
         self.createdAt = createdAt
         self.requeued = requeued
+        self.origin = origin
     }
 
     func encoded() -> [UInt8] {
@@ -34,6 +38,7 @@ struct JobRecord: Sendable, Hashable {
         writer.writeBytes(payload)
         writer.writeInt64(unixNanoseconds(of: createdAt))
         writer.writeUInt8(requeued ? 1 : 0)
+        if let origin { writer.writeOrigin(origin) }
         return writer.bytes
     }
 
@@ -53,8 +58,92 @@ struct JobRecord: Sendable, Hashable {
             default: return nil
             }
         }
+        // Records written before origins existed end right after `requeued`.
+        var origin: JobOrigin?
+        if !reader.isAtEnd {
+            guard let read = reader.readOrigin() else { return nil }
+            origin = read
+        }
         guard reader.isAtEnd else { return nil }
-        self.init(key: key, dispatcher: dispatcher, payload: payload, createdAt: date(fromUnixNanoseconds: nanos), requeued: requeued)
+        self.init(
+            key: key, dispatcher: dispatcher, payload: payload, createdAt: date(fromUnixNanoseconds: nanos),
+            requeued: requeued, origin: origin
+        )
+    }
+}
+
+/// A request to stop a job.
+///
+/// Layout: str key, str requester node ID (empty: nobody waits for the outcome), str actor,
+/// str reason, str round (the origin; all empty for none, round empty for no round). A bare
+/// ``JobKeyRecord`` (older nodes) decodes as a stop without requester or origin. The key comes
+/// first, as in every pool event, for ``JobKeyRecord/key(fromEventPayload:)``.
+struct StopRecord: Sendable, Hashable {
+    var key: String
+    var requester: String
+    var origin: JobOrigin?
+
+    init(key: String, requester: String = "", origin: JobOrigin? = nil) {
+        self.key = key
+        self.requester = requester
+        self.origin = origin
+    }
+
+    func encoded() -> [UInt8] {
+        var writer = WireWriter()
+        writer.writeString(key)
+        writer.writeString(requester)
+        writer.writeOrigin(origin ?? JobOrigin(actor: "", reason: ""))
+        return writer.bytes
+    }
+
+    init?(decoding bytes: [UInt8]) {
+        var reader = WireReader(bytes)
+        guard let key = reader.readString() else { return nil }
+        if reader.isAtEnd {
+            self.init(key: key)
+            return
+        }
+        guard let requester = reader.readString(), requester.utf8.count <= 200,
+              let origin = reader.readOrigin(), reader.isAtEnd
+        else { return nil }
+        self.init(key: key, requester: requester, origin: origin.actor.isEmpty && origin.reason.isEmpty ? nil : origin)
+    }
+}
+
+/// The outcome of a stop, for the node that asked (``Node/stopAndWait(key:origin:)``).
+///
+/// Layout: str pool event ID of the stop, 1 byte outcome (0 stopped, 1 not running, 2 ended
+/// unowned, 3 failed), str detail (the worker ID when stopped, the error when failed).
+struct StopResultRecord: Sendable, Hashable {
+    enum Outcome: UInt8, Sendable {
+        case stopped = 0, notRunning = 1, endedUnowned = 2, failed = 3
+    }
+
+    var eventID: String
+    var outcome: Outcome
+    var detail: String
+
+    init(eventID: String, outcome: Outcome, detail: String = "") {
+        self.eventID = eventID
+        self.outcome = outcome
+        self.detail = detail
+    }
+
+    func encoded() -> [UInt8] {
+        var writer = WireWriter()
+        writer.writeString(eventID)
+        writer.writeUInt8(outcome.rawValue)
+        writer.writeString(detail)
+        return writer.bytes
+    }
+
+    init?(decoding bytes: [UInt8]) {
+        var reader = WireReader(bytes)
+        guard let eventID = reader.readString(), let code = reader.readUInt8(), let outcome = Outcome(rawValue: code),
+              let detail = reader.readString(), reader.isAtEnd
+        else { return nil }
+        self.init(eventID: eventID, outcome: outcome, detail: detail)
     }
 }
 
@@ -232,6 +321,12 @@ private struct WireWriter {
     mutating func writeString(_ value: String) {
         writeBytes(value.utf8)
     }
+
+    mutating func writeOrigin(_ origin: JobOrigin) {
+        writeString(origin.actor)
+        writeString(origin.reason)
+        writeString(origin.round ?? "")
+    }
 }
 
 private struct WireReader {
@@ -283,5 +378,12 @@ private struct WireReader {
     /// Keys and IDs must be valid UTF-8; anything else is treated as malformed.
     mutating func readString() -> String? {
         readBytes().flatMap { String(validating: $0, as: UTF8.self) }
+    }
+
+    /// Actor, reason and round, each within its cap (a longer one makes the record malformed).
+    mutating func readOrigin() -> JobOrigin? {
+        guard let actor = readString(), let reason = readString(), let round = readString() else { return nil }
+        let origin = JobOrigin(actor: actor, reason: reason, round: round.isEmpty ? nil : round)
+        return origin.fitsWire ? origin : nil
     }
 }
