@@ -20,7 +20,8 @@ public final class Node: Service, Sendable {
     public let pool: String
     public let options: Options
 
-    let client: RedisClient
+    /// The pool's Redis client (shared with the layers above: the history follows the pool's streams with it).
+    public let client: RedisClient
     let keySpace: RedisKeySpace
     let logger: Logger
     let maps: PoolMaps

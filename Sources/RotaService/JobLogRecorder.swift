@@ -18,8 +18,8 @@ struct JobLogRecorder: Sendable {
     func run() async {
         let stream: RedisStream
         do {
-            stream = try RedisStream(name: Node.jobLogStreamName, keySpace: node.keySpace, client: node.client,
-                options: .init(maxLength: Node.jobLogLength))
+            stream = try RedisStream(name: "job-log", keySpace: try RedisKeySpace(node.pool), client: node.client,
+                options: .init(maxLength: JobLogEntry.maxLength))
         } catch {
             logger.error("cannot follow the pool's job log", metadata: ["error": "\(error)"])
             return

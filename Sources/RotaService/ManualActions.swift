@@ -43,7 +43,7 @@ public struct ManualActionLog: Sendable {
                        actor: String, startedAt: Date) async throws {
         let now = Date()
         let millis = Int64((startedAt.timeIntervalSince1970 * 1000).rounded())
-        let tickMS = try await stream.client.evaluate(Self.clockScript, keys: [clockKey], arguments: [String(millis)]).int ?? millis
+        let tickMS = try await stream.client.evaluate(Self.clockScript, keys: [clockKey], arguments: [String(millis)]).int.map(Int64.init) ?? millis
         let tick = Date(timeIntervalSince1970: Double(tickMS) / 1000)
         var round = RoundRecord(roundID: "\(pool)/\(Self.producer)/\(tickMS)", pool: pool, producer: Self.producer, revision: 0,
             node: actor, tick: tick, startedAt: startedAt, planned: [PlannedAction(job: job, action: action, payloadHash: payloadHash)])

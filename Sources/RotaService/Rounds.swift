@@ -166,7 +166,7 @@ final class ProducerPlanner: JobProducer {
             return previous.revision <= revision ? previous.keys : nil
         }
         guard let older = try? history.store.revisions(pool: pool, name: name).filter({ $0.revision < revision }).max(by: { $0.revision < $1.revision }),
-              let definition = try? ProducerDefinition(canonicalJSON: Array(older.definition.utf8))
+              let definition = try? ProducerDefinition(canonicalJSON: older.definition)
         else { return [] }
         return Set(definition.jobs.map(\.key))
     }
@@ -260,9 +260,6 @@ final class ProducerPlanner: JobProducer {
             case .failed(let message):
                 let kind: ActionKind = !isStart ? .stop : (open.reasons[key] == Reason.payloadChanged ? .restart : .start)
                 actions.append(action(kind, .failed, error: message, hash: hash))
-                record.failed += 1
-            case .stopFailed(let message):
-                actions.append(ActionRecord(job: key, action: .stop, outcome: .failed, error: message, at: now, reason: reason))
                 record.failed += 1
             }
         }

@@ -151,9 +151,9 @@ extension RunNode {
             _ = try await rotaPool(cluster, ["dispatch", "hand/one", "--handler", "log", "--payload", "{}"])
             _ = try await rotaPool(cluster, ["notify", "hand/one", "hello"])
             let stopped = try await rotaPool(cluster, ["stop", "hand/one"])
-            #expect(stopped.out.contains("stopped hand/one"), stopped.out)
+            #expect(stopped.out.contains("stopped hand/one"), "\(stopped.out)")
             let missing = try await rotaPool(cluster, ["stop", "hand/none"], status: 4)
-            #expect(missing.err.contains("not found"), missing.err)
+            #expect(missing.err.contains("not found"), "\(missing.err)")
             for node in nodes {
                 let outcomes = try await poll("\(node.label) recorded the manual actions", timeout: .seconds(10)) {
                     let actions = try node.actions(onJob: "hand/one")
