@@ -55,28 +55,46 @@ struct StreamFollower: Sendable {
     }
 
     /// Records a gap when Redis deleted entries after `cursor` (this node never read them).
+    /// Trimming removes the oldest entries, so the cursor's own entry still being there proves
+    /// nothing after it was trimmed; when it is gone, what lies between it and the first entry
+    /// left is recorded as a gap. (Redis 7.0 does not count trimmed entries in
+    /// `max-deleted-entry-id`, only `XDEL`ed ones, which are checked too.)
     func checkGap(after cursor: String?) async {
         guard let cursor, let cursorID = StreamEntryID(cursor) else { return }
-        let info: [String: RedisValue]
+        let before: String
         do {
-            let reply = try await stream.client.send("XINFO", "STREAM", stream.key)
-            var fields: [String: RedisValue] = [:]
-            let items = reply.array ?? []
+            let replies = try await stream.client.pipeline([
+                RedisCommand("XRANGE", stream.key, cursor, cursor),
+                RedisCommand("XRANGE", stream.key, "-", "+", "COUNT", "1"),
+                RedisCommand("XINFO", "STREAM", stream.key),
+            ])
+            guard replies.count == 3 else { return }
+            var info: [String: RedisValue] = [:]
+            let items = replies[2].array ?? []
             var index = 0
             while index + 1 < items.count {
-                if let name = items[index].string { fields[name] = items[index + 1] }
+                if let name = items[index].string { info[name] = items[index + 1] }
                 index += 2
             }
-            info = fields
+            let first = replies[1].array?.first?.array?.first?.string
+            let deleted = info["max-deleted-entry-id"]?.string.flatMap(StreamEntryID.init)
+            let cursorKept = !(replies[0].array ?? []).isEmpty
+            if let deleted, deleted > cursorID {
+                before = first ?? (deleted.successor ?? deleted).description
+            } else if !cursorKept, let first, let firstID = StreamEntryID(first), firstID > cursorID {
+                before = first
+            } else if !cursorKept, first == nil, let last = info["last-generated-id"]?.string.flatMap(StreamEntryID.init), last > cursorID {
+                // Everything was trimmed, the entries after the cursor too.
+                before = (last.successor ?? last).description
+            } else {
+                return
+            }
         } catch {
             // No stream yet (nothing published), or Redis unreachable: nothing to compare.
             return
         }
-        guard let deleted = info["max-deleted-entry-id"]?.string.flatMap(StreamEntryID.init), deleted > cursorID else { return }
-        // Everything up to the first entry left is gone: the gap runs from the cursor to it.
-        let before = info["recorded-first-entry-id"]?.string ?? info["last-generated-id"]?.string ?? "\(deleted.ms)-\(deleted.seq)"
         do {
-            try store.recordGap(pool: pool, stream: stream.name, after: cursor, before: before, at: Date())
+            guard try store.recordGap(pool: pool, stream: stream.name, after: cursor, before: before, at: Date()) else { return }
             Counter(label: "rota_history_gaps", dimensions: [("pool", pool), ("stream", stream.name)]).increment()
             logger.error("entries of a pool stream were trimmed before this node recorded them: history gap recorded",
                 metadata: ["stream": "\(stream.name)", "after": "\(cursor)", "before": "\(before)"])

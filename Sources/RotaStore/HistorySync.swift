@@ -167,7 +167,10 @@ extension PlanStore {
         try chain.saveIfChanged(db)
         // Gaps the other database covers.
         for (id, gap) in try gaps(db, pool: nil, includeFilled: false) {
-            guard let before = StreamEntryID(gap.before), let cursor = source.cursors[gap.pool + "\u{0}" + gap.stream], cursor >= before,
+            // The cursor is the last entry the other node read: it covers every entry up to it, so
+            // a gap ending right after it (`before` its successor) is covered too.
+            guard let before = StreamEntryID(gap.before), let cursor = source.cursors[gap.pool + "\u{0}" + gap.stream],
+                cursor >= before || (cursor.successor.map { $0 >= before } ?? true),
                 !source.gaps.contains(where: { $0.pool == gap.pool && $0.stream == gap.stream && $0.overlaps(gap) })
             else { continue }
             try db.execute(sql: "UPDATE history_gap SET filled_ms = ?, filled_from = ? WHERE id = ?", arguments: [ms(now), path, id])

@@ -26,7 +26,8 @@ public struct StreamEntryID: Sendable, Hashable, Comparable, CustomStringConvert
     }
 
     /// The smallest ID after this one (nil after the largest).
-    var successor: StreamEntryID? {
+    /// The smallest ID after this one; nil after the largest.
+    public var successor: StreamEntryID? {
         if seq < UInt64.max { return StreamEntryID(ms: ms, seq: seq + 1) }
         if ms < UInt64.max { return StreamEntryID(ms: ms + 1, seq: 0) }
         return nil

@@ -275,7 +275,7 @@ public final class Schedule: Sendable {
             var pending = toStop.makeIterator()
             func addNext() -> Bool {
                 guard let key = pending.next() else { return false }
-                let origin = self.origin(plan, reason: plan.stopAll ? plan.stopAllReason : plan.stopReasons[key])
+                let origin = self.origin(plan, reason: plan.stopReasons[key] ?? (plan.stopAll ? plan.stopAllReason : nil))
                 group.addTask { (key, await self.stop(key, origin: origin)) }
                 return true
             }
