@@ -244,7 +244,7 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
                 ("plan_revision", .int(revision)),
                 ("producers", .array(producerRows.map { row in
                     guard case .object(var members) = row.json else { return row.json }
-                    members.append(("planner_name", .optional(row.last.flatMap { names[$0.node] })))
+                    members.append(("planner_name", .optional(row.last.map { names[$0.node] ?? $0.node })))
                     return .object(members)
                 })),
                 ("plan_drift", .array(drifts.map { .object([
