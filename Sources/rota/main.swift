@@ -1,8 +1,10 @@
 import ArgumentParser
+import RotaStore
 
 // A hand-written entry point so errors print as one clear line with a non-zero status.
 // Async subcommands are dispatched through `AsyncCommand`: from a main.swift, ArgumentParser's
 // own async entry resolves to the synchronous `run()`.
+PlanStore.tuneAllocator()
 do {
     var command = try Rota.parseAsRoot()
     if let async = command as? any AsyncCommand {
