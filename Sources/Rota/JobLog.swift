@@ -127,6 +127,8 @@ public struct JobLogEntry: Sendable, Hashable {
     public static let version = 1
     /// The stream's approximate cap (`XADD MAXLEN ~`).
     public static let maxLength = 100_000
+    /// The stream's name in the pool's key space (`rota:{pool}:stream:job-log`).
+    public static let streamName = "job-log"
 
     public var kind: Kind
     public var worker: String
@@ -274,7 +276,7 @@ enum JobLogJSON {
 
 extension Node {
     /// The Redis stream of the pool's job log (see ``JobLogEntry``).
-    public var jobLogKey: String { keySpace.key("stream", "job-log") }
+    public var jobLogKey: String { keySpace.key("stream", JobLogEntry.streamName) }
 
     /// Start-failure counts of requeued jobs (job key → consecutive failures): a plain hash, read
     /// and written only by scripts.

@@ -18,7 +18,7 @@ struct JobLogRecorder: Sendable {
     func run() async {
         let stream: RedisStream
         do {
-            stream = try RedisStream(name: "job-log", keySpace: try RedisKeySpace(node.pool), client: node.client,
+            stream = try RedisStream(name: JobLogEntry.streamName, keySpace: try RedisKeySpace(node.pool), client: node.client,
                 options: .init(maxLength: JobLogEntry.maxLength))
         } catch {
             logger.error("cannot follow the pool's job log", metadata: ["error": "\(error)"])
@@ -32,7 +32,7 @@ struct JobLogRecorder: Sendable {
                 do {
                     events += Self.records(try JobLogEntry.decode(entry.payload), entryID: entry.id, pool: pool)
                 } catch {
-                    Counter(label: "rota_history_entries_skipped", dimensions: [("stream", "job-log")]).increment()
+                    Counter(label: "rota_history_entries_skipped", dimensions: [("stream", JobLogEntry.streamName)]).increment()
                     logger.error("ignoring an unreadable job log entry", metadata: ["event": "\(entry.id)", "error": "\(error)"])
                 }
             }

@@ -18,9 +18,8 @@ public struct ManualActionLog: Sendable {
 
     public init(pool: String, client: RedisClient) throws(ServiceError) {
         do {
-            let space = try RedisKeySpace(pool)
-            stream = try RedisStream(name: "history", keySpace: space, client: client, options: .init(maxLength: RoundLog.streamLength))
-            clockKey = space.key("manual-clock")
+            stream = try RoundLog.historyStream(pool: pool, client: client)
+            clockKey = try RedisKeySpace(pool).key("manual-clock")
         } catch {
             throw ServiceError(.invalidArgument, "pool \(pool): \(error)", underlying: error)
         }
@@ -29,10 +28,12 @@ public struct ManualActionLog: Sendable {
 
     /// A strictly increasing millisecond per pool: a manual round's tick is its fencing token
     /// (one round per producer and tick), and two actions in the same millisecond must both count.
+    /// The reply is range-checked too: a tick outside a day of now falls back to now.
     static let clockScript = RedisScript("""
         local t = tonumber(ARGV[1])
         local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-        if t <= last then t = last + 1 end
+        -- A value more than a day ahead is not this clock's (a poisoned key): not followed.
+        if t <= last and last < t + 86400000 then t = last + 1 end
         redis.call('SET', KEYS[1], tostring(t))
         return t
         """)
@@ -43,7 +44,8 @@ public struct ManualActionLog: Sendable {
                        actor: String, startedAt: Date) async throws {
         let now = Date()
         let millis = Int64((startedAt.timeIntervalSince1970 * 1000).rounded())
-        let tickMS = try await stream.client.evaluate(Self.clockScript, keys: [clockKey], arguments: [String(millis)]).int.map(Int64.init) ?? millis
+        let clock = try await stream.client.evaluate(Self.clockScript, keys: [clockKey], arguments: [String(millis)]).int.map(Int64.init)
+        let tickMS = clock.flatMap { (millis - 86_400_000...millis + 86_400_000).contains($0) ? $0 : nil } ?? millis
         let tick = Date(timeIntervalSince1970: Double(tickMS) / 1000)
         var round = RoundRecord(roundID: "\(pool)/\(Self.producer)/\(tickMS)", pool: pool, producer: Self.producer, revision: 0,
             node: actor, tick: tick, startedAt: startedAt, planned: [PlannedAction(job: job, action: action, payloadHash: payloadHash)])

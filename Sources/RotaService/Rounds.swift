@@ -313,9 +313,13 @@ final class RoundLog: Sendable {
     init(store: PlanStore, plan: PoolPlan, logger: Logger) throws {
         self.store = store
         self.plan = plan
-        self.stream = try RedisStream(name: "history", keySpace: try RedisKeySpace(plan.pool), client: plan.client,
-            options: .init(maxLength: Self.streamLength))
+        self.stream = try Self.historyStream(pool: plan.pool, client: plan.client)
         self.logger = logger
+    }
+
+    /// The pool's history stream (rounds, and manual actions as rounds).
+    static func historyStream(pool: String, client: RedisClient) throws -> RedisStream {
+        try RedisStream(name: "history", keySpace: try RedisKeySpace(pool), client: client, options: .init(maxLength: streamLength))
     }
 
     func recordIntent(_ round: RoundRecord) throws {
