@@ -83,7 +83,8 @@ public struct JobLogJob: Sendable, Hashable {
 ///  "at":1733600000123,"jobs":[{"job":"k","actor":"…","reason":"…","round":"…","requeued":false}]}
 /// ```
 ///
-/// `at` is Unix milliseconds on the writer's clock. In a job, `actor`, `reason`, `round`, `error`
+/// `at` is Unix milliseconds on the writer's clock; `lost` entries add `last_seen`, the dead
+/// worker's last keep-alive in Unix milliseconds (on its node's clock, capped at `at`). In a job, `actor`, `reason`, `round`, `error`
 /// and `failures` are left out when they do not apply; `requeued` is always there. One entry per
 /// batch or transition (one per commit batch on the start path). `worker` is "" when no worker
 /// is involved (`orphan-requeued`, `ended-unowned`).
@@ -102,7 +103,9 @@ public struct JobLogJob: Sendable, Hashable {
 ///   (reason `taken-over`), a peer evicted this worker (`evicted`), or the job was ended while its
 ///   requeued start ran here, so the start was refused (`ended`).
 /// - `lost`: a peer found `worker` dead and requeued its jobs (`node` is the cleaning node; reason
-///   `worker-lost`).
+///   `worker-lost`; `last_seen` its last keep-alive, when Redis still had it). Also written with
+///   reason `displaced` when a requeued start replaced `worker` as the owner (a late or repeated
+///   requeue): a live `worker` then stops its copy and logs `taken-over`, which ends its run instead.
 /// - `orphan-requeued`: a payload without an owner was requeued (reason `orphan`).
 /// - `ended-unowned`: a stop ended a job that no active worker ran.
 /// - `given-up`: a requeued job failed to start ``Node/Options/maxStartFailures`` times in a row
@@ -136,14 +139,18 @@ public struct JobLogEntry: Sendable, Hashable {
     public var node: String
     public var nodeID: String
     public var at: Date
+    /// For `lost`: the dead worker's last keep-alive (the jobs ran at most until about then, within
+    /// one ``Node/Options/keepAliveInterval``); never after `at`.
+    public var lastSeen: Date?
     public var jobs: [JobLogJob]
 
-    public init(kind: Kind, worker: String, node: String, nodeID: String, at: Date, jobs: [JobLogJob]) {
+    public init(kind: Kind, worker: String, node: String, nodeID: String, at: Date, lastSeen: Date? = nil, jobs: [JobLogJob]) {
         self.kind = kind
         self.worker = worker
         self.node = node
         self.nodeID = nodeID
         self.at = at
+        self.lastSeen = lastSeen
         self.jobs = jobs
     }
 
@@ -170,6 +177,7 @@ public struct JobLogEntry: Sendable, Hashable {
         let node: String
         let node_id: String
         let at: Int64
+        let last_seen: Int64?
         let jobs: [WireJob]
     }
 
@@ -187,6 +195,9 @@ public struct JobLogEntry: Sendable, Hashable {
         guard wire.v == version else { throw malformed("version \(wire.v)") }
         guard let kind = Kind(rawValue: wire.kind) else { throw malformed("unknown kind '\(wire.kind.prefix(64))'") }
         guard atRange.contains(wire.at) else { throw malformed("time \(wire.at) out of range") }
+        if let seen = wire.last_seen, !atRange.contains(seen) || seen > wire.at {
+            throw malformed("last_seen \(seen) out of range or after the entry's time")
+        }
         guard wire.jobs.count <= maxJobs else { throw malformed("\(wire.jobs.count) jobs") }
         try checkLength(wire.worker, "worker")
         try checkLength(wire.node, "node")
@@ -203,7 +214,8 @@ public struct JobLogEntry: Sendable, Hashable {
         }
         return JobLogEntry(
             kind: kind, worker: wire.worker, node: wire.node, nodeID: wire.node_id,
-            at: Date(timeIntervalSince1970: Double(wire.at) / 1000), jobs: jobs
+            at: Date(timeIntervalSince1970: Double(wire.at) / 1000),
+            lastSeen: wire.last_seen.map { Date(timeIntervalSince1970: Double($0) / 1000) }, jobs: jobs
         )
     }
 
@@ -221,9 +233,12 @@ public struct JobLogEntry: Sendable, Hashable {
 /// Builds job-log JSON in pieces, so that scripts can assemble an entry from the jobs they
 /// actually changed: `head + fragments joined by "," + "]}"`.
 enum JobLogJSON {
-    static func head(_ kind: JobLogEntry.Kind, worker: String, node: Node) -> String {
-        "{\"v\":\(JobLogEntry.version),\"kind\":\(quote(kind.rawValue)),\"worker\":\(quote(worker)),\"node\":\(quote(node.options.name)),"
-            + "\"node_id\":\(quote(node.id)),\"at\":\(nowNanos() / 1_000_000),\"jobs\":["
+    /// `lastSeen`: a dead worker's last keep-alive (Unix nanoseconds), for `lost`; never later than `at`.
+    static func head(_ kind: JobLogEntry.Kind, worker: String, node: Node, lastSeen: Int64? = nil) -> String {
+        let at = nowNanos() / 1_000_000
+        let seen = lastSeen.map { ",\"last_seen\":\(min($0 / 1_000_000, at))" } ?? ""
+        return "{\"v\":\(JobLogEntry.version),\"kind\":\(quote(kind.rawValue)),\"worker\":\(quote(worker)),\"node\":\(quote(node.options.name)),"
+            + "\"node_id\":\(quote(node.id)),\"at\":\(at)\(seen),\"jobs\":["
     }
 
     /// One job object. Scripts that append `failures` rely on it ending with `}`.
@@ -284,11 +299,17 @@ extension Node {
 
     /// Appends an entry outside a script. A failure is logged and counted, never thrown: the job
     /// log must not fail the operation it describes.
-    func appendJobLog(_ kind: JobLogEntry.Kind, worker: String, jobs: [String]) async {
+    func appendJobLog(_ kind: JobLogEntry.Kind, worker: String, lastSeen: Int64? = nil, jobs: [String]) async {
         guard !jobs.isEmpty else { return }
-        let entry = JobLogJSON.entry(JobLogJSON.head(kind, worker: worker, node: self), jobs)
+        let entry = JobLogJSON.entry(JobLogJSON.head(kind, worker: worker, node: self, lastSeen: lastSeen), jobs)
+        let (client, key) = (client, jobLogKey)
         do {
-            try await client.send("XADD", jobLogKey, "MAXLEN", "~", JobLogEntry.maxLength, "*", "n", JobLogEntry.eventName, "p", entry)
+            // The fact is written even when the caller is being cancelled (a worker's loop stops
+            // jobs it found taken over while its node evicts it): the task is awaited here, so
+            // it does not outlive this call; it only does not inherit the cancellation.
+            _ = try await Task {
+                try await client.send("XADD", key, "MAXLEN", "~", JobLogEntry.maxLength, "*", "n", JobLogEntry.eventName, "p", entry)
+            }.value
         } catch {
             Counter(label: "rota_job_log_write_failures").increment()
             logger.warning("could not append to the job log", metadata: ["kind": "\(kind.rawValue)", "error": "\(error)"])

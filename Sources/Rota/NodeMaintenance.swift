@@ -321,7 +321,7 @@ extension Node {
         }
     }
 
-    /// Writes a retiring worker's keep-alive every half TTL until cancelled.
+    /// Writes a retiring worker's keep-alive every keep-alive period until cancelled.
     private func keepAlive(retiring worker: Worker) async {
         while !Task.isCancelled {
             do {
@@ -330,7 +330,7 @@ extension Node {
                 logger.warning("keep-alive of a retiring worker failed", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
             }
             do {
-                try await Task.sleep(for: options.workerTTL / 2)
+                try await Task.sleep(for: options.keepAlivePeriod)
             } catch {
                 return
             }
@@ -397,6 +397,8 @@ extension Node {
     /// set on every node).
     func cleanUp(worker: String, keys: [String]) async {
         let now = nowNanos()
+        // Its last keep-alive: its jobs' runs end there in the job log (it died after it).
+        var lastSeen: Int64?
         do {
             if let lock = maps.cleanup.get(worker) {
                 if let since = timestampNanos(lock), now - since < options.workerTTL.nanoseconds { return }
@@ -407,6 +409,7 @@ extension Node {
             // The verdict came from this node's replica, which may lag (a node resumed after a
             // pause acts before it applied the keep-alives written meanwhile). Redis decides.
             let stored = try await client.send("HGET", maps.workerKeepAlive.contentKey, worker).string.flatMap { timestampNanos($0) }
+            lastSeen = stored
             if let stored, nowNanos() - stored <= options.workerTTL.nanoseconds {
                 logger.notice("worker looked inactive in this node's lagging view but is alive: left alone", metadata: ["worker": "\(worker)"])
                 _ = try await maps.cleanup.testAndDelete(worker, test: String(now))
@@ -427,7 +430,7 @@ extension Node {
         let origin = JobOrigin(actor: options.name, reason: "worker-lost")
         let failed = await requeueAll(requeued, origin: origin)
         let failedKeys = Set(failed.map(\.key))
-        await appendJobLog(.lost, worker: worker, jobs: requeued.filter { !failedKeys.contains($0.key) }.map {
+        await appendJobLog(.lost, worker: worker, lastSeen: lastSeen, jobs: requeued.filter { !failedKeys.contains($0.key) }.map {
             JobLogJSON.job($0.key, origin: origin, requeued: true)
         })
         guard failed.isEmpty else {

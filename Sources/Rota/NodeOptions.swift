@@ -20,6 +20,10 @@ extension Node {
         /// Liveness window of workers and nodes: keep-alives every half of it, dead-worker and
         /// dead-node sweeps every period.
         public var workerTTL: Duration = .seconds(10)
+        /// How often workers write their keep-alive (at most every half ``workerTTL``). A worker
+        /// found dead has its jobs' runs end at its last keep-alive in the job log (`lost`,
+        /// `last_seen`): this is how precisely the history dates the end of a killed worker's jobs.
+        public var keepAliveInterval: Duration = .seconds(1)
         /// A human name for this node (shown by `rota status`, written into the job log); the
         /// host name by default, so it stays the same across restarts. Node IDs stay unique
         /// whatever the names.
@@ -37,5 +41,10 @@ extension Node {
         public var logger = Logger(label: "rota.pool", factory: { _ in SwiftLogNoOpLogHandler() })
 
         public init() {}
+
+        /// The period of worker keep-alives: ``keepAliveInterval`` within 10 ms…half ``workerTTL``.
+        var keepAlivePeriod: Duration {
+            max(.milliseconds(10), min(keepAliveInterval, workerTTL / 2))
+        }
     }
 }

@@ -55,9 +55,19 @@ enum PoolScripts {
     /// jobs again after Redis lost them) always writes. A recorded requeued start clears the job's
     /// start-failure count. → true when recorded.
     private static let startRecord = """
+        -- (previous owner, key) pairs of starts that replaced another worker as the owner.
+        local displaced = {}
         local function record_start(w, k, p, flag)
           if flag == '0' and redis.call('HEXISTS', KEYS[3], k) == 0 then return false end
-          if redis.call('HGET', KEYS[1], k) ~= w then mset(KEYS[1], KEYS[2], k, w) end
+          local prev = redis.call('HGET', KEYS[1], k)
+          if prev ~= w then
+            -- A worker under cleanup is logged `lost` by its cleaner.
+            if prev and redis.call('HEXISTS', KEYS[9], prev) == 0 then
+              table.insert(displaced, prev)
+              table.insert(displaced, k)
+            end
+            mset(KEYS[1], KEYS[2], k, w)
+          end
           if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
           if flag == '1' then mdel(KEYS[5], KEYS[6], k) end
           -- Only requeued jobs are counted (ends and give-ups delete their counts): fresh
@@ -110,13 +120,14 @@ enum PoolScripts {
     /// replies (acks to routing nodes, results to dispatchers and stop requesters) with NOMKSTREAM.
     /// Recording and replying together means a dispatcher never hears "started" for a job the
     /// pool does not know, and a routing node never acknowledges one.
-    /// KEYS: owners h/c, payloads h/c, pending h/c, start-failures hash, job log, then the inboxes
-    /// replied to.
+    /// KEYS: owners h/c, payloads h/c, pending h/c, start-failures hash, job log, cleanup-lock
+    /// hash, then the inboxes replied to.
     /// ARGV: worker ID, number of starts, number of failed requeued starts, maximum failures,
     /// job-log heads for `started`, `start-failed` and `given-up`; then (key, payload, flag,
     /// job-log fragment or "" for none) per start; (key, fragment) per failed start; then (index of
     /// the inbox in KEYS, event name, payload) per reply.
-    /// → {keys of requeued starts refused (the job ended), keys given up}.
+    /// → {keys of requeued starts refused (the job ended), keys given up, (previous owner, key)
+    /// pairs of starts that replaced another worker as the owner}.
     static let commitBatch = RedisScript(helpers + startRecord + """
         local w = ARGV[1]
         local n = tonumber(ARGV[2])
@@ -165,7 +176,7 @@ enum PoolScripts {
           redis.call('XADD', KEYS[tonumber(ARGV[i])], 'NOMKSTREAM', '*', 'n', ARGV[i + 1], 'p', ARGV[i + 2])
           i = i + 3
         end
-        return {refused, gaveup}
+        return {refused, gaveup, displaced}
         """)
 
     /// A worker gives jobs up: ownership is removed where it still names this worker; the payload

@@ -104,7 +104,7 @@ public final class Worker: Sendable {
     }
 
     private func keepAliveLoop() async {
-        let period = node.options.workerTTL / 2
+        let period = node.options.keepAlivePeriod
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: period)
@@ -388,12 +388,12 @@ public final class Worker: Sendable {
 
     /// Runs ``PoolScripts/commitBatch``: → the requeued starts refused (their job ended meanwhile)
     /// and the jobs given up.
-    func record(_ commit: Commit) async throws -> (refused: [String], givenUp: [String]) {
-        guard !commit.isEmpty else { return ([], []) }
+    func record(_ commit: Commit) async throws -> CommitResult {
+        guard !commit.isEmpty else { return CommitResult() }
         let maps = node.maps
         var keys: [any RedisArgument] = [
             maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
-            maps.pending.contentKey, maps.pending.channel, node.startFailuresKey, node.jobLogKey,
+            maps.pending.contentKey, maps.pending.channel, node.startFailuresKey, node.jobLogKey, maps.cleanup.contentKey,
         ]
         var inboxIndex: [String: Int] = [:]
         let logsStarts = commit.started.contains { !$0.logFragment.isEmpty }
@@ -421,13 +421,34 @@ public final class Worker: Sendable {
         let reply = try await node.client.evaluate(PoolScripts.commitBatch, keys: keys, arguments: arguments)
         let lists = reply.array ?? []
         func strings(_ index: Int) -> [String] { index < lists.count ? (lists[index].array ?? []).compactMap(\.string) : [] }
-        return (strings(0), strings(1))
+        let pairs = strings(2)
+        let displaced = stride(from: 0, to: pairs.count - 1, by: 2).map { (owner: pairs[$0], key: pairs[$0 + 1]) }
+        return CommitResult(refused: strings(0), givenUp: strings(1), displaced: displaced)
+    }
+
+    /// What ``PoolScripts/commitBatch`` reports back.
+    struct CommitResult {
+        /// Requeued starts the pool refused: their job ended meanwhile.
+        var refused: [String] = []
+        var givenUp: [String] = []
+        /// Starts that replaced another worker as the job's owner (a late or repeated requeue).
+        var displaced: [(owner: String, key: String)] = []
     }
 
     /// After a commit: a requeued start the pool refused belongs to a job a stop ended while the
     /// start ran here; its copy stops again (job log `taken-over`, reason `ended`). Given-up jobs
-    /// are reported.
-    func settle(_ result: (refused: [String], givenUp: [String]), of commit: Commit) async {
+    /// are reported. A start that replaced another owner ends that owner's run in the job log
+    /// (`lost`, reason `displaced`, at its last keep-alive): a dead owner never reports it, a live
+    /// one stops its copy at its next keep-alive and logs `taken-over`, which then ends the run.
+    func settle(_ result: CommitResult, of commit: Commit) async {
+        var displaced: [String: [String]] = [:]
+        for (owner, key) in result.displaced where owner != id { displaced[owner, default: []].append(key) }
+        for (owner, keys) in displaced.sorted(by: { $0.key < $1.key }) {
+            let seen = node.maps.workerKeepAlive.get(owner).flatMap(timestampNanos)
+            await node.appendJobLog(.lost, worker: owner, lastSeen: seen, jobs: keys.map {
+                JobLogJSON.job($0, origin: JobOrigin(actor: node.options.name, reason: "displaced"), requeued: true)
+            })
+        }
         var stopped: [String] = []
         for key in result.refused where localJob(key) != nil {
             logger.warning("the job ended while its requeued start ran here; stopping it again", metadata: ["job": "\(key)"])

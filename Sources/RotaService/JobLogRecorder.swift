@@ -52,7 +52,7 @@ struct JobLogRecorder: Sendable {
             return JobEventRecord(
                 pool: pool, entryID: entryID, index: index, job: job.job, kind: kind, worker: entry.worker, node: entry.node,
                 nodeID: entry.nodeID, at: entry.at, actor: job.actor, reason: job.reason, round: job.round, requeued: job.requeued,
-                error: job.error)
+                error: job.error, lastSeen: entry.lastSeen)
         }
     }
 }

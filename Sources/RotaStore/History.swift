@@ -419,7 +419,8 @@ extension PlanStore {
     /// Jobs running at `instant` according to the history, sorted by key.
     ///
     /// From the pool's job log where this database has it: a job runs at T while a run of it is
-    /// open (a `started` event at or before T with no end event on the same worker up to T); its
+    /// open (a `started` event at or before T with no end event on the same worker up to T, ends
+    /// dated as in the `job_run_end` view of migration 0007: a dead worker's at its last keep-alive); its
     /// worker, node and start come from that run. Only the job's two latest starts at or before T
     /// are looked at (enough for a takeover, where the new run starts before the old one ends):
     /// a few seeks per job however long its history. An older run still open behind two later
@@ -436,9 +437,9 @@ extension PlanStore {
                 let open = { (start: String) in
                     """
                     (\(start) IS NOT NULL AND NOT EXISTS (
-                        SELECT 1 FROM job_event st JOIN job_event x ON x.job = st.job AND x.worker = st.worker
-                        WHERE st.id = \(start) AND x.kind IN \(Self.endKindsSQL)
-                          AND (x.at_ms > st.at_ms OR (x.at_ms = st.at_ms AND x.id > st.id)) AND x.at_ms <= :t))
+                        SELECT 1 FROM job_event st JOIN job_run_end x ON x.job = st.job AND x.worker = st.worker
+                        WHERE st.id = \(start) AND NOT x.contradicted AND (x.at_ms, x.id) > (st.at_ms, st.id)
+                          AND (CASE WHEN x.ended_ms < x.at_ms THEN MAX(st.at_ms + 1, x.ended_ms) ELSE x.at_ms END) <= :t))
                     """
                 }
                 let facts = try Row.fetchAll(db, sql: """
@@ -483,9 +484,6 @@ extension PlanStore {
             throw Self.map(error, path: path, doing: "read")
         }
     }
-
-    /// The job event kinds that end a run on its worker.
-    static let endKindsSQL = "('stopped', 'released', 'taken-over', 'lost', 'ended-unowned', 'given-up')"
 
     /// The round a `started` event (table alias `alias`) belongs to: its own, or for a requeued
     /// start without one, that of the latest earlier non-requeued start of the job (the run it

@@ -41,7 +41,8 @@ import GRDB
 // A third chain (migration 0006_audit_history) runs over the pool's job events (`job_event`), in
 // insertion order (`job_event.id`), built like the round chain:
 //     hash = SHA-256("rota.event.v1" ‖ prev_hash ‖ pool ‖ entry_id ‖ idx ‖ job key ‖ kind ‖ worker ‖ node
-//                    ‖ node_id ‖ at_ms ‖ actor ‖ reason ‖ round_id ‖ requeued ‖ error)
+//                    ‖ node_id ‖ at_ms ‖ actor ‖ reason ‖ round_id ‖ requeued ‖ error [‖ "last_seen" ‖ last_seen_ms])
+// (`last_seen_ms`, migration 0007, only when set)
 // with its head in `history_chain.event_head` and its bridges under the name 'event'. An action's
 // `actor` (0006) enters its row's hash only when set, as `reason` (0005) does.
 //
@@ -240,7 +241,7 @@ struct ChainHasher {
 
     mutating func eventHash(
         prev: [UInt8], pool: String, entryID: String, index: Int64, job: String?, kind: String, worker: String, node: String, nodeID: String,
-        atMS: Int64, actor: String?, reason: String?, roundID: String?, requeued: Bool, error: String?
+        atMS: Int64, actor: String?, reason: String?, roundID: String?, requeued: Bool, error: String?, lastSeenMS: Int64?
     ) -> [UInt8] {
         start("rota.event.v1")
         append(bytes: prev)
@@ -258,6 +259,11 @@ struct ChainHasher {
         append(roundID)
         buffer.append(requeued ? 1 : 0)
         append(error)
+        // Only when set (migration 0007), so events recorded before it keep their hashes.
+        if let lastSeenMS {
+            append("last_seen")
+            append(lastSeenMS)
+        }
         return SHA256.hash(buffer)
     }
 
@@ -470,7 +476,7 @@ extension PlanStore {
         var previousName: String?
         let cursor = try Row.fetchCursor(db, sql: """
             SELECT e.id, e.pool, e.entry_id, e.idx, j.key, e.kind, e.worker, e.node, e.node_id, e.at_ms, e.actor, e.reason, e.round_id,
-                   e.requeued, e.error, e.prev_hash, e.hash
+                   e.requeued, e.error, e.prev_hash, e.hash, e.last_seen_ms
             FROM job_event e LEFT JOIN job j ON j.id = e.job ORDER BY e.id
             """)
         func problem(_ kind: HistoryProblem.Kind, _ id: Int64?, _ name: String?, _ message: String) -> HistoryProblem {
@@ -486,7 +492,7 @@ extension PlanStore {
             let prev = bytes(row[15]), hash = bytes(row[16])
             let computed = hasher.eventHash(prev: prev, pool: pool, entryID: entryID, index: index, job: row[4], kind: row[5], worker: row[6],
                 node: row[7], nodeID: row[8], atMS: row[9], actor: row[10], reason: row[11], roundID: row[12], requeued: row[13],
-                error: row[14])
+                error: row[14], lastSeenMS: row[17])
             if computed != hash {
                 result.problem = problem(.altered, id, name, "\(label) altered: its content does not match its hash")
                 return result

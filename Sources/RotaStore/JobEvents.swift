@@ -50,9 +50,12 @@ public struct JobEventRecord: Sendable, Hashable {
     public var round: String?
     public var requeued: Bool
     public var error: String?
+    /// For `lost`: the dead worker's last keep-alive, where its runs end (migration 0007).
+    public var lastSeen: Date?
 
     public init(pool: String, entryID: String, index: Int, job: String, kind: JobEventKind, worker: String, node: String, nodeID: String,
-                at: Date, actor: String? = nil, reason: String? = nil, round: String? = nil, requeued: Bool = false, error: String? = nil) {
+                at: Date, actor: String? = nil, reason: String? = nil, round: String? = nil, requeued: Bool = false, error: String? = nil,
+                lastSeen: Date? = nil) {
         self.pool = pool
         self.entryID = entryID
         self.index = index
@@ -67,6 +70,7 @@ public struct JobEventRecord: Sendable, Hashable {
         self.round = round
         self.requeued = requeued
         self.error = error
+        self.lastSeen = lastSeen
     }
 }
 
@@ -82,8 +86,10 @@ public struct JobRun: Sendable, Hashable {
     public var worker: String
     public var node: String
     public var startedAt: Date
-    /// nil while it runs.
+    /// nil while it runs. For a run on a worker found dead (`lost`), its last keep-alive.
     public var stoppedAt: Date?
+    /// When the end was logged (for `lost`: when the death was found).
+    public var stopLoggedAt: Date?
     public var stopKind: JobEventKind?
     public var stopReason: String?
     public var stopActor: String?
@@ -122,20 +128,22 @@ extension PlanStore {
         let exists = try db.cachedStatement(sql: "SELECT 1 FROM job_event WHERE pool = ? AND entry_id = ? AND idx = ?")
         let insert = try db.cachedStatement(sql: """
             INSERT INTO job_event (pool, entry_id, idx, job, kind, worker, node, node_id, at_ms, actor, reason, round_id, requeued, error,
-                                   prev_hash, hash)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                   last_seen_ms, prev_hash, hash)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         var recorded = 0
         for event in events {
             if try Bool.fetchOne(exists, arguments: [event.pool, event.entryID, event.index]) == true { continue }
             let jobID = try jobID(db, event.job, cache: &jobIDs)
             let atMS = ms(event.at)
+            let lastSeenMS = event.lastSeen.map(ms)
             let hash = chain.hasher.eventHash(prev: chain.eventHead, pool: event.pool, entryID: event.entryID, index: Int64(event.index),
                 job: event.job, kind: event.kind.rawValue, worker: event.worker, node: event.node, nodeID: event.nodeID, atMS: atMS,
-                actor: event.actor, reason: event.reason, roundID: event.round, requeued: event.requeued, error: event.error)
+                actor: event.actor, reason: event.reason, roundID: event.round, requeued: event.requeued, error: event.error,
+                lastSeenMS: lastSeenMS)
             try insert.execute(arguments: [event.pool, event.entryID, event.index, jobID, event.kind.rawValue, event.worker, event.node,
-                event.nodeID, atMS, event.actor, event.reason, event.round, event.requeued ? 1 : 0, event.error, Data(chain.eventHead),
-                Data(hash)])
+                event.nodeID, atMS, event.actor, event.reason, event.round, event.requeued ? 1 : 0, event.error, lastSeenMS,
+                Data(chain.eventHead), Data(hash)])
             chain.eventHead = hash
             chain.changed = true
             recorded += 1
@@ -163,7 +171,7 @@ extension PlanStore {
         let sql = """
             SELECT * FROM (
                 SELECT e.id, e.pool, e.entry_id, e.idx, j.key, e.kind, e.worker, e.node, e.node_id, e.at_ms, e.actor, e.reason, e.round_id,
-                       e.requeued, e.error
+                       e.requeued, e.error, e.last_seen_ms
                 FROM job_event e JOIN job j ON j.id = e.job
                 \(conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND "))
                 ORDER BY e.id DESC LIMIT \(max(0, limit)))
@@ -174,13 +182,14 @@ extension PlanStore {
             let index: Int64 = row[3]
             let record = JobEventRecord(pool: row[1], entryID: row[2], index: Int(clamping: index), job: row[4],
                 kind: JobEventKind(rawValue: row[5]) ?? .stopped, worker: row[6], node: row[7], nodeID: row[8], at: date(row[9]),
-                actor: row[10], reason: row[11], round: row[12], requeued: (row[13] as Int64) != 0, error: row[14])
+                actor: row[10], reason: row[11], round: row[12], requeued: (row[13] as Int64) != 0, error: row[14],
+                lastSeen: (row[15] as Int64?).map(date))
             return (row[0], record)
         }
     }
 
     /// Runs of jobs (of one job, when given) that overlap `since`..<`until`, oldest first: the
-    /// newest `limit` of them. Answered from the `job_runs` view (migration 0006_audit_history).
+    /// newest `limit` of them. Answered from the `job_runs` view (migrations 0006, 0007).
     public func jobRuns(job: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int = 1000) throws(StoreError) -> [JobRun] {
         var conditions: [String] = []
         var arguments: [any DatabaseValueConvertible] = []
@@ -199,7 +208,8 @@ extension PlanStore {
                     let revision: Int64? = row["revision"]
                     return JobRun(job: row["job"], pool: row["pool"], producer: row["producer"], revision: revision.map { Int(clamping: $0) },
                         worker: row["worker"], node: row["node"], startedAt: Self.date(row["started_ms"]),
-                        stoppedAt: (row["stopped_ms"] as Int64?).map(Self.date), stopKind: (row["stop_kind"] as String?).flatMap(JobEventKind.init),
+                        stoppedAt: (row["stopped_ms"] as Int64?).map(Self.date),
+                        stopLoggedAt: (row["stop_logged_ms"] as Int64?).map(Self.date), stopKind: (row["stop_kind"] as String?).flatMap(JobEventKind.init),
                         stopReason: row["stop_reason"], stopActor: row["stop_actor"], stopError: row["stop_error"],
                         startReason: row["start_reason"], actor: row["actor"], roundID: row["round_id"],
                         requeued: (row["requeued"] as Int64) != 0)

@@ -37,7 +37,7 @@ private func pre0006Database() throws -> String {
         let path = try pre0006Database()
         #expect(try sql(path, "SELECT COUNT(*) FROM grdb_migrations WHERE identifier = '0006_audit_history'") == "0")
         let store = try PlanStore.open(path: path)
-        #expect(try store.appliedMigrations().last == "0006_audit_history")
+        #expect(try store.appliedMigrations().contains("0006_audit_history"))
         var result = try store.verifyHistory()
         #expect(result.problem == nil)
         #expect(result.verified == 6 && result.pruned == 2 && result.events == 0)
@@ -459,5 +459,115 @@ private func pre0006Database() throws -> String {
         let changed = try PlanStore.open(path: scratch("changed"))
         try sql(changed.path, "CREATE TABLE extra (x)")
         #expect((try #require(throws: StoreError.self) { try d.sync(from: changed.path) }).code == .notRotaDatabase)
+    }
+}
+
+/// Runs on a worker found dead end at its last keep-alive (migration 0007), unless the worker
+/// came back and ended its copy itself.
+@Suite struct LostRunTests {
+    private func lost(_ entry: String, _ job: String, worker: String, at seconds: Double, lastSeen: Double?) -> JobEventRecord {
+        JobEventRecord(pool: "demo", entryID: entry, index: 0, job: job, kind: .lost, worker: worker, node: "cleaner", nodeID: "id-cleaner",
+            at: time(seconds), actor: "cleaner", reason: "worker-lost", requeued: true, lastSeen: lastSeen.map(time))
+    }
+
+    /// e: on w5 from 0, w5 last seen at 12, found dead at 30. f: started on w6 at 14, after w6's
+    /// last keep-alive (12); found dead at 30. g: on w7 from 0, found dead at 30 (last seen 12),
+    /// requeued onto w8 at 31, and w7 came back at 40 and stopped its copy (a paused process).
+    /// h: on w9, found dead at 30 with no keep-alive left (an event from before 0007 looks alike).
+    /// i: on w10, last seen at 12; the cleaner requeued it onto w11 (started at 30) before it
+    /// wrote the `lost` event (30.5), as the pool does.
+    /// k: on w12 (last seen 12), found dead at 30, requeued onto w13 (30.1), whose start also
+    /// logged the displaced owner (30.2); w12 was only paused and stopped its copy at 31.
+    private func scenario() throws -> PlanStore {
+        let store = try PlanStore.open(path: scratch())
+        try store.recordJobEvents([
+            event("1-0", "e", .started, worker: "w5", at: 0),
+            event("1-1", "g", .started, worker: "w7", at: 0),
+            event("1-2", "h", .started, worker: "w9", at: 0),
+            event("2-0", "f", .started, worker: "w6", at: 14),
+            lost("3-0", "e", worker: "w5", at: 30, lastSeen: 12),
+            lost("3-1", "f", worker: "w6", at: 30, lastSeen: 12),
+            lost("3-2", "g", worker: "w7", at: 30, lastSeen: 12),
+            lost("3-3", "h", worker: "w9", at: 30, lastSeen: nil),
+            event("4-0", "g", .started, worker: "w8", at: 31, requeued: true),
+            event("5-0", "g", .takenOver, worker: "w7", at: 40, reason: "evicted"),
+            event("6-0", "i", .started, worker: "w10", at: 0),
+            event("7-0", "i", .started, worker: "w11", at: 30, requeued: true),
+            lost("8-0", "i", worker: "w10", at: 30.5, lastSeen: 12),
+            event("9-0", "k", .started, worker: "w12", at: 0),
+            lost("10-0", "k", worker: "w12", at: 30, lastSeen: 12),
+            event("11-0", "k", .started, worker: "w13", at: 30.1, requeued: true),
+            lost("12-0", "k", worker: "w12", at: 30.2, lastSeen: 12),
+            event("13-0", "k", .takenOver, worker: "w12", at: 31, reason: "evicted"),
+        ])
+        return store
+    }
+
+    @Test func aLostRunEndsAtTheLastKeepAliveUnlessTheWorkerEndedItItself() throws {
+        let store = try scenario()
+        let summary = try store.jobRuns().map { "\($0.job) \($0.worker) \(Int($0.startedAt.timeIntervalSince(time(0)))) "
+            + "\($0.stoppedAt.map { String(Int($0.timeIntervalSince(time(0)))) } ?? "open") \($0.stopKind?.rawValue ?? "-") "
+            + "\($0.stopLoggedAt.map { String(Int($0.timeIntervalSince(time(0)))) } ?? "-")" }
+        #expect(summary == [
+            "e w5 0 12 lost 30", "g w7 0 40 taken-over 40", "h w9 0 30 lost 30", "i w10 0 12 lost 30", "k w12 0 31 taken-over 31",
+            "f w6 14 14 lost 30", "i w11 30 open - -", "k w13 30 open - -", "g w8 31 open - -",
+        ])
+        func running(_ seconds: Double) throws -> [String] {
+            try store.jobsRunning(at: time(seconds)).map { "\($0.job)@\($0.worker ?? "?")" }
+        }
+        #expect(try running(11) == ["e@w5", "g@w7", "h@w9", "i@w10", "k@w12"])
+        #expect(try running(13) == ["g@w7", "h@w9", "k@w12"])
+        #expect(try running(20) == ["g@w7", "h@w9", "k@w12"])  // f ended at its start: its worker was already dead
+        #expect(try running(35) == ["g@w8", "i@w11", "k@w13"])  // g's copy on w7 still held (ended at 40), the newer run is shown
+        #expect(try running(45) == ["g@w8", "i@w11", "k@w13"])
+        // The view agrees: the latest state change at or before T.
+        func state(_ job: String, _ seconds: Double) throws -> String {
+            try sql(store.path, """
+                SELECT state FROM job_state_changes WHERE job = '\(job)' AND at_ms <= \(PlanStore.ms(time(seconds)))
+                ORDER BY at_ms DESC LIMIT 1
+                """)
+        }
+        #expect(try state("e", 11) == "running" && state("e", 13) == "stopped")
+        #expect(try state("f", 15) == "stopped")
+        #expect(try state("g", 20) == "running" && state("g", 35) == "running" && state("g", 45) == "running")
+        #expect(try state("h", 29) == "running" && state("h", 31) == "stopped")
+        // i's new run (started at 30) does not keep it "running" back at its last keep-alive.
+        #expect(try state("i", 11) == "running" && state("i", 20) == "stopped" && state("i", 31) == "running")
+        // k: two lost events, both contradicted by w12's own end.
+        #expect(try state("k", 20) == "running" && state("k", 30.15) == "running" && state("k", 32) == "running")
+        #expect(try sql(store.path, "SELECT COUNT(*) FROM job_state_changes WHERE job = 'k' AND cause = 'lost'") == "0")
+        #expect(try sql(store.path, "SELECT COUNT(*) FROM job_state_changes WHERE job = 'g' AND cause = 'lost'") == "0")
+        #expect(try store.verifyHistory().isIntact)
+    }
+
+    @Test(arguments: [
+        "UPDATE job_event SET last_seen_ms = last_seen_ms - 5000 WHERE entry_id = '3-0'",
+        "UPDATE job_event SET last_seen_ms = NULL WHERE entry_id = '3-0'",
+        "UPDATE job_event SET last_seen_ms = at_ms WHERE entry_id = '3-3'",
+    ])
+    func lastSeenIsChained(_ tampering: String) throws {
+        let store = try scenario()
+        try sql(store.path, tampering)
+        let problem = try #require(try store.verifyHistory().problem)
+        #expect(problem.chain == "event" && problem.kind == .altered)
+    }
+
+    @Test func aDatabaseWrittenBefore0007MigratesAndStillVerifies() throws {
+        // Written by `rota run` of the 0006 release: rounds, starts, a worker SIGKILLed (lost), releases.
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/post-0006.sqlite")
+        let path = scratch("post0006")
+        try FileManager.default.copyItem(atPath: fixture.path, toPath: path)
+        #expect(try sql(path, "SELECT COUNT(*) FROM grdb_migrations WHERE identifier = '0007_lost_last_seen'") == "0")
+        let before = try sql(path, "SELECT job, worker, started_ms, stopped_ms, stop_kind FROM job_runs ORDER BY start_event")
+        let store = try PlanStore.open(path: path)
+        #expect(try store.appliedMigrations().last == "0007_lost_last_seen")
+        let verified = try store.verifyHistory()
+        #expect(verified.problem == nil && verified.verified == 24 && verified.events == 26)
+        // Lost events without a last keep-alive end their runs where they did before.
+        #expect(try sql(path, "SELECT job, worker, started_ms, stopped_ms, stop_kind FROM job_runs ORDER BY start_event") == before)
+        #expect(try sql(path, "SELECT COUNT(*) FROM job_runs WHERE stop_kind = 'lost' AND stopped_ms = stop_logged_ms") == "3")
+        // New lost events carry it, and the chain goes on.
+        try store.recordJobEvents([lost("9999999999999-0", "job/1", worker: "w-new", at: 1_000, lastSeen: 990)])
+        #expect(try store.verifyHistory().isIntact)
     }
 }

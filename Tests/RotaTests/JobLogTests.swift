@@ -269,11 +269,59 @@ struct JobLogTests {
         }
     }
 
+    @Test("a late requeued start that replaces another owner ends that owner's run: lost, reason displaced, at its last keep-alive")
+    func displacedOwner() async throws {
+        try await withPool { pool in
+            let node = try await pool.start(testOptions()).node
+            let worker = try await node.addWorker(ControlledHandler())
+            // A job owned by a worker that died 30 s ago (its keep-alive is still in Redis).
+            let seen = Int64(Date().timeIntervalSince1970 * 1000 - 30_000) * 1_000_000
+            try await node.maps.workerKeepAlive.setAndWait("ghost", String(seen))
+            try await node.maps.payloads.setAndWait("late", bytes("p"))
+            try await node.maps.owners.setAndWait("late", bytes("ghost"))
+            // Another owned by a worker a peer is cleaning up: its cleaner logs `lost`, not the start.
+            try await node.maps.payloads.setAndWait("recovered", bytes("p"))
+            try await node.maps.owners.setAndWait("recovered", bytes("ghost2"))
+            try await node.maps.cleanup.setAndWait("ghost2", String(nowNanos()))
+            try await worker.start(JobRecord(key: "recovered", dispatcher: node.id, payload: bytes("p"), createdAt: Date(), requeued: true,
+                origin: JobOrigin(actor: "n", reason: "worker-lost")))
+            try await worker.start(JobRecord(key: "late", dispatcher: node.id, payload: bytes("p"), createdAt: Date(), requeued: true,
+                origin: JobOrigin(actor: "n", reason: "rebalance")))
+            #expect(try await pool.client.send("HGET", node.maps.owners.contentKey, "late").string == worker.id)
+            let log = try await jobLog(node, pool.client)
+            let lost = try #require(entries(log, .lost, job: "late").first)
+            #expect(lost.entry.worker == "ghost" && lost.job.reason == "displaced" && lost.job.requeued)
+            #expect(lost.entry.lastSeen == Date(timeIntervalSince1970: Double(seen / 1_000_000) / 1000))
+            // A repeated start on the same worker displaces nobody.
+            try await worker.start(JobRecord(key: "late", dispatcher: node.id, payload: bytes("p"), createdAt: Date(), requeued: true,
+                origin: JobOrigin(actor: "n", reason: "rebalance")))
+            #expect(entries(try await jobLog(node, pool.client), .lost, job: "late").count == 1)
+            #expect(entries(log, .lost, job: "recovered").isEmpty && !entries(log, .started, job: "recovered").isEmpty)
+            try await node.shutdown()
+        }
+    }
+
+    @Test("a job-log entry appended by a task being cancelled is still written (a worker evicted while stopping a job)")
+    func appendSurvivesCancellation() async throws {
+        try await withPool { pool in
+            let node = try await pool.start(testOptions()).node
+            let task = Task {
+                while !Task.isCancelled { await Task.yield() }
+                await node.appendJobLog(.takenOver, worker: "w", jobs: [JobLogJSON.job("k", origin: JobOrigin(actor: "n", reason: "taken-over"))])
+            }
+            task.cancel()
+            await task.value
+            #expect(entries(try await jobLog(node, pool.client), .takenOver, job: "k").count == 1)
+            try await node.shutdown()
+        }
+    }
+
     @Test("a dead worker's jobs: lost, then started on another worker")
     func lostAndRestarted() async throws {
         try await withPool { pool in
             var optionsA = testOptions(hasher: FixedHasher(bucket: 0))
             optionsA.name = "node-a"
+            optionsA.keepAliveInterval = .milliseconds(50)
             var optionsB = testOptions(hasher: FixedHasher(bucket: 0))
             optionsB.name = "node-b"
             let runningA = try await pool.start(optionsA)
@@ -290,6 +338,7 @@ struct JobLogTests {
             try await eventually("the start event is acknowledged") {
                 try await pool.client.send("XPENDING", b.poolStream.key, "events").array?.first?.int == 0
             }
+            let crashedAt = Date()
             await runningA.crash()
             try await eventually("B's worker runs the job") { handlerB.recorder.runningKeys == ["job"] }
             try await eventually("the job log has lost and started") {
@@ -301,6 +350,10 @@ struct JobLogTests {
             #expect(lost.entry.worker == workerA.id)
             #expect(lost.entry.node == "node-b")
             #expect(lost.job.reason == "worker-lost")
+            // Its run ends at its last keep-alive (every 50 ms), not when B found it dead (a TTL later).
+            let lastSeen = try #require(lost.entry.lastSeen)
+            #expect(lastSeen.timeIntervalSince(crashedAt) <= 0.05 && lastSeen.timeIntervalSince(crashedAt) >= -0.3)
+            #expect(lost.entry.at.timeIntervalSince(lastSeen) >= 0.3)
             let restarted = try #require(entries(log, .started, job: "job").last)
             #expect(restarted.entry.worker == workerB.id)
             #expect(restarted.job.requeued)
@@ -439,11 +492,17 @@ struct JobLogTests {
             ("job without requeued", make(jobs: #"[{"job":"k"}]"#)),
             ("too many jobs", make(jobs: "[" + Array(repeating: job, count: 10_001).joined(separator: ",") + "]")),
             ("missing field", #"{"v":1,"kind":"started"}"#),
+            ("last seen after the entry", make(at: #"1733600000123,"last_seen":1733600000124"#)),
+            ("last seen before 2000", make(at: #"1733600000123,"last_seen":946684799999"#)),
+            ("last seen not a number", make(at: #"1733600000123,"last_seen":"x""#)),
         ]
         for (name, text) in malformed {
             #expect(throws: PoolError.self, "\(name)") { try JobLogEntry.decode(bytes(text)) }
         }
         #expect(throws: PoolError.self) { try JobLogEntry.decode([0xFF, 0xFE, 0x00]) }
+        #expect(try JobLogEntry.decode(bytes(make(kind: "lost", at: #"1733600000123,"last_seen":1733600000000"#))).lastSeen
+            == Date(timeIntervalSince1970: 1_733_600_000))
+        #expect(try JobLogEntry.decode(bytes(make(kind: "lost"))).lastSeen == nil)
         // What the pool writes decodes, including text that needs escaping.
         let written = JobLogJSON.entry(
             #"{"v":1,"kind":"stopped","worker":"w","node":"# + JobLogJSON.quote("n\"\u{1}") + #","node_id":"i","at":1733600000000,"jobs":["#,
