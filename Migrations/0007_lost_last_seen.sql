@@ -3,7 +3,7 @@
 -- last keep-alive. `last_seen_ms` keeps that keep-alive (NULL when Redis no longer had it, and
 -- for every other kind). It enters the event chain only when set, so older rows still verify.
 --
--- The views end a lost run at its last keep-alive, within one keep-alive interval (1 s by
+-- The views end a lost run at its last keep-alive, within one keep-alive interval (500 ms by
 -- default) of the death — but 1 ms after its start when it started later (never at the start's
 -- own instant, where a stop and a start read as a restart). A `lost` the worker itself
 -- contradicts later — a paused process that came back and stopped its copy (`taken-over`,

@@ -23,7 +23,7 @@ extension Node {
         /// How often workers write their keep-alive (at most every half ``workerTTL``). A worker
         /// found dead has its jobs' runs end at its last keep-alive in the job log (`lost`,
         /// `last_seen`): this is how precisely the history dates the end of a killed worker's jobs.
-        public var keepAliveInterval: Duration = .seconds(1)
+        public var keepAliveInterval: Duration = .milliseconds(500)
         /// A human name for this node (shown by `rota status`, written into the job log); the
         /// host name by default, so it stays the same across restarts. Node IDs stay unique
         /// whatever the names.
