@@ -217,13 +217,50 @@ func bootstrapLogging(format: LogFormat, level: String) -> Logger {
     LoggingSystem.bootstrap { label in
         var handler: any LogHandler = format == .json
             ? JSONLogHandler(label: label)
-            : StreamLogHandler.standardError(label: label)
+            : TerminalSafeLogHandler(StreamLogHandler.standardError(label: label))
         handler.logLevel = logLevel
         return handler
     }
     var logger = Logger(label: "rota")
     logger.logLevel = logLevel
     return logger
+}
+
+/// Text logs with control characters escaped (see ``terminalSafe(_:)``) in the message and every
+/// metadata value: job keys, worker names and handler errors come from payloads and Redis, and a
+/// newline in one would forge a log line, an ESC would drive the operator's terminal.
+struct TerminalSafeLogHandler: LogHandler {
+    private var inner: StreamLogHandler
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level {
+        get { inner.logLevel }
+        set { inner.logLevel = newValue }
+    }
+
+    init(_ inner: StreamLogHandler) { self.inner = inner }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var event = event
+        event.message = Logger.Message(stringLiteral: terminalSafe("\(event.message)"))
+        event.metadata = metadata.merging(event.metadata ?? [:]) { $1 }.reduce(into: [:]) { safe, entry in
+            safe[terminalSafe(entry.key)] = Self.safe(entry.value)
+        }
+        inner.log(event: event)
+    }
+
+    private static func safe(_ value: Logger.Metadata.Value) -> Logger.Metadata.Value {
+        switch value {
+        case .string(let text): .string(terminalSafe(text))
+        case .stringConvertible(let convertible): .string(terminalSafe(convertible.description))
+        case .array(let values): .array(values.map(safe))
+        case .dictionary(let entries): .dictionary(entries.reduce(into: [:]) { $0[terminalSafe($1.key)] = safe($1.value) })
+        }
+    }
 }
 
 /// One JSON object per line on stderr: time (RFC 3339 UTC with milliseconds: log readers such as

@@ -88,6 +88,24 @@ private struct StatusReport {
         }
     }
 
+    @Test("text logs escape control characters: a job key cannot forge a log line or drive the terminal")
+    func textLogsAreEscaped() async throws {
+        try await RedisServer.withServer { server in
+            let target = ["--redis", server.url, "--pool", "esc-\(UUID().uuidString.prefix(8))"]
+            let worker = try BackgroundWorker(arguments: target + ["--workers", "1", "--log-format", "text"])
+            try await eventually("the worker is ready", timeout: .seconds(30)) { worker.output.contains("rota worker ready") }
+            let dispatched = try rota(["dispatch", "evil\u{1B}[2J\nforged: rota worker ready", "--handler", "log", "--payload", "t\u{1B}]0;x\u{7}"]
+                + target)
+            #expect(dispatched.status == 0, "\(dispatched.err)")
+            try await eventually("the start is logged", timeout: .seconds(30)) { worker.output.contains("job started") }
+            let output = worker.output
+            #expect(!output.contains("\u{1B}") && !output.contains("\u{7}"), "raw control characters in:\n\(output)")
+            #expect(!output.split(separator: "\n").contains { $0.hasPrefix("forged") }, "a forged line in:\n\(output)")
+            #expect(output.contains("evil\\u{1B}[2J\\u{A}forged"), "\(output)")
+            await worker.stop()
+        }
+    }
+
     private func status(_ target: [String]) throws -> StatusReport {
         let result = try rota(["status", "--format", "json"] + target)
         guard result.status == 0 else { throw TestFailure("rota status failed: \(result.err)") }
