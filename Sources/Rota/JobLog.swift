@@ -84,8 +84,8 @@ public struct JobLogJob: Sendable, Hashable {
 /// ```
 ///
 /// `at` is Unix milliseconds on the writer's clock; `lost` entries add `last_seen`, the dead
-/// worker's last keep-alive in Unix milliseconds (on its node's clock, capped at `at`). In a job, `actor`, `reason`, `round`, `error`
-/// and `failures` are left out when they do not apply; `requeued` is always there. One entry per
+/// worker's last keep-alive in Unix milliseconds (on its node's clock, capped at `at`). In a job,
+/// `actor`, `reason`, `round`, `error` and `failures` are left out when they do not apply; `requeued` is always there. One entry per
 /// batch or transition (one per commit batch on the start path). `worker` is "" when no worker
 /// is involved (`orphan-requeued`, `ended-unowned`).
 ///

@@ -17,8 +17,9 @@ extension Node {
         public var maxQueuedJobs = 1000
         /// The longest one attempt to requeue a closing worker's jobs waits.
         public var workerShutdownTTL: Duration = .seconds(120)
-        /// Liveness window of workers and nodes: keep-alives every half of it, dead-worker and
-        /// dead-node sweeps every period.
+        /// Liveness window of workers and nodes: a keep-alive older than this is a death. Nodes
+        /// keep alive every half of it, workers every ``keepAliveInterval``; dead-worker and
+        /// dead-node sweeps run every period.
         public var workerTTL: Duration = .seconds(10)
         /// How often workers write their keep-alive (at most every half ``workerTTL``). A worker
         /// found dead has its jobs' runs end at its last keep-alive in the job log (`lost`,

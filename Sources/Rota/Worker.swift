@@ -386,8 +386,8 @@ public final class Worker: Sendable {
         }
     }
 
-    /// Runs ``PoolScripts/commitBatch``: → the requeued starts refused (their job ended meanwhile)
-    /// and the jobs given up.
+    /// Runs ``PoolScripts/commitBatch``: → the requeued starts refused (their job ended meanwhile),
+    /// the jobs given up and the owners the starts displaced.
     func record(_ commit: Commit) async throws -> CommitResult {
         guard !commit.isEmpty else { return CommitResult() }
         let maps = node.maps
