@@ -428,11 +428,13 @@ extension Node {
             }
         }
         let origin = JobOrigin(actor: options.name, reason: "worker-lost")
-        let failed = await requeueAll(requeued, origin: origin)
-        let failedKeys = Set(failed.map(\.key))
-        await appendJobLog(.lost, worker: worker, lastSeen: lastSeen, jobs: requeued.filter { !failedKeys.contains($0.key) }.map {
+        // Logged before the requeue: the runs ended with the worker whatever happens next, and a
+        // cleaner killed right after requeueing would leave them open in the history for good (a
+        // later cleanup no longer sees the jobs, which have new owners by then).
+        await appendJobLog(.lost, worker: worker, lastSeen: lastSeen, jobs: requeued.map {
             JobLogJSON.job($0.key, origin: origin, requeued: true)
         })
+        let failed = await requeueAll(requeued, origin: origin)
         guard failed.isEmpty else {
             // Keep the lock: a later sweep retries once it is stale.
             logger.warning("cleanup incomplete; will retry", metadata: ["inactive": "\(worker)", "failed": "\(failed.count)"])

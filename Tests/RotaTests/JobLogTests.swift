@@ -316,6 +316,25 @@ struct JobLogTests {
         }
     }
 
+    @Test("a dead worker's runs are logged lost even when their requeue fails (a cleaner may die right after requeueing)")
+    func lostLoggedBeforeRequeue() async throws {
+        try await withPool { pool in
+            let node = try await pool.start(testOptions()).node
+            let seen = Int64(Date().timeIntervalSince1970 * 1000 - 30_000) * 1_000_000
+            try await node.maps.workerKeepAlive.setAndWait("ghost", String(seen))
+            try await node.maps.payloads.setAndWait("orphaned", bytes("p"))
+            try await node.maps.owners.setAndWait("orphaned", bytes("ghost"))
+            // Requeues fail: the pool stream is not a stream for a moment.
+            _ = try await pool.client.send("DEL", node.poolStream.key)
+            _ = try await pool.client.send("SET", node.poolStream.key, "not a stream")
+            await node.cleanUp(worker: "ghost", keys: ["orphaned"])
+            _ = try await pool.client.send("DEL", node.poolStream.key)
+            let lost = entries(try await jobLog(node, pool.client), .lost, job: "orphaned")
+            #expect(lost.count == 1 && lost.first?.entry.worker == "ghost" && lost.first?.job.reason == "worker-lost")
+            try await node.shutdown()
+        }
+    }
+
     @Test("a dead worker's jobs: lost, then started on another worker")
     func lostAndRestarted() async throws {
         try await withPool { pool in
@@ -356,6 +375,10 @@ struct JobLogTests {
             #expect(lost.entry.at.timeIntervalSince(lastSeen) >= 0.3)
             let restarted = try #require(entries(log, .started, job: "job").last)
             #expect(restarted.entry.worker == workerB.id)
+            // Logged before the requeue (a cleaner killed after requeueing must not leave the run open).
+            let lostIndex = try #require(log.firstIndex { $0.kind == .lost })
+            let restartIndex = try #require(log.lastIndex { $0.kind == .started && $0.worker == workerB.id })
+            #expect(lostIndex < restartIndex)
             #expect(restarted.job.requeued)
             #expect(restarted.job.reason == "worker-lost")
             try await b.shutdown()
