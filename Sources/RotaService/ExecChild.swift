@@ -78,13 +78,15 @@ final class ExecChild: Sendable {
         return ExitStatus(raw: jobStatus.withLock { $0 })
     }
 
-    /// Starts a guard for `invocation` and waits until the program runs; throws `execFailed` when it
-    /// cannot be started (the guard is reaped first).
-    static func start(_ invocation: ExecInvocation, workDirectory: String, environment: [String: String], logger: Logger, drainTimeout: Duration) async throws(ServiceError) -> ExecChild {
+    /// Starts a guard for `invocation` and waits until the program runs: the run and the program's
+    /// pid. Throws `execFailed` when it cannot be started (the guard is reaped first).
+    static func start(_ invocation: ExecInvocation, workDirectory: String, environment: [String: String], logger: Logger, drainTimeout: Duration) async throws(ServiceError) -> (ExecChild, pid_t) {
         let child = try spawn(invocation, workDirectory: workDirectory, environment: environment, logger: logger)
         switch await child.started.wait(cancellable: false) {
-        case .success, nil:
-            return child
+        case .success(let pid):
+            return (child, pid)
+        case nil:  // not cancellable: never
+            return (child, child.guardPID)
         case .failure(let error):
             child.kill()
             _ = await child.reap(drainTimeout: drainTimeout, logger: logger)
@@ -93,7 +95,7 @@ final class ExecChild: Sendable {
     }
 
     private static func spawn(_ invocation: ExecInvocation, workDirectory: String, environment: [String: String], logger: Logger) throws(ServiceError) -> ExecChild {
-        var message = Self.spec(invocation, workDirectory: workDirectory, environment: environment)
+        let message = Self.spec(invocation, workDirectory: workDirectory, environment: environment)
         guard message.count <= 8 << 20 else {
             throw ServiceError(.execFailed, "exec: the arguments and environment of '\(invocation.argv0)' exceed 8 MiB")
         }
@@ -155,7 +157,7 @@ final class ExecChild: Sendable {
         let child = ExecChild(guardPID: pid, control: sockets[0])
         child.startThreads(stdout: output[0], stderr: errors[0], invocation: invocation, logger: logger)
         // The socket buffer takes most specs at once; a larger one waits for the guard to read.
-        let sent = message.withUnsafeMutableBytes { buffer -> Bool in
+        let sent = message.withUnsafeBytes { buffer -> Bool in
             var offset = 0
             while offset < buffer.count {
                 let count = Glibc.send(sockets[0], buffer.baseAddress.map { $0 + offset }, buffer.count - offset, Int32(MSG_NOSIGNAL))
@@ -166,8 +168,10 @@ final class ExecChild: Sendable {
             return true
         }
         if !sent {
-            // The guard died before reading: its thread reports that through `started`.
+            // End of file ends a guard still reading the spec; the guard thread then reports the
+            // failure through `started`.
             logger.warning("exec: could not hand the job to its guard process", metadata: ["guard": "\(pid)", "error": "\(String(cString: strerror(errno)))"])
+            shutdown(sockets[0], Int32(SHUT_WR))
         }
         return child
     }

@@ -33,6 +33,13 @@ import Glibc
 ///   lasted at least the maximum back-off resets it.
 /// - `grace_ms`: how long `stop` waits after SIGTERM before SIGKILL, default 5000, at most 600000.
 ///
+/// **Paths.** A command is a program of the policy when its absolute path as resolved (after the
+/// `PATH` lookup, before following symlinks) or its `realpath` matches the program's path
+/// (`fnmatch(3)` with `FNM_PATHNAME | FNM_PERIOD` for the globs of `--allow-exec`): `/bin/sleep` is
+/// `/usr/bin/sleep` on a merged-/usr system. The resolved path never contains `.`/`..`, so a glob
+/// cannot be walked out of its directory; symlinks inside allowed directories are trusted (only
+/// whoever may write there can create them). What is spawned is the `realpath` that was checked.
+///
 /// A job the policy does not allow throws ``ServiceError/Code/execNotAllowed`` from `start`,
 /// naming the program and the refused argument or variable; nothing is spawned. An allowed program
 /// that cannot run (missing, not executable, a limit above the hard limit) throws
@@ -383,6 +390,7 @@ public struct ExecSpec: Sendable, Hashable {
     static let fields = ["command", "program", "args", "slots", "env", "restart", "grace_ms"]
     static let maxGraceMilliseconds = 600_000
 
+    /// A command and its whole argument list.
     public init(command: String, args: [String] = [], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobHandler.defaultGrace) {
         self.command = command
         self.args = args
@@ -391,6 +399,7 @@ public struct ExecSpec: Sendable, Hashable {
         self.grace = grace
     }
 
+    /// A program of the policy by name, with its slot values.
     public init(program: String, slots: [String: String] = [:], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobHandler.defaultGrace) {
         self.program = program
         self.slots = slots
@@ -619,11 +628,9 @@ private final class Supervisor: Sendable {
     private func spawn() async throws(ServiceError) -> (ExecChild, pid_t) {
         let directory = try invocation.workBase.map { base throws(ServiceError) in try prepareWorkDirectory(base: base, key: key) } ?? "/"
         let environment = handler.childEnvironment.merging(invocation.environment) { $1 }
-        let child = try await ExecChild.start(
+        return try await ExecChild.start(
             invocation, workDirectory: directory, environment: environment, logger: logger, drainTimeout: handler.options.outputDrainTimeout
         )
-        guard case .success(let pid)? = child.started.value else { return (child, child.guardPID) }
-        return (child, pid)
     }
 
     /// SIGTERM to the program's group, up to the grace period, SIGKILL to everything it started, reap.

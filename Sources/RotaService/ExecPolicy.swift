@@ -132,6 +132,9 @@ extension ExecPolicy {
         public let origin: String
         let template: [TemplateArgument]
 
+        /// Checks the declaration: a valid name, an absolute path (a glob only without a name),
+        /// templates that parse and use exactly the declared slots, variable names, no loader
+        /// variable among those a job may set, positive limits.
         public init(
             name: String? = nil, path: String, arguments: [String] = [], slots: [String: Value] = [:],
             environment: [String: Value] = [:], fixedEnvironment: [String: String] = [:], limits: Limits = Limits(),
@@ -278,8 +281,10 @@ extension ExecPolicy {
         /// Whether a value may start with `-` (never by default: it would read as an option).
         public let allowsLeadingDash: Bool
 
+        /// The default ``maxLength``.
         public static let defaultMaxLength = 256
 
+        /// Throws when the pattern does not compile or a bound is out of range.
         public init(pattern: String, maxLength: Int = defaultMaxLength, allowsLeadingDash: Bool = false) throws(ServiceError) {
             guard (1...1000).contains(pattern.utf8.count) else {
                 throw ExecPolicy.invalid("the pattern must have 1 to 1000 characters")
@@ -321,6 +326,7 @@ extension ExecPolicy {
         /// The largest file it may write (`RLIMIT_FSIZE`): SIGXFSZ beyond it.
         public var fileSizeBytes: Int?
 
+        /// nil leaves a limit as the worker has it.
         public init(cpuSeconds: Int? = nil, addressSpaceBytes: Int? = nil, openFiles: Int? = nil, fileSizeBytes: Int? = nil) {
             self.cpuSeconds = cpuSeconds
             self.addressSpaceBytes = addressSpaceBytes
