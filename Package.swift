@@ -76,10 +76,14 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The exec handler's guard process (C: it runs before `main`, forks and execs; see
+        // ARCHITECTURE.md "The exec guard").
+        .target(name: "CRotaExecGuard"),
         // The scheduler service: plan files → store → schedules; worker handlers; history.
         .target(
             name: "RotaService",
             dependencies: [
+                "CRotaExecGuard",
                 "Rota",
                 "RotaPlans",
                 "RotaStore",
@@ -89,6 +93,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),  // exec policy files
             ],
             swiftSettings: strict
         ),

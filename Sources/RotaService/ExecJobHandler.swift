@@ -7,54 +7,63 @@ import Synchronization
 import Glibc
 #endif
 
-/// The built-in `exec` handler: each job runs an allow-listed command as a supervised child
-/// process (Linux only).
+/// The built-in `exec` handler: each job runs a program the worker's ``ExecPolicy`` allows, as a
+/// supervised child process (Linux only).
 ///
-/// **Payload** (JSON; only `command` is required, unknown fields are refused):
+/// **Payload** (JSON; `command` or `program` is required, unknown fields are refused):
 ///
 /// ```json
-/// {"command": "/usr/bin/rsync", "args": ["-a", "src/", "dst/"], "env": {"LANG": "C"},
+/// {"program": "import", "slots": {"source": "crm"}, "env": {"IMPORT_BATCH": "500"},
 ///  "restart": "on-failure", "grace_ms": 5000}
+/// {"command": "/usr/bin/sleep", "args": ["30"]}
 /// ```
 ///
-/// - `command`: an absolute path, or a name looked up on the worker's `PATH` (never on the job's
-///   `env`, and only through absolute `PATH` entries). `.` and `..` path components are refused.
-/// - `args`: the arguments (`argv[1...]`); `argv[0]` is `command` as written. Default none.
-/// - `env`: the child's environment, on top of `PATH` (the worker's search path) and the few
-///   worker variables the operator lists in ``Options/inheritedEnvironment`` — nothing else of the
-///   worker's environment is inherited. Variables that change which code a program loads (`LD_*`,
-///   `GCONV_PATH`, `BASH_ENV`, `ENV`, `BASH_FUNC_*`, …) are refused.
+/// - `program` + `slots`: a program of the policy by name, its argument template filled with the
+///   slot values (each checked against its slot's constraints).
+/// - `command` + `args`: an absolute path, or a name looked up on the worker's `PATH` (never on the
+///   job's `env`, and only through absolute `PATH` entries; `.` and `..` components are refused),
+///   and the whole argument list (`argv[1...]`; `argv[0]` is `command` as written), which must
+///   match the template of a program the policy declares for that path.
+/// - `env`: variables for the child; each must be declared by the program, with a value that fits
+///   its constraints. The child also gets `PATH` (the worker's search path), the worker variables
+///   the policy lists in ``ExecPolicy/inheritedEnvironment`` and the program's fixed variables —
+///   nothing else of the worker's environment.
 /// - `restart`: `never`, `on-failure` (the default: restart after a non-zero exit or a death by
 ///   signal) or `always`. Restarts wait a back-off of 1 s doubling to 30 s (``Options``); a run that
 ///   lasted at least the maximum back-off resets it.
 /// - `grace_ms`: how long `stop` waits after SIGTERM before SIGKILL, default 5000, at most 600000.
 ///
-/// **Allow-list.** Commands run only if they match one of the operator's glob patterns
-/// (`fnmatch(3)` with `FNM_PATHNAME | FNM_PERIOD`: `*` matches neither `/` nor a leading `.`),
-/// e.g. `/usr/bin/*`, `/opt/tools/run-*`. A command is allowed when its absolute path as resolved
-/// (after the `PATH` lookup, before following symlinks) *or* its `realpath` matches: `/bin/sh`
-/// matches the pattern `/bin/sh` on a merged-/usr system where it is `/usr/bin/dash`, and
-/// `/bin/sleep` matches `/usr/bin/*`. The resolved path never contains `.`/`..`, so the lexical
-/// match cannot be walked out of its directory; symlinks inside allowed directories are trusted
-/// (only whoever may write there can create them). What is spawned is the `realpath` that was
-/// checked. An empty allow-list refuses everything. A refused command throws
-/// ``ServiceError/Code/execNotAllowed`` from `start` and is never spawned.
+/// **Paths.** A command is a program of the policy when its absolute path as resolved (after the
+/// `PATH` lookup, before following symlinks) or its `realpath` matches the program's path
+/// (`fnmatch(3)` with `FNM_PATHNAME | FNM_PERIOD` for the globs of `--allow-exec`): `/bin/sleep` is
+/// `/usr/bin/sleep` on a merged-/usr system. The resolved path never contains `.`/`..`, so a glob
+/// cannot be walked out of its directory; symlinks inside allowed directories are trusted (only
+/// whoever may write there can create them). What is spawned is the `realpath` that was checked.
 ///
-/// Allow-list a program, not an interpreter: with `/bin/sh` allowed, a plan can run anything
-/// through `-c`.
+/// A job the policy does not allow throws ``ServiceError/Code/execNotAllowed`` from `start`,
+/// naming the program and the refused argument or variable; nothing is spawned. An allowed program
+/// that cannot run (missing, not executable, a limit above the hard limit) throws
+/// ``ServiceError/Code/execFailed``.
 ///
-/// **Processes.** Children are spawned with `posix_spawn` (not Foundation's `Process`): an empty
-/// signal mask and default dispositions (the worker's threads block signals), a process group of
-/// their own, stdin from `/dev/null`, every other inherited descriptor closed. stdout and stderr go
-/// through pipes, each read by a dedicated thread (blocking reads never hold a Swift concurrency
-/// thread) and logged line by line at info level with `job`, `pid` and `stream` metadata. A third
-/// thread per child blocks in `waitid` until it exits.
+/// **Processes.** Each run is a guard process (this executable, `/proc/self/exe`, started in a
+/// mode of its own before its `main`: `CRotaExecGuard`) with the program as its child. The guard is
+/// spawned with `posix_spawn`: an empty signal mask and default dispositions (the worker's threads
+/// block signals), a process group of its own, stdin from `/dev/null`, every other inherited
+/// descriptor closed. The program gets its own process group, the job's working directory
+/// (``ExecPolicy/workDirectory``, else `/`), the program's resource limits, and SIGKILL as its
+/// parent-death signal. The guard is a child subreaper: what the program leaves behind, `setsid`
+/// or double-forked daemons included, stays its descendant. When the worker closes the guard's
+/// control socket, or dies (SIGKILL included: the kernel closes the socket), or the program exits,
+/// the guard SIGKILLs every descendant and exits. stdout and stderr go through pipes, each read by
+/// a dedicated thread (blocking reads never hold a Swift concurrency thread) and logged line by
+/// line at info level with `job`, `pid` and `stream` metadata. A third thread per run reads the
+/// guard's reports (`started PID`, `exited STATUS`) and waits for the guard's exit.
 ///
-/// **Stop.** `stop(key:)` sends SIGTERM (and SIGCONT) to the child's process group, waits up to
-/// the grace period, then sends SIGKILL, and returns once the child has been reaped. A cancelled
-/// caller shortens the grace to nothing (SIGKILL at once) but still waits for the exit. When a
-/// child exits on its own, what it left running in its process group is killed before it is
-/// reaped, so restarts never pile up orphans.
+/// **Stop.** `stop(key:)` has the guard send SIGTERM (and SIGCONT) to the program's process group,
+/// waits up to the grace period, then has it SIGKILL every descendant, and returns once the guard
+/// has been reaped — so nothing the job started is left. A cancelled caller shortens the grace to
+/// nothing (SIGKILL at once) but still waits for the exit. When a program exits on its own, what it
+/// left running is killed too, so restarts never pile up orphans.
 ///
 /// **Supervision.** Each job has one supervisor, an unstructured `Task` owned by this handler:
 /// `JobHandler.start` must return while the job keeps running, and the pool gives handlers no
@@ -78,10 +87,6 @@ public final class ExecJobHandler: NamedJobHandler {
         /// Directories searched for command names without `/` (relative entries are skipped).
         /// Defaults to the worker's `PATH`.
         public var searchPath: [String]
-        /// Variables of the worker's own environment passed to children (besides `PATH`, which is
-        /// always the search path). Nothing else is inherited: a worker's secrets (a Redis
-        /// password in the environment, tokens) never reach a job's process unless listed here.
-        public var inheritedEnvironment: [String] = ["LANG", "LC_ALL", "TZ", "HOME"]
 
         public init() {
             searchPath = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
@@ -92,7 +97,8 @@ public final class ExecJobHandler: NamedJobHandler {
     /// The default of `grace_ms`.
     public static let defaultGrace: Duration = .seconds(5)
 
-    public let allowed: [String]
+    /// What jobs may run.
+    public let policy: ExecPolicy
     public let options: Options
     let logger: Logger
 
@@ -108,30 +114,57 @@ public final class ExecJobHandler: NamedJobHandler {
 
     private let state = Mutex(State())
 
-    /// - Parameter allowed: glob patterns on absolute executable paths (see the type's
-    ///   documentation). A pattern that is not absolute throws ``ServiceError/Code/invalidArgument``.
-    /// What a child starts from before its job's `env`: `PATH` and the listed worker variables.
+    /// What a child starts from before its program's fixed variables and its job's `env`: `PATH`
+    /// and the inherited worker variables.
     var childEnvironment: [String: String] {
         let own = ProcessInfo.processInfo.environment
         var environment: [String: String] = ["PATH": options.searchPath.joined(separator: ":")]
-        for name in options.inheritedEnvironment { if let value = own[name] { environment[name] = value } }
+        for name in policy.inheritedEnvironment { if let value = own[name] { environment[name] = value } }
         return environment
     }
 
-    public init(allowed: [String], logger: Logger, options: Options = Options()) throws(ServiceError) {
-        for pattern in allowed where !pattern.hasPrefix("/") {
-            throw ServiceError(.invalidArgument, "exec allow-list pattern '\(pattern)' must be an absolute path (globs allowed, e.g. /usr/bin/*)")
+    /// - Throws: ``ServiceError/Code/invalidArgument`` when a working directory base is missing or
+    ///   writable by other users, or a limit exceeds what this process may grant.
+    public init(policy: ExecPolicy, logger: Logger, options: Options = Options()) throws(ServiceError) {
+        let bases = Set([policy.workDirectory].compactMap { $0 } + policy.programs.compactMap(\.workDirectory))
+        for base in bases.sorted() {
+            var info = stat()
+            guard stat(base, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+                throw ServiceError(.invalidArgument, "exec work_dir \(base) is not an existing directory (create it, owned by the worker's user, mode 0700 or 0755)")
+            }
+            guard info.st_mode & 0o022 == 0 else {
+                throw ServiceError(.invalidArgument, "exec work_dir \(base) is writable by other users (mode \(String(info.st_mode & 0o777, radix: 8))): they could replace a job's directory; chmod go-w it")
+            }
         }
-        self.allowed = allowed
+        if geteuid() != 0 {
+            for program in policy.programs {
+                for (name, value, resource) in program.limits.ordered {
+                    guard let value else { continue }
+                    var current = rlimit()
+                    // rlim_t.max: RLIM_INFINITY, whose macro does not import.
+                    guard getrlimit(resource, &current) == 0, current.rlim_max != rlim_t.max else { continue }
+                    if UInt64(value) > UInt64(current.rlim_max) {
+                        throw ServiceError(.invalidArgument, "\(program.origin): limits.\(name) is above this worker's hard limit (\(current.rlim_max)); only root may raise it")
+                    }
+                }
+            }
+        }
+        self.policy = policy
         self.logger = logger
         self.options = options
+    }
+
+    /// The `--allow-exec` form: each pattern (a glob on absolute paths) a program that runs
+    /// without arguments or environment from the job (``ExecPolicy/init(allowing:)``).
+    public convenience init(allowed: [String], logger: Logger, options: Options = Options()) throws(ServiceError) {
+        try self.init(policy: ExecPolicy(allowing: allowed), logger: logger, options: options)
     }
 
     // MARK: - NamedJobHandler
 
     public func start(key: String, payload: [UInt8], job: Job) async throws {
         let spec = try ExecSpec(decoding: payload)
-        let target = try resolve(spec.command)
+        let invocation = try authorize(spec)
         while true {
             enum Action {
                 case running(Supervisor)
@@ -149,7 +182,7 @@ public final class ExecJobHandler: NamedJobHandler {
                     state.entries[key]?.stopping = true
                     return .replace(entry.supervisor)
                 }
-                let supervisor = Supervisor(key: key, payload: payload, spec: spec, target: target, handler: self)
+                let supervisor = Supervisor(key: key, payload: payload, spec: spec, invocation: invocation, handler: self)
                 state.entries[key] = Entry(supervisor: supervisor)
                 return .launch(supervisor)
             }
@@ -227,9 +260,22 @@ public final class ExecJobHandler: NamedJobHandler {
         }
     }
 
-    /// Where a command is, and whether the allow-list lets it run. Throws `execNotAllowed` before
-    /// anything about the file matters, `execFailed` for an allowed command that cannot run.
-    func resolve(_ command: String) throws(ServiceError) -> ExecTarget {
+    /// What the job runs, if the policy allows it: `execNotAllowed` naming what is refused, before
+    /// anything about the file matters; `execFailed` for an allowed program that cannot run.
+    func authorize(_ spec: ExecSpec) throws(ServiceError) -> ExecInvocation {
+        if let name = spec.program {
+            guard let program = policy.programs.first(where: { $0.name == name }) else {
+                let names = policy.programs.compactMap(\.name)
+                throw ServiceError(.execNotAllowed, "exec: this worker has no program named '\(name)' (\(names.isEmpty ? "its policy names none" : "programs: \(names.joined(separator: ", "))"))")
+            }
+            let arguments = try program.fill(spec.slots).get()
+            if let reason = program.refusal(environment: spec.env) { throw program.refused(reason) }
+            guard let real = Self.realPath(program.path), Self.isExecutableFile(real) else {
+                throw ServiceError(.execFailed, "exec: program '\(name)' (\(program.path)) does not exist or is not an executable file")
+            }
+            return invocation(program, argv0: program.path, executable: real, arguments: arguments, env: spec.env)
+        }
+        let command = spec.command ?? ""
         let candidates: [String]
         if command.contains("/") {
             guard command.hasPrefix("/") else {
@@ -252,21 +298,37 @@ public final class ExecJobHandler: NamedJobHandler {
         }
         for path in candidates {
             let real = Self.realPath(path)
-            guard isAllowed(path) || real.map(isAllowed) == true else { continue }
+            let programs = policy.programs.filter { $0.matches(path: path) || real.map($0.matches) == true }
+            guard let first = programs.first else { continue }
             guard let real, Self.isExecutableFile(real) else {
                 throw ServiceError(.execFailed, "exec: command '\(command)' (\(path)) does not exist or is not an executable file")
             }
-            return ExecTarget(argv0: command, path: path, executable: real)
+            var reasons: [String] = []
+            for program in programs {
+                if let reason = program.refusal(arguments: spec.args) ?? program.refusal(environment: spec.env) {
+                    reasons.append(programs.count == 1 ? reason : "\(program.origin): \(reason)")
+                    continue
+                }
+                return invocation(program, argv0: command, executable: real, arguments: spec.args, env: spec.env)
+            }
+            guard programs.count > 1 else { throw first.refused(reasons.joined()) }
+            throw ServiceError(.execNotAllowed, "exec: no program declared for \(path) accepts the job: \(reasons.joined(separator: "; "))")
         }
         let shown = candidates[0] == command ? command : "\(command)' (\(candidates[0])"
-        let allowList = allowed.isEmpty
-            ? "this worker allows no commands: start it with --allow-exec PATTERN"
-            : "allowed: \(allowed.joined(separator: ", "))"
+        var paths: [String] = []
+        for program in policy.programs where !paths.contains(program.path) { paths.append(program.path) }
+        let allowList = paths.isEmpty
+            ? "this worker allows no commands: start it with --exec-policy FILE or --allow-exec PATH"
+            : "allowed: \(paths.joined(separator: ", "))"
         throw ServiceError(.execNotAllowed, "exec: command '\(shown)' is not allowed on this worker (\(allowList))")
     }
 
-    func isAllowed(_ path: String) -> Bool {
-        allowed.contains { fnmatch($0, path, FNM_PATHNAME | FNM_PERIOD) == 0 }
+    private func invocation(_ program: ExecPolicy.Program, argv0: String, executable: String, arguments: [String], env: [String: String]) -> ExecInvocation {
+        ExecInvocation(
+            argv0: argv0, executable: executable, arguments: arguments,
+            environment: program.fixedEnvironment.merging(env) { $1 },
+            workBase: program.workDirectory ?? policy.workDirectory, limits: program.limits
+        )
     }
 
     static func realPath(_ path: String) -> String? {
@@ -301,19 +363,11 @@ public struct ExecJobStatus: Sendable, Hashable {
     }
 }
 
-/// A resolved, allowed command.
-struct ExecTarget: Sendable, Hashable {
-    /// `argv[0]`: the command as the payload wrote it.
-    var argv0: String
-    /// The absolute path it resolved to (before symlinks).
-    var path: String
-    /// The realpath that is spawned.
-    var executable: String
-}
-
 // MARK: - Payload
 
-/// The `exec` payload (see ``ExecJobHandler``).
+/// The `exec` payload (see ``ExecJobHandler``): a program by name with slot values, or a
+/// command with its arguments; what the worker's ``ExecPolicy`` allows is decided later, by the
+/// handler.
 public struct ExecSpec: Sendable, Hashable {
     public enum Restart: String, Sendable, Hashable {
         case never
@@ -321,24 +375,22 @@ public struct ExecSpec: Sendable, Hashable {
         case always
     }
 
-    public var command: String
+    /// A path or a name looked up on `PATH`; nil when the job names a ``program``.
+    public var command: String?
+    /// The name of a program of the policy; nil when the job gives a ``command``.
+    public var program: String?
+    /// The arguments of a ``command``.
     public var args: [String] = []
+    /// The slot values of a ``program``.
+    public var slots: [String: String] = [:]
     public var env: [String: String] = [:]
     public var restart: Restart = .onFailure
     public var grace: Duration = ExecJobHandler.defaultGrace
 
-    static let fields = ["command", "args", "env", "restart", "grace_ms"]
+    static let fields = ["command", "program", "args", "slots", "env", "restart", "grace_ms"]
     static let maxGraceMilliseconds = 600_000
 
-    /// Environment variables a job may not set: they make an allowed program load or run other code.
-    static let refusedVariables: Set<String> = [
-        "GCONV_PATH", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "IFS", "CDPATH", "GLOBIGNORE",
-        "LOCPATH", "NLSPATH", "HOSTALIASES", "RES_OPTIONS", "MALLOC_TRACE", "PERL5OPT", "PERL5LIB", "PERLLIB",
-        "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS",
-        "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_CONFIG_GLOBAL",
-    ]
-    static let refusedPrefixes = ["LD_", "BASH_FUNC_", "DYLD_"]
-
+    /// A command and its whole argument list.
     public init(command: String, args: [String] = [], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobHandler.defaultGrace) {
         self.command = command
         self.args = args
@@ -347,18 +399,25 @@ public struct ExecSpec: Sendable, Hashable {
         self.grace = grace
     }
 
+    /// A program of the policy by name, with its slot values.
+    public init(program: String, slots: [String: String] = [:], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobHandler.defaultGrace) {
+        self.program = program
+        self.slots = slots
+        self.env = env
+        self.restart = restart
+        self.grace = grace
+    }
+
     /// Decodes and validates a payload: `invalidPayload` for malformed JSON, unknown fields,
-    /// wrong types or values; `execNotAllowed` for a refused environment variable.
+    /// wrong types or values.
     public init(decoding payload: [UInt8]) throws(ServiceError) {
         do {
             self = try JSONDecoder().decode(Wire.self, from: Data(payload)).spec
         } catch let error as ServiceError {
             throw error
-        } catch let DecodingError.keyNotFound(key, _) {
-            throw Self.invalid("missing field \"\(key.stringValue)\"")
         } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
             let field = context.codingPath.first?.stringValue ?? ""
-            throw Self.invalid(Self.expectations[field] ?? "the payload must be a JSON object with at least \"command\"")
+            throw Self.invalid(Self.expectations[field] ?? "the payload must be a JSON object with \"command\" or \"program\"")
         } catch {
             throw Self.invalid("the payload is not valid JSON (\(String(decoding: payload.prefix(80), as: UTF8.self)))", underlying: error)
         }
@@ -367,11 +426,17 @@ public struct ExecSpec: Sendable, Hashable {
 
     private static let expectations = [
         "command": "\"command\" must be a non-empty string",
+        "program": "\"program\" must be a non-empty string",
         "args": "\"args\" must be an array of strings",
+        "slots": "\"slots\" must be an object of strings",
         "env": "\"env\" must be an object of strings",
         "restart": "\"restart\" must be one of never, on-failure, always",
         "grace_ms": "\"grace_ms\" must be an integer from 0 to \(maxGraceMilliseconds)",
     ]
+
+    private static func expected(_ field: String) -> ServiceError {
+        invalid(expectations[field] ?? "\"\(field)\" is invalid")
+    }
 
     /// The JSON shape, strict: unknown fields and wrong types are errors; null means the default.
     private struct Wire: Decodable {
@@ -389,34 +454,44 @@ public struct ExecSpec: Sendable, Hashable {
             if let unknown = container.allKeys.map(\.stringValue).sorted().first(where: { !ExecSpec.fields.contains($0) }) {
                 throw ExecSpec.invalid("unknown field '\(unknown)' (fields: \(ExecSpec.fields.joined(separator: ", ")))")
             }
-            let command = try container.decode(String.self, forKey: Key(stringValue: "command"))
-            guard !command.isEmpty else { throw ExecSpec.invalid(ExecSpec.expectations["command"]!) }
-            spec = ExecSpec(command: command)
-            spec.args = try container.decodeIfPresent([String].self, forKey: Key(stringValue: "args")) ?? []
+            let command = try container.decodeIfPresent(String.self, forKey: Key(stringValue: "command"))
+            let program = try container.decodeIfPresent(String.self, forKey: Key(stringValue: "program"))
+            let args = try container.decodeIfPresent([String].self, forKey: Key(stringValue: "args"))
+            let slots = try container.decodeIfPresent([String: String].self, forKey: Key(stringValue: "slots"))
+            switch (command, program) {
+            case (let command?, nil):
+                guard !command.isEmpty else { throw ExecSpec.expected("command") }
+                guard slots == nil else { throw ExecSpec.invalid("\"slots\" go with \"program\"; a \"command\" takes \"args\"") }
+                spec = ExecSpec(command: command, args: args ?? [])
+            case (nil, let program?):
+                guard !program.isEmpty else { throw ExecSpec.expected("program") }
+                guard args == nil else { throw ExecSpec.invalid("\"args\" go with \"command\"; a \"program\" takes \"slots\"") }
+                spec = ExecSpec(program: program, slots: slots ?? [:])
+            case (nil, nil):
+                throw ExecSpec.invalid("missing field \"command\" (or \"program\")")
+            case (.some, .some):
+                throw ExecSpec.invalid("give \"command\" or \"program\", not both")
+            }
             spec.env = try container.decodeIfPresent([String: String].self, forKey: Key(stringValue: "env")) ?? [:]
             if let text = try container.decodeIfPresent(String.self, forKey: Key(stringValue: "restart")) {
-                guard let policy = Restart(rawValue: text) else { throw ExecSpec.invalid(ExecSpec.expectations["restart"]!) }
+                guard let policy = Restart(rawValue: text) else { throw ExecSpec.expected("restart") }
                 spec.restart = policy
             }
             if let milliseconds = try container.decodeIfPresent(Int.self, forKey: Key(stringValue: "grace_ms")) {
-                guard (0...ExecSpec.maxGraceMilliseconds).contains(milliseconds) else {
-                    throw ExecSpec.invalid(ExecSpec.expectations["grace_ms"]!)
-                }
+                guard (0...ExecSpec.maxGraceMilliseconds).contains(milliseconds) else { throw ExecSpec.expected("grace_ms") }
                 spec.grace = .milliseconds(milliseconds)
             }
         }
     }
 
     func validate() throws(ServiceError) {
-        guard !command.utf8.contains(0), !args.contains(where: { $0.utf8.contains(0) }) else {
-            throw Self.invalid("\"command\" and \"args\" must not contain NUL characters")
+        let texts = [command ?? "", program ?? ""] + args + slots.keys + slots.values
+        guard !texts.contains(where: { $0.utf8.contains(0) }) else {
+            throw Self.invalid("\"command\", \"program\", \"args\" and \"slots\" must not contain NUL characters")
         }
         for (name, value) in env {
             guard !name.isEmpty, !name.contains("="), !name.utf8.contains(0), !value.utf8.contains(0) else {
-                throw Self.invalid("environment variable names must be non-empty without '=' and values without NUL ('\(name)')")
-            }
-            if Self.refusedVariables.contains(name) || Self.refusedPrefixes.contains(where: name.hasPrefix) {
-                throw ServiceError(.execNotAllowed, "exec: the job may not set the environment variable \(name) (it changes which code a program loads or runs)")
+                throw Self.invalid("environment variable names must be non-empty without '=' and values without NUL (\(quoted(name)))")
             }
         }
     }
@@ -433,7 +508,7 @@ private final class Supervisor: Sendable {
     let key: String
     let payload: [UInt8]
     let spec: ExecSpec
-    let target: ExecTarget
+    let invocation: ExecInvocation
     let handler: ExecJobHandler
     let logger: Logger
 
@@ -446,11 +521,11 @@ private final class Supervisor: Sendable {
     /// Fulfilled when ``supervise()`` returns: the child is gone and nothing will spawn another.
     let finished = OneShot<Void>()
 
-    init(key: String, payload: [UInt8], spec: ExecSpec, target: ExecTarget, handler: ExecJobHandler) {
+    init(key: String, payload: [UInt8], spec: ExecSpec, invocation: ExecInvocation, handler: ExecJobHandler) {
         self.key = key
         self.payload = payload
         self.spec = spec
-        self.target = target
+        self.invocation = invocation
         self.handler = handler
         var logger = handler.logger
         logger[metadataKey: "job"] = "\(key)"
@@ -467,9 +542,10 @@ private final class Supervisor: Sendable {
         var backoff = handler.options.restartBackoff
         var first = true
         while true {
-            let child: Child
+            let child: ExecChild
+            let pid: pid_t
             do {
-                child = try Child.spawn(spec: spec, target: target, base: handler.childEnvironment, logger: logger)
+                (child, pid) = try await spawn()
             } catch {
                 if first {
                     firstSpawn.fulfill(.failure(error))
@@ -481,12 +557,12 @@ private final class Supervisor: Sendable {
                 continue
             }
             status.withLock {
-                $0.pid = child.pid
+                $0.pid = pid
                 $0.starts += 1
             }
             logger.info(
                 first ? "exec: command started" : "exec: command restarted",
-                metadata: ["pid": "\(child.pid)", "command": "\(target.path)", "args": "\(spec.args)"]
+                metadata: ["pid": "\(pid)", "guard": "\(child.guardPID)", "command": "\(invocation.executable)", "args": "\(invocation.arguments)"]
             )
             if first {
                 first = false
@@ -499,16 +575,16 @@ private final class Supervisor: Sendable {
             ])
             if woke == 1, child.exited.value == nil {
                 let exit = await stop(child)
-                logger.info("exec: command stopped", metadata: ["pid": "\(child.pid)", "status": "\(exit)"])
+                logger.info("exec: command stopped", metadata: ["pid": "\(pid)", "status": "\(exit)"])
                 record(exit)
                 break
             }
-            let exit = await child.reap(drainTimeout: handler.options.outputDrainTimeout)
+            let exit = await child.reap(drainTimeout: handler.options.outputDrainTimeout, logger: logger)
             record(exit)
             if exit.isSuccess {
-                logger.info("exec: command exited", metadata: ["pid": "\(child.pid)", "status": "\(exit)"])
+                logger.info("exec: command exited", metadata: ["pid": "\(pid)", "status": "\(exit)"])
             } else {
-                logger.warning("exec: command failed", metadata: ["pid": "\(child.pid)", "status": "\(exit)"])
+                logger.warning("exec: command failed", metadata: ["pid": "\(pid)", "status": "\(exit)"])
             }
             guard stopRequested.value == nil else { break }
             switch spec.restart {
@@ -548,10 +624,18 @@ private final class Supervisor: Sendable {
         return woke == 0 && stopRequested.value == nil
     }
 
-    /// SIGTERM to the group, up to the grace period, SIGKILL, reap.
-    private func stop(_ child: Child) async -> ExitStatus {
-        child.signalGroup(SIGTERM)
-        child.signalGroup(SIGCONT)
+    /// The job's directory, then a guard and its program (ExecChild).
+    private func spawn() async throws(ServiceError) -> (ExecChild, pid_t) {
+        let directory = try invocation.workBase.map { base throws(ServiceError) in try prepareWorkDirectory(base: base, key: key) } ?? "/"
+        let environment = handler.childEnvironment.merging(invocation.environment) { $1 }
+        return try await ExecChild.start(
+            invocation, workDirectory: directory, environment: environment, logger: logger, drainTimeout: handler.options.outputDrainTimeout
+        )
+    }
+
+    /// SIGTERM to the program's group, up to the grace period, SIGKILL to everything it started, reap.
+    private func stop(_ child: ExecChild) async -> ExitStatus {
+        child.terminate()
         if escalate.value == nil, spec.grace > .zero {
             _ = await firstOf([
                 { _ = await child.exited.wait(cancellable: true) },
@@ -560,149 +644,10 @@ private final class Supervisor: Sendable {
             ])
         }
         if child.exited.value == nil {
-            logger.warning("exec: command did not exit after SIGTERM; sending SIGKILL", metadata: ["pid": "\(child.pid)", "grace": "\(spec.grace)"])
-            child.signalGroup(SIGKILL)
+            logger.warning("exec: command did not exit after SIGTERM; sending SIGKILL", metadata: ["guard": "\(child.guardPID)", "grace": "\(spec.grace)"])
+            child.kill()
         }
-        return await child.reap(drainTimeout: handler.options.outputDrainTimeout)
-    }
-}
-
-/// A spawned child: its pid, the `waitid` thread's exit signal, the output threads' end signal.
-private final class Child: Sendable {
-    let pid: pid_t
-    /// Fulfilled when the child has exited (still unreaped: its pid and process group stay reserved).
-    let exited = OneShot<Void>()
-    /// Fulfilled when both output pipes reached end of file.
-    let drained = OneShot<Void>()
-    private let openStreams = Mutex(2)
-
-    private init(pid: pid_t) { self.pid = pid }
-
-    func signalGroup(_ signal: Int32) {
-        _ = killpg(pid, signal)
-    }
-
-    /// Once exited: kills what is left in its process group, reaps it, waits (bounded) for the rest
-    /// of its output.
-    func reap(drainTimeout: Duration) async -> ExitStatus {
-        _ = await exited.wait(cancellable: false)
-        signalGroup(SIGKILL)
-        var raw: Int32 = 0
-        var result: pid_t
-        repeat { result = waitpid(pid, &raw, 0) } while result < 0 && errno == EINTR
-        if drained.value == nil {
-            _ = await firstOf([
-                { _ = await self.drained.wait(cancellable: true) },
-                { try? await Task.sleep(for: drainTimeout) },
-            ])
-        }
-        return result == pid ? ExitStatus(raw: raw) : ExitStatus(raw: nil)
-    }
-
-    static func spawn(spec: ExecSpec, target: ExecTarget, base: [String: String], logger: Logger) throws(ServiceError) -> Child {
-        var output: [Int32] = [-1, -1]
-        var errors: [Int32] = [-1, -1]
-        guard SpawnSupport.pipe(&output), SpawnSupport.pipe(&errors) else {
-            let reason = String(cString: strerror(errno))
-            for fd in output + errors where fd >= 0 { close(fd) }
-            throw ServiceError(.execFailed, "exec: cannot create pipes for '\(target.argv0)': \(reason)")
-        }
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, output[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
-        // Every other descriptor: the pipes are close-on-exec, but descriptors other threads open
-        // without O_CLOEXEC would leak into the child (and keep pipes of other children open).
-        SpawnSupport.closeFrom(&actions, 3)
-
-        var environment = base
-        for (name, value) in spec.env { environment[name] = value }
-        let argv: [UnsafeMutablePointer<CChar>?] = ([target.argv0] + spec.args).map { strdup($0) } + [nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { for pointer in argv + envp { free(pointer) } }
-
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, target.executable, &actions, &attributes, argv, envp)
-        close(output[1])
-        close(errors[1])
-        guard result == 0 else {
-            close(output[0])
-            close(errors[0])
-            throw ServiceError(.execFailed, "exec: cannot start '\(target.argv0)' (\(target.executable)): \(String(cString: strerror(result)))")
-        }
-
-        let child = Child(pid: pid)
-        child.startThreads(stdout: output[0], stderr: errors[0], logger: logger)
-        return child
-    }
-
-    private func startThreads(stdout: Int32, stderr: Int32, logger: Logger) {
-        var logger = logger
-        logger[metadataKey: "pid"] = "\(pid)"
-        for (fd, stream) in [(stdout, "stdout"), (stderr, "stderr")] {
-            var streamLogger = logger
-            streamLogger[metadataKey: "stream"] = "\(stream)"
-            let lineLogger = streamLogger
-            SpawnSupport.thread(name: "exec-\(pid)-\(stream)") {
-                Self.pump(fd: fd, logger: lineLogger)
-                let last = self.openStreams.withLock { count -> Bool in
-                    count -= 1
-                    return count == 0
-                }
-                if last { self.drained.fulfill(()) }
-            }
-        }
-        let pid = self.pid
-        SpawnSupport.thread(name: "exec-\(pid)-wait") {
-            var info = siginfo_t()
-            while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0, errno == EINTR {}
-            self.exited.fulfill(())
-        }
-    }
-
-    /// Longest line logged as one message; longer ones are split.
-    static let maxLine = 16 * 1024
-
-    /// Reads `fd` to end of file, logging each line; closes it.
-    private static func pump(fd: Int32, logger: Logger) {
-        defer { close(fd) }
-        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 1)
-        defer { chunk.deallocate() }
-        var line: [UInt8] = []
-        func emit() {
-            if line.last == 0x0D { line.removeLast() }
-            logger.info("\(String(decoding: line, as: UTF8.self))")
-            line.removeAll(keepingCapacity: true)
-        }
-        while true {
-            let count = read(fd, chunk.baseAddress, chunk.count)
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else { break }
-            for byte in chunk[0..<count] {
-                if byte == 0x0A {
-                    emit()
-                } else {
-                    line.append(byte)
-                    if line.count >= maxLine { emit() }
-                }
-            }
-        }
-        if !line.isEmpty { emit() }
+        return await child.reap(drainTimeout: handler.options.outputDrainTimeout, logger: logger)
     }
 }
 
@@ -789,7 +734,7 @@ final class OneShot<Value: Sendable>: Sendable {
 
 /// Runs `operations` concurrently; returns the index of the first to finish and cancels the rest
 /// (which must return promptly when cancelled).
-private func firstOf(_ operations: [@Sendable () async -> Void]) async -> Int {
+func firstOf(_ operations: [@Sendable () async -> Void]) async -> Int {
     await withTaskGroup(of: Int.self) { group in
         for (index, operation) in operations.enumerated() {
             group.addTask {
@@ -800,44 +745,5 @@ private func firstOf(_ operations: [@Sendable () async -> Void]) async -> Int {
         let first = await group.next() ?? 0
         group.cancelAll()
         return first
-    }
-}
-
-private enum SpawnSupport {
-    private typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>?, Int32) -> Int32
-    private typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>?, Int32) -> Int32
-
-    // glibc ≥ 2.34 and 2.9 have them, but Swift's Glibc module does not declare these GNU
-    // extensions: look them up at run time.
-    private static let closeFromFunction: CloseFrom? = symbol("posix_spawn_file_actions_addclosefrom_np")
-    private static let pipe2Function: Pipe2? = symbol("pipe2")
-
-    private static func symbol<F>(_ name: String) -> F? {
-        guard let handle = dlopen(nil, RTLD_NOW), let pointer = dlsym(handle, name) else { return nil }
-        return unsafeBitCast(pointer, to: F.self)
-    }
-
-    /// `posix_spawn_file_actions_addclosefrom_np(actions, lowest)` when libc has it.
-    static func closeFrom(_ actions: inout posix_spawn_file_actions_t, _ lowest: Int32) {
-        guard let closeFromFunction else { return }
-        _ = closeFromFunction(&actions, lowest)
-    }
-
-    /// A close-on-exec pipe (atomically with `pipe2`, else `pipe` + `fcntl`).
-    static func pipe(_ fds: inout [Int32]) -> Bool {
-        fds.withUnsafeMutableBufferPointer { buffer in
-            if let pipe2Function { return pipe2Function(buffer.baseAddress, O_CLOEXEC) == 0 }
-            guard Glibc.pipe(buffer.baseAddress) == 0 else { return false }
-            for fd in buffer { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-            return true
-        }
-    }
-
-    /// A plain thread (not a Swift concurrency one) for blocking calls.
-    static func thread(name: String, _ body: @escaping @Sendable () -> Void) {
-        let thread = Thread(block: body)
-        thread.name = name
-        thread.stackSize = 512 * 1024
-        thread.start()
     }
 }

@@ -117,7 +117,7 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
         abstract: "Run a worker node of an existing pool with the built-in handlers, until SIGTERM/SIGINT.",
         discussion: """
             The node hosts --workers workers running the built-in handlers: `log`, and `exec` limited to \
-            the executables allow-listed with --allow-exec. It plans nothing (that is `rota run`). On \
+            the programs of --exec-policy and --allow-exec. It plans nothing (that is `rota run`). On \
             SIGTERM/SIGINT it leaves the pool: its jobs move to the workers of the other nodes, then the \
             children of its exec jobs are stopped.
             """
@@ -128,7 +128,10 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
     @Option(help: "Workers in this process.")
     var workers = 2
 
-    @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
+    @Option(help: "The exec handler's policy (YAML): the programs jobs may run, with the arguments and environment a job may pass each. None by default.")
+    var execPolicy: String?
+
+    @Option(help: "A program the exec handler may run with no arguments and no environment from the job (glob on absolute paths; repeatable). Arguments need --exec-policy.")
     var allowExec: [String] = []
 
     @Option(help: "This node's name in `rota status` and in the history (default: the host name; keep it the same across restarts).")
@@ -148,10 +151,11 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
     }
 
     func execute() async throws {
+        let policy = try loadExecPolicy(file: execPolicy, allowExec: allowExec)
         let configuration = try requiredRedisConfiguration(poolOptions, command: "worker")
         let logger = bootstrapLogging(format: logFormat, level: logLevel)
+        let (registry, exec) = try builtInRegistry(policy: policy, logger: logger)
         let client = RedisClient(configuration: configuration, logger: logger)
-        let (registry, exec) = try builtInRegistry(allowExec: allowExec, logger: logger)
         var nodeOptions = Node.Options()
         nodeOptions.logger = logger
         if let name { nodeOptions.name = name }

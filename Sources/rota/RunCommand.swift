@@ -88,7 +88,10 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "This node's name in `rota status` and in the history (default: the host name; keep it the same across restarts).")
     var name: String?
 
-    @Option(help: "Executables the exec handler may run (glob patterns on absolute paths; repeatable). None by default.")
+    @Option(help: "The exec handler's policy (YAML): the programs jobs may run, with the arguments and environment a job may pass each. None by default.")
+    var execPolicy: String?
+
+    @Option(help: "A program the exec handler may run with no arguments and no environment from the job (glob on absolute paths; repeatable). Arguments need --exec-policy.")
     var allowExec: [String] = []
 
     @Option(help: "Without --redis: let the private redis-server listen on 127.0.0.1:PORT too (it listens on a Unix socket only otherwise; the password is in its 0700 directory).")
@@ -125,10 +128,11 @@ struct Run: ParsableCommand, AsyncCommand {
     var logLevel = "info"
 
     func execute() async throws {
+        let policy = try loadExecPolicy(file: execPolicy, allowExec: allowExec)
         let logger = bootstrapLogging(format: logFormat, level: logLevel)
+        let (registry, exec) = try builtInRegistry(policy: policy, logger: logger)
         try await withRedis(try poolOptions.redisConfiguration(), tcpPort: privateRedisPort, logger: logger) { redisConfiguration in
             let client = RedisClient(configuration: redisConfiguration, logger: logger)
-            let (registry, exec) = try builtInRegistry(allowExec: allowExec, logger: logger)
             var nodeOptions = Node.Options()
             if let name { nodeOptions.name = name }
             let service = try RunService(
@@ -198,13 +202,37 @@ func withRedis(_ given: RedisConfiguration?, tcpPort: Int? = nil, logger: Logger
     await server.stop(removeDirectory: true)
 }
 
-/// The built-in handlers: `log`, and `exec` limited to the allow-listed executables.
-func builtInRegistry(allowExec: [String], logger: Logger) throws -> (HandlerRegistry, ExecJobHandler) {
-    let exec: ExecJobHandler
-    do {
-        exec = try ExecJobHandler(allowed: allowExec, logger: logger)
+/// The exec handler's policy: the `--exec-policy` file's programs, then one per `--allow-exec`
+/// pattern. A bad file or pattern is a usage error (exit 64) naming the file, line and cause.
+func loadExecPolicy(file: String?, allowExec: [String]) throws -> ExecPolicy {
+    var policy: ExecPolicy
+    do throws(ServiceError) {
+        if let file {
+            policy = try ExecPolicy.load(path: file)
+        } else {
+            policy = try ExecPolicy(programs: [])
+        }
     } catch {
-        throw CommandFailure("--allow-exec: \(error)")
+        throw failure("--exec-policy: \(error.message)", exitCode: 64)
+    }
+    do throws(ServiceError) {
+        var programs: [ExecPolicy.Program] = []
+        for pattern in allowExec { programs.append(try ExecPolicy.Program(allowing: pattern)) }
+        policy = try policy.adding(programs)
+    } catch {
+        throw failure("--allow-exec: \(error.message)", exitCode: 64)
+    }
+    return policy
+}
+
+/// The built-in handlers: `log`, and `exec` under `policy`. A policy this process cannot apply (a
+/// missing working directory, a limit above its hard limit) is a usage error (exit 64).
+func builtInRegistry(policy: ExecPolicy, logger: Logger) throws -> (HandlerRegistry, ExecJobHandler) {
+    let exec: ExecJobHandler
+    do throws(ServiceError) {
+        exec = try ExecJobHandler(policy: policy, logger: logger)
+    } catch {
+        throw failure("--exec-policy: \(error.message)", exitCode: 64)
     }
     var registry = HandlerRegistry()
     try registry.register("log", LogJobHandler(logger: logger))

@@ -331,43 +331,29 @@ struct ExecHandlerTests {
 
 // MARK: - Support
 
-private func job(_ key: String, _ payload: [UInt8]) -> Job {
-    Job(key: key, payload: payload, createdAt: Date(), isRequeued: false, dispatcherID: "dispatcher", workerID: "worker")
-}
-
-private func json(_ text: String) -> [UInt8] { Array(text.utf8) }
-
-/// Runs `body` with an exec handler (short back-offs) and a log capture; always stops every child.
+/// Runs `body` with an exec handler allowing `allowed` under the tests' permissive policy
+/// (``permissivePolicy(_:)``) and a log capture; always stops every child.
 private func withExec(
     allowed: [String],
     _ body: (ExecJobHandler, HandlerLogCapture) async throws -> Void
 ) async throws {
-    let logs = HandlerLogCapture()
-    var options = ExecJobHandler.Options()
-    options.restartBackoff = .milliseconds(20)
-    options.maxRestartBackoff = .milliseconds(100)
-    let exec = try ExecJobHandler(allowed: allowed, logger: logs.logger, options: options)
-    do {
-        try await body(exec, logs)
-    } catch {
-        await exec.stopAll()
-        throw error
+    try await withExecHandler(policy: try permissivePolicy(allowed), body)
+}
+
+/// The policy these tests were written against (from before per-program policies): each pattern
+/// with no arguments, one number, or `-c` and any one-line script, and the variable JOB_VAR.
+/// Tests only: `-c SCRIPT` is exactly what a real policy must never allow.
+private func permissivePolicy(_ allowed: [String]) throws -> ExecPolicy {
+    let number = try ExecPolicy.Value(pattern: "[0-9]+")
+    let script = try ExecPolicy.Value(pattern: ".*", maxLength: 4096, allowsLeadingDash: true)
+    let environment = ["JOB_VAR": try ExecPolicy.Value(pattern: "[a-z]*")]
+    var programs: [ExecPolicy.Program] = []
+    for pattern in allowed {
+        programs.append(try ExecPolicy.Program(path: pattern, environment: environment))
+        programs.append(try ExecPolicy.Program(path: pattern, arguments: ["{n}"], slots: ["n": number], environment: environment))
+        programs.append(try ExecPolicy.Program(path: pattern, arguments: ["-c", "{script}"], slots: ["script": script], environment: environment))
     }
-    await exec.stopAll()
-}
-
-/// The process no longer exists (our own children are reaped by the handler, so no zombie).
-private func isGone(_ pid: pid_t) -> Bool {
-    kill(pid, 0) == -1 && errno == ESRCH
-}
-
-/// Dead: gone, or a zombie waiting for its (new) parent to reap it.
-private func isGoneOrZombie(_ pid: pid_t) -> Bool {
-    if isGone(pid) { return true }
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-        let close = stat.lastIndex(of: ")")
-    else { return true }
-    return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+    return try ExecPolicy(programs: programs)
 }
 
 /// A named handler that records what it is asked.
@@ -388,47 +374,5 @@ private final class RecordingNamedHandler: NamedJobHandler {
 
     func handleNotification(key: String, payload: [UInt8]) async throws {
         recorded.withLock { $0.append("notify \(key) \(String(decoding: payload, as: UTF8.self))") }
-    }
-}
-
-/// Keeps every log message with its metadata (flattened to strings).
-private final class HandlerLogCapture: Sendable {
-    struct Entry: Sendable {
-        let level: Logger.Level
-        let message: String
-        let metadata: [String: String]
-    }
-
-    private let stored = Mutex<[Entry]>([])
-
-    var entries: [Entry] { stored.withLock { $0 } }
-
-    var logger: Logger {
-        Logger(label: "test") { _ in Handler(capture: self) }
-    }
-
-    func append(_ entry: Entry) {
-        stored.withLock { $0.append(entry) }
-    }
-
-    /// The output lines the exec handler logged for `job` on `stream`, in order.
-    func lines(stream: String, job: String) -> [String] {
-        entries.filter { $0.metadata["stream"] == stream && $0.metadata["job"] == job }.map(\.message)
-    }
-
-    struct Handler: LogHandler {
-        let capture: HandlerLogCapture
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-            capture.append(Entry(level: event.level, message: "\(event.message)", metadata: merged.mapValues { "\($0)" }))
-        }
     }
 }
