@@ -9,13 +9,22 @@ struct ReplyLimitTests {
         try #require(try await client.send("CLIENT", "ID").int)
     }
 
-    @Test("a bulk reply over maxReplyBytes fails its command, resets the connection, and the client works again")
-    func oversizedBulk() async throws {
+    /// A client with one command connection and the given limits (the defaults otherwise).
+    private func withLimits(
+        bytes: Int = 1 << 30, elements: Int = 1 << 22, _ body: (RedisClient, String) async throws -> Void
+    ) async throws {
         try await withRedis(configure: {
             $0.commandConnections = 1
-            $0.maxReplyBytes = 64 << 10
+            $0.maxReplyBytes = bytes
+            $0.maxReplyElements = elements
         }) { _, client in
-            let p = testPrefix()
+            try await body(client, testPrefix())
+        }
+    }
+
+    @Test("a bulk reply over maxReplyBytes fails its command, resets the connection, and the client works again")
+    func oversizedBulk() async throws {
+        try await withLimits(bytes: 64 << 10) { client, p in
             try await client.send("SET", p + "big", Array(repeating: UInt8(ascii: "x"), count: 4 << 20))
             try await client.send("SET", p + "small", "fits")
             let before = try await connectionID(client)
@@ -31,11 +40,7 @@ struct ReplyLimitTests {
 
     @Test("bytes are counted across the elements of an array as they arrive")
     func oversizedArrayOfSmallBulks() async throws {
-        try await withRedis(configure: {
-            $0.commandConnections = 1
-            $0.maxReplyBytes = 64 << 10
-        }) { _, client in
-            let p = testPrefix()
+        try await withLimits(bytes: 64 << 10) { client, p in
             // 20,000 bulks of 16 bytes: about 460 KB in all, no single bulk near the limit.
             for chunk in stride(from: 0, to: 20_000, by: 1000) {
                 let items: [any RedisArgument] = (chunk..<(chunk + 1000)).map { String(format: "item-%011d", $0) }
@@ -52,11 +57,7 @@ struct ReplyLimitTests {
     func exactByteLimit() async throws {
         // GET of 1000 bytes is `$1000\r\n` + 1000 bytes + `\r\n`: 1009 bytes.
         for (limit, passes) in [(1009, true), (1008, false)] {
-            try await withRedis(configure: {
-                $0.commandConnections = 1
-                $0.maxReplyBytes = limit
-            }) { _, client in
-                let p = testPrefix()
+            try await withLimits(bytes: limit) { client, p in
                 try await client.send("SET", p + "k", Array(repeating: UInt8(ascii: "y"), count: 1000))
                 let error = await caught { _ = try await client.send("GET", p + "k") }
                 if passes {
@@ -70,11 +71,7 @@ struct ReplyLimitTests {
 
     @Test("a reply with more array elements than maxReplyElements fails, nested arrays counted, and the client works again")
     func tooManyElements() async throws {
-        try await withRedis(configure: {
-            $0.commandConnections = 1
-            $0.maxReplyElements = 1000
-        }) { _, client in
-            let p = testPrefix()
+        try await withLimits(elements: 1000) { client, p in
             let items: [any RedisArgument] = (0..<2000).map { "f\($0)" }
             _ = try await client.send(RedisCommand(arguments: ["RPUSH", p + "list"] + items))
             let before = try await connectionID(client)

@@ -6,14 +6,19 @@ import Testing
 
 @Suite("Pool: job and payload limits", .serialized, .timeLimit(.minutes(2)))
 struct PoolLimitTests {
+    /// A node of `pool` limited to `maxJobs`, with one recording worker.
+    private func startLimited(_ pool: PoolHarness, maxJobs: Int) async throws -> (Node, RecordingHandler, Worker) {
+        var options = testOptions()
+        options.maxJobs = maxJobs
+        let node = try await pool.start(options).node
+        let handler = RecordingHandler()
+        return (node, handler, try await node.addWorker(handler))
+    }
+
     @Test("a dispatch beyond maxJobs fails with tooManyJobs; handoffs of existing jobs still start; a stop makes room again")
     func jobLimit() async throws {
         try await withPool { pool in
-            var options = testOptions()
-            options.maxJobs = 3
-            let first = try await pool.start(options).node
-            let firstHandler = RecordingHandler()
-            _ = try await first.addWorker(firstHandler)
+            let (first, _, _) = try await startLimited(pool, maxJobs: 3)
             for index in 0..<3 { try await first.dispatch(key: "job-\(index)", payload: bytes("p\(index)")) }
             let error = try #require(await caught { try await first.dispatch(key: "job-3", payload: bytes("p3")) } as? PoolError)
             #expect(error.code == .tooManyJobs)
@@ -22,9 +27,7 @@ struct PoolLimitTests {
             #expect(try await pool.client.send("HEXISTS", first.maps.pending.contentKey, "job-3").int == 0, "no pending guard left")
 
             // A full pool still hands its jobs over: the requeued starts bypass admission.
-            let second = try await pool.start(options).node
-            let secondHandler = RecordingHandler()
-            let secondWorker = try await second.addWorker(secondHandler)
+            let (second, secondHandler, secondWorker) = try await startLimited(pool, maxJobs: 3)
             try await first.close()
             try await eventually("the closed node's jobs restart on the other node") {
                 secondHandler.runningKeys == ["job-0", "job-1", "job-2"]
@@ -44,11 +47,7 @@ struct PoolLimitTests {
     @Test("a schedule's plan beyond maxJobs: the extra start fails with the limit's error, the others start")
     func jobLimitInAPlan() async throws {
         try await withPool { pool in
-            var options = testOptions()
-            options.maxJobs = 2
-            let node = try await pool.start(options).node
-            let handler = RecordingHandler()
-            _ = try await node.addWorker(handler)
+            let (node, _, _) = try await startLimited(pool, maxJobs: 2)
             let producer = ScriptedProducer(name: "limited") { _, _ in
                 JobPlan(start: (0..<3).map { PlannedJob(key: "planned-\($0)") })
             }
