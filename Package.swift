@@ -54,6 +54,7 @@ let package = Package(
             dependencies: [
                 "RotaRedis",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strict
         ),

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import RotaMap
 import RotaRedis
 import RotaStreams
@@ -70,7 +71,7 @@ public final class Node: Service, Sendable {
         logger[metadataKey: "node"] = "\(id)"
         self.logger = logger
         do {
-            maps = try PoolMaps(keySpace: keySpace, client: client, logger: logger)
+            maps = try PoolMaps(keySpace: keySpace, client: client, maxPayloadBytes: options.maxPayloadBytes, logger: logger)
             // Queues are never capped by length (a cap trims events nobody has read yet): they are
             // trimmed up to what their consumers have processed.
             poolStream = try RedisStream(name: "pool", keySpace: keySpace, client: client, options: .init(maxLength: 0))
@@ -530,13 +531,33 @@ public final class Node: Service, Sendable {
     }
 
     /// The payload of a running job: nil when the job does not exist, empty when it has none.
+    /// A payload over ``Options/maxPayloadBytes`` reads as nil, as it does in the replicas.
     public func jobPayload(_ key: String) async throws -> [UInt8]? {
         if options.clientOnly {
             let reply = try await client.send("HGET", maps.payloads.contentKey, key)
-            return reply.isNull ? nil : (reply.bytes ?? [])
+            guard !reply.isNull else { return nil }
+            let payload = reply.bytes ?? []
+            guard payload.count <= options.maxPayloadBytes else {
+                refusePayload(key: key, bytes: payload.count, source: "payloads")
+                return nil
+            }
+            return payload
         }
         return maps.payloads.get(key)
     }
+
+    /// Logs and counts a payload read from Redis and refused for its size (it never reaches a
+    /// handler or a replica). Each source event is refused once, so this logs once per key and event.
+    func refusePayload(key: String, bytes: Int, source: String) {
+        Counter(label: "rota_payloads_refused", dimensions: [("source", source)]).increment()
+        state.withLock { $0.refusedPayloads[source, default: 0] += 1 }
+        logger.warning(
+            "refusing a payload over the size limit read from Redis",
+            metadata: ["job": "\(key)", "bytes": "\(bytes)", "limit": "\(options.maxPayloadBytes)", "source": "\(source)"])
+    }
+
+    /// Payloads refused by ``refusePayload(key:bytes:source:)`` so far, by source (a test seam).
+    var refusedPayloadCounts: [String: Int] { state.withLock { $0.refusedPayloads } }
 
     /// Every worker registered in the pool, on any node (workers being retired are left out).
     public func poolWorkers() async throws -> [WorkerInfo] {
@@ -578,6 +599,9 @@ struct NodeState {
     var orphansSeen: [String: ContinuousClock.Instant] = [:]
     /// The last inbox event handled: the inbox is trimmed up to it.
     var lastInboxEvent: String?
+    /// Payloads read from the pool stream, inboxes or Redis directly and refused for their size,
+    /// by source.
+    var refusedPayloads: [String: Int] = [:]
     /// When this node last saw Redis out of reach (a keep-alive failed or took over a second):
     /// for a TTL afterwards every keep-alive in Redis may be stale for that reason alone.
     var lastOutage: ContinuousClock.Instant?
@@ -605,9 +629,12 @@ struct PoolMaps: Sendable {
     /// Ticker name → `<next tick, Unix µs>|<interval>`: the shared state of distributed tickers.
     let tickers: ReplicatedMap
 
-    init(keySpace: RedisKeySpace, client: RedisClient, logger: Logger) throws {
-        func map(_ name: String) throws -> ReplicatedMap {
-            try ReplicatedMap(name, keySpace: keySpace, client: client, logger: logger)
+    /// Values over their limit are skipped by the replicas (see ``ReplicatedMap/Options/maxValueBytes``):
+    /// payloads over `maxPayloadBytes`, and in the other maps, whose values are IDs, timestamps and
+    /// ticker entries, anything over 64 KiB.
+    init(keySpace: RedisKeySpace, client: RedisClient, maxPayloadBytes: Int, logger: Logger) throws {
+        func map(_ name: String, maxValueBytes: Int = 64 << 10) throws -> ReplicatedMap {
+            try ReplicatedMap(name, keySpace: keySpace, client: client, options: .init(maxValueBytes: maxValueBytes), logger: logger)
         }
         shutdown = try map("shutdown")
         nodeKeepAlive = try map("node-keepalive")
@@ -615,7 +642,7 @@ struct PoolMaps: Sendable {
         workerKeepAlive = try map("worker-keepalive")
         cleanup = try map("cleanup")
         owners = try map("owners")
-        payloads = try map("job-payloads")
+        payloads = try map("job-payloads", maxValueBytes: maxPayloadBytes)
         pending = try map("pending-jobs")
         tickers = try map("tickers")
     }

@@ -35,8 +35,18 @@ extension Node {
         /// counted: their dispatcher gets the error and nothing is kept.
         public var maxStartFailures = 5
         /// The largest payload a dispatch or notification accepts (bytes). Payloads are copied to
-        /// every routing node's memory: a limit keeps one bad caller from exhausting them.
+        /// every routing node's memory: a limit keeps one bad caller from exhausting them. It also
+        /// applies to what the node reads from Redis: a larger payload in the pool's payload map,
+        /// pool stream or a worker inbox (written there by something other than a node) is skipped,
+        /// logged with its key and counted (`rota_payloads_refused`, `rota_map_values_skipped`),
+        /// never loaded or started.
         public var maxPayloadBytes = 1 << 20
+        /// The most jobs the pool may hold, running or being dispatched, checked atomically when a
+        /// fresh dispatch is admitted (by the dispatching node's own setting): past it
+        /// ``Node/dispatch(key:payload:origin:)`` throws ``PoolError/Code/tooManyJobs``. Requeues
+        /// and handoffs of jobs already in the pool are never refused. Every routing node holds
+        /// every job's payload and owner in memory, so this bounds them too.
+        public var maxJobs = 100_000
         /// Picks a job's worker among the active ones. Replace it to pin jobs in tests.
         public var hasher: any JobHasher = JumpHasher()
         public var logger = Logger(label: "rota.pool", factory: { _ in SwiftLogNoOpLogHandler() })

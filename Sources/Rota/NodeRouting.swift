@@ -23,6 +23,8 @@ enum Claim: Equatable, Sendable {
     case exists
     case pending(until: String)
     case malformed(String)
+    /// The pool holds ``Node/Options/maxJobs`` jobs (running or being dispatched) already.
+    case full(jobs: String)
 }
 
 extension Node {
@@ -51,6 +53,9 @@ extension Node {
         case .pending(let until): throw PoolError(.jobExists, "job \(key) is already being dispatched (pending until \(until))")
         case .malformed(let value):
             throw PoolError(.malformedPendingGuard, "job \(key): malformed pending guard '\(value)' in \(maps.pending.contentKey); it is left untouched")
+        case .full(let jobs):
+            throw PoolError(
+                .tooManyJobs, "job \(key): the pool has \(jobs) jobs, its limit is \(options.maxJobs) (Node.Options.maxJobs); the job was not started")
         }
         let outcome: Result<String, any Error>
         do {
@@ -165,7 +170,7 @@ extension Node {
             reply = try await client.evaluate(
                 PoolScripts.claimDispatch,
                 keys: [maps.payloads.contentKey, maps.pending.contentKey, maps.pending.channel],
-                arguments: [key, String(now), String(until)]
+                arguments: [key, String(now), String(until), options.maxJobs]
             )
         } catch {
             throw PoolError(.redis, "admitting \(key): \(error)", underlying: error)
@@ -182,6 +187,7 @@ extension Node {
         case 2: return .pending(until: value)
         case 3: return .exists
         case 4: return .malformed(value)
+        case 5: return .full(jobs: value)
         default: throw PoolError(.redis, "admitting \(key): unexpected reply \(reply)")
         }
     }
@@ -195,7 +201,7 @@ extension Node {
             reply = try await client.evaluate(
                 PoolScripts.claimAndAppend,
                 keys: [maps.payloads.contentKey, maps.pending.contentKey, maps.pending.channel, poolStream.key],
-                arguments: [record.key, String(now), String(until), 0, record.encoded()]
+                arguments: [record.key, String(now), String(until), 0, record.encoded(), options.maxJobs]
             )
         } catch {
             throw PoolError(.redis, "dispatching \(record.key): \(error)", underlying: error)
@@ -250,7 +256,7 @@ extension Node {
         var dropped: [StreamEvent] = []
         var forwards: [(event: StreamEvent, target: String)] = []
         var commands: [RedisCommand] = []
-        // Stop outcomes owed to the nodes waiting for them.
+        // Outcomes owed to the nodes waiting for them: stops, and dispatches refused here.
         var stopReplies: [RedisCommand] = []
         // Snapshots of three maps: once per batch, not once per event.
         let active = activeWorkers()
@@ -263,6 +269,18 @@ extension Node {
             guard let key = JobKeyRecord.key(fromEventPayload: event.payload), ["j", "s", "n"].contains(event.name) else {
                 logger.error("dropping a malformed pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
                 dropped.append(event)
+                continue
+            }
+            if let size = JobKeyRecord.payloadSize(eventName: event.name, eventPayload: event.payload), size.bytes > options.maxPayloadBytes {
+                // Written by something other than a node (or one with a larger limit): never forwarded.
+                refusePayload(key: key, bytes: size.bytes, source: "pool-stream")
+                dropped.append(event)
+                if let dispatcher = size.freshDispatcher, !dispatcher.isEmpty {
+                    let refusal = AckRecord(
+                        eventID: event.id,
+                        error: "job \(key): payload of \(size.bytes) bytes exceeds the routing node's limit of \(options.maxPayloadBytes) bytes (Node.Options.maxPayloadBytes)")
+                    stopReplies.append(appendCommand(to: keySpace.key("stream", Self.inboxName(ofNode: dispatcher)), name: "d", payload: refusal.encoded()))
+                }
                 continue
             }
             let decision = await routeDecision(eventName: event.name, key: key, active: active)

@@ -36,6 +36,9 @@ public struct PoolError: Error, Sendable, CustomStringConvertible {
         public static let notRunning = Code("notRunning")
         /// A payload is larger than ``Node/Options/maxPayloadBytes``.
         public static let payloadTooLarge = Code("payloadTooLarge")
+        /// A fresh dispatch found the pool at ``Node/Options/maxJobs`` jobs (running or being
+        /// dispatched); nothing was started. Requeues and handoffs of existing jobs are never refused.
+        public static let tooManyJobs = Code("tooManyJobs")
         /// Thrown by ``JobProducer/plan(for:)`` to end its schedule on every node.
         public static let scheduleStop = Code("scheduleStop")
         /// Redis failed or refused an operation; ``underlying`` holds the cause.

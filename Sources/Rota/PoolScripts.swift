@@ -33,15 +33,30 @@ enum PoolScripts {
         """
 
     /// The admission check shared by ``claimDispatch`` and ``claimAndAppend`` (same first keys and
-    /// arguments): nil once the pending guard is set, else the refusal to return.
+    /// arguments; `max` is the job limit): nil once the pending guard is set, else the refusal to
+    /// return. Jobs are counted as running ones (payloads) plus dispatches in progress (pending
+    /// guards), so a burst of dispatches cannot overshoot the limit; the maps' own `=` fields are
+    /// subtracted only near the limit, keeping the usual cost at two HLENs.
     private static let admission = """
-        local function admit()
+        local function jobs_near(max)
+          local n = redis.call('HLEN', KEYS[1]) + redis.call('HLEN', KEYS[2])
+          if n < max then return n end
+          for _, h in ipairs({KEYS[1], KEYS[2]}) do
+            for _, f in ipairs({'=rev', '=kind', '=cleared'}) do n = n - redis.call('HEXISTS', h, f) end
+          end
+          return n
+        end
+        local function admit(max)
           if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {3, ''} end
           local guard = redis.call('HGET', KEYS[2], ARGV[1])
           if guard then
             if not string.match(guard, '^%d+$') then return {4, guard} end
             if newer_or_equal(guard, ARGV[2]) then return {2, guard} end
           end
+          -- A stale guard of this key is replaced below: it is not one more job.
+          local jobs = jobs_near(max)
+          if guard then jobs = jobs - 1 end
+          if jobs >= max then return {5, tostring(jobs)} end
           mset(KEYS[2], KEYS[3], ARGV[1], ARGV[3])
           return nil
         end
@@ -79,11 +94,12 @@ enum PoolScripts {
         """
 
     /// Atomic admission of a fresh dispatch.
-    /// KEYS: payloads hash, pending hash, pending channel. ARGV: key, now nanos, pending-until nanos.
+    /// KEYS: payloads hash, pending hash, pending channel. ARGV: key, now nanos, pending-until
+    /// nanos, job limit.
     /// → {1, token} claimed · {2, guard} another dispatch is pending · {3, ""} the job exists ·
-    ///   {4, guard} the guard is malformed (left untouched).
+    ///   {4, guard} the guard is malformed (left untouched) · {5, jobs} the pool is at its limit.
     static let claimDispatch = RedisScript(helpers + admission + """
-        local refused = admit()
+        local refused = admit(tonumber(ARGV[4]))
         if refused then return refused end
         return {1, ARGV[3]}
         """)
@@ -91,11 +107,13 @@ enum PoolScripts {
     /// Admission and the start event in one round trip: like ``claimDispatch``, and when the
     /// claim succeeds the job record is appended to the pool stream in the same atomic step, so a
     /// claimed guard never exists without its event.
+    /// Requeued starts (handoffs, recoveries) never come here: the limit refuses new jobs only.
     /// KEYS: payloads hash, pending hash, pending channel, pool stream.
-    /// ARGV: key, now nanos, pending-until nanos, max stream length (0: no cap), job record.
+    /// ARGV: key, now nanos, pending-until nanos, max stream length (0: no cap), job record, job
+    /// limit.
     /// → as claimDispatch, and {1, token, event ID} when claimed.
     static let claimAndAppend = RedisScript(helpers + admission + """
-        local refused = admit()
+        local refused = admit(tonumber(ARGV[6]))
         if refused then return refused end
         local id
         if ARGV[4] == '0' then

@@ -265,6 +265,8 @@ public final class Worker: Sendable {
         case stop(StreamEvent, Envelope, StopRecord)
         case notify(StreamEvent, Envelope, NotificationRecord)
         case malformed(StreamEvent, Envelope, String)
+        /// A record whose payload is over the node's limit; a fresh start's dispatcher is told.
+        case refused(StreamEvent, Envelope, String, dispatcher: String?)
     }
 
     /// Handles a batch of inbox events in order and returns what to commit: the jobs started, and
@@ -281,7 +283,11 @@ public final class Worker: Sendable {
             switch event.name {
             case "j":
                 if let record = JobRecord(decoding: envelope.payload) {
-                    inbound.append(.start(event, envelope, record))
+                    if let problem = oversized(record.key, record.payload) {
+                        inbound.append(.refused(event, envelope, problem, dispatcher: record.requeued ? nil : record.dispatcher))
+                    } else {
+                        inbound.append(.start(event, envelope, record))
+                    }
                 } else {
                     inbound.append(.malformed(event, envelope, "malformed job record"))
                 }
@@ -293,7 +299,11 @@ public final class Worker: Sendable {
                 }
             case "n":
                 if let record = NotificationRecord(decoding: envelope.payload) {
-                    inbound.append(.notify(event, envelope, record))
+                    if let problem = oversized(record.key, record.payload) {
+                        inbound.append(.refused(event, envelope, problem, dispatcher: nil))
+                    } else {
+                        inbound.append(.notify(event, envelope, record))
+                    }
                 } else {
                     inbound.append(.malformed(event, envelope, "malformed notification record"))
                 }
@@ -332,12 +342,22 @@ public final class Worker: Sendable {
                 commit.replies += reply(to: event, from: envelope, outcome: await Result(catching: { try await self.notify(record) }), dispatcher: nil)
             case .malformed(let event, let envelope, let problem):
                 commit.replies += reply(to: event, from: envelope, outcome: .failure(PoolError(.invalidArgument, problem)), dispatcher: nil)
+            case .refused(let event, let envelope, let problem, let dispatcher):
+                commit.replies += reply(to: event, from: envelope, outcome: .failure(PoolError(.payloadTooLarge, problem)), dispatcher: dispatcher)
             case .start:
                 break
             }
             index += 1
         }
         return commit
+    }
+
+    /// Why a payload read from the inbox is refused (over ``Node/Options/maxPayloadBytes``), or nil.
+    private func oversized(_ key: String, _ payload: [UInt8]) -> String? {
+        let limit = node.options.maxPayloadBytes
+        guard payload.count > limit else { return nil }
+        node.refusePayload(key: key, bytes: payload.count, source: "inbox")
+        return "job \(key): payload of \(payload.count) bytes exceeds the worker's limit of \(limit) bytes (Node.Options.maxPayloadBytes)"
     }
 
     private func reply(to event: StreamEvent, from envelope: Envelope, outcome: Result<Void, any Error>, dispatcher: String?) -> [Reply] {

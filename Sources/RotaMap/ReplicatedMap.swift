@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import RotaRedis
 import Synchronization
 
@@ -27,7 +28,17 @@ public final class ReplicatedMap: Sendable {
 
     public struct Options: Sendable {
         public var ttl: TTL?
-        public init(ttl: TTL? = nil) { self.ttl = ttl }
+        /// The largest value the local copy takes (bytes); nil for no limit. A larger value, from a
+        /// change message or a snapshot, is skipped: the key reads as absent here (its previous
+        /// value dropped), a warning names the key once, and ``ReplicatedMap/skippedValueCount``
+        /// and the counter `rota_map_values_skipped` (dimension `map`) count it. Anyone who can
+        /// write the hash could otherwise make every replica hold whatever they wrote. Writes
+        /// through this map are not refused: the limit is about what replicas keep.
+        public var maxValueBytes: Int?
+        public init(ttl: TTL? = nil, maxValueBytes: Int? = nil) {
+            self.ttl = ttl
+            self.maxValueBytes = maxValueBytes
+        }
     }
 
     private struct State {
@@ -43,6 +54,17 @@ public final class ReplicatedMap: Sendable {
         var revisionWaiters: [UInt64: (target: Int64, continuation: CheckedContinuation<Void, any Error>)] = [:]
         var subscribers: [UInt64: AsyncStream<MapChange>.Continuation] = [:]
         var nextID: UInt64 = 0
+        /// Values refused for their size, in all.
+        var skippedValues = 0
+        /// Keys whose oversized value was logged already (until they hold a value we keep).
+        var loggedSkips: Set<String> = []
+    }
+
+    /// A value refused for its size, to log and count outside the lock.
+    struct Skip: Sendable {
+        let key: String
+        let bytes: Int
+        let firstTime: Bool
     }
 
     public let name: String
@@ -210,27 +232,31 @@ public final class ReplicatedMap: Sendable {
 
     /// Applies one change message (or buffers it while a snapshot is being loaded).
     func apply(_ message: MapMessage) -> ApplyOutcome {
-        typealias Effects = (ApplyOutcome, MapChange?, [AsyncStream<MapChange>.Continuation], [CheckedContinuation<Void, any Error>])
-        let (outcome, kind, subscribers, released) = state.withLock { state -> Effects in
+        typealias Effects = (ApplyOutcome, MapChange?, [AsyncStream<MapChange>.Continuation], [CheckedContinuation<Void, any Error>], Skip?)
+        let limit = options.maxValueBytes
+        let (outcome, kind, subscribers, released, skip) = state.withLock { state -> Effects in
             if state.resyncing {
                 state.buffered.append(message)
-                return (.buffered, nil, [], [])
+                return (.buffered, nil, [], [], nil)
             }
-            let (outcome, kind) = Self.applyLocked(message, &state)
+            var skip: Skip?
+            let (outcome, kind) = Self.applyLocked(message, &state, limit: limit, skip: &skip)
             if outcome == .gap {
                 state.resyncing = true
                 state.buffered = [message]
             }
-            guard let kind else { return (outcome, nil, [], []) }
-            return (outcome, kind, Array(state.subscribers.values), releaseWaiters(&state))
+            // An applied change moves the revision even when it changes nothing here (a skipped value).
+            guard outcome == .applied else { return (outcome, nil, [], [], skip) }
+            return (outcome, kind, kind == nil ? [] : Array(state.subscribers.values), releaseWaiters(&state), skip)
         }
+        if let skip { report([skip]) }
         if let kind { for subscriber in subscribers { subscriber.post(kind) } }
         for waiter in released { waiter.resume() }
         return outcome
     }
 
     /// The replica rule: apply revision r+1 only; ignore older; report a gap for anything newer.
-    private static func applyLocked(_ message: MapMessage, _ state: inout State) -> (ApplyOutcome, MapChange?) {
+    private static func applyLocked(_ message: MapMessage, _ state: inout State, limit: Int?, skip: inout Skip?) -> (ApplyOutcome, MapChange?) {
         guard message.revision > state.revision else { return (.ignored, nil) }
         // Every write bumps the revision by one: anything else means messages were lost.
         guard message.revision == state.revision + 1 else { return (.gap, nil) }
@@ -239,16 +265,45 @@ public final class ReplicatedMap: Sendable {
         case .set(let key, let value, _):
             // The map's own fields never travel as keys; a message claiming one is not ours to apply.
             guard !key.hasPrefix("=") else { return (.ignored, nil) }
+            if let limit, value.count > limit {
+                // The revision still counts (no gap); the key's old value is no longer true.
+                skip = Self.skipLocked(key, bytes: value.count, &state)
+                return (.applied, state.content.removeValue(forKey: key) == nil ? nil : .delete)
+            }
             state.content[key] = value
+            if !state.loggedSkips.isEmpty { state.loggedSkips.remove(key) }
             return (.applied, .change)
         case .delete(let key, _):
             state.content.removeValue(forKey: key)
+            if !state.loggedSkips.isEmpty { state.loggedSkips.remove(key) }
             return (.applied, .delete)
         case .reset, .destroy:
             state.content = [:]
+            state.loggedSkips = []
             return (.applied, .reset)
         }
     }
+
+    private static func skipLocked(_ key: String, bytes: Int, _ state: inout State) -> Skip {
+        state.skippedValues += 1
+        // Bounded: past 10,000 poisoned keys, each further refusal is logged again.
+        let firstTime = state.loggedSkips.count >= 10_000 || state.loggedSkips.insert(key).inserted
+        return Skip(key: key, bytes: bytes, firstTime: firstTime)
+    }
+
+    /// Logs (once per key) and counts values refused for their size.
+    private func report(_ skips: [Skip]) {
+        guard !skips.isEmpty else { return }
+        Counter(label: "rota_map_values_skipped", dimensions: [("map", name)]).increment(by: skips.count)
+        for skip in skips where skip.firstTime {
+            logger.warning(
+                "skipping a map value over the size limit",
+                metadata: ["key": "\(skip.key)", "bytes": "\(skip.bytes)", "limit": "\(options.maxValueBytes ?? 0)"])
+        }
+    }
+
+    /// Values refused for their size (``Options/maxValueBytes``) since the map started.
+    public var skippedValueCount: Int { state.withLock { $0.skippedValues } }
 
     private func releaseWaiters(_ state: inout State) -> [CheckedContinuation<Void, any Error>] {
         var released: [CheckedContinuation<Void, any Error>] = []
@@ -283,6 +338,8 @@ public final class ReplicatedMap: Sendable {
         var content: [String: [UInt8]] = [:]
         var revision: Int64 = 0
         var clearedAt: Int64 = 0
+        var oversized: [(key: String, bytes: Int)] = []
+        let limit = options.maxValueBytes ?? Int.max
         let items = reply.array ?? []
         var index = 0
         while index + 1 < items.count {
@@ -292,11 +349,20 @@ public final class ReplicatedMap: Sendable {
             case "=rev": revision = Int64(String(decoding: value, as: UTF8.self)) ?? 0
             case "=kind": break  // tombstone marker; `=cleared` carries what a resync needs
             case "=cleared": clearedAt = Int64(String(decoding: value, as: UTF8.self)) ?? 0
-            default: content[field] = value
+            default:
+                if value.count > limit {
+                    oversized.append((field, value.count))
+                } else {
+                    content[field] = value
+                }
             }
             index += 2
         }
-        let (subscribers, kind, readyWaiters, released, stillBehind) = state.withLock { state in
+        let maxValueBytes = options.maxValueBytes
+        let (subscribers, kind, readyWaiters, released, stillBehind, skips) = state.withLock { state in
+            var skips = oversized.map { Self.skipLocked($0.key, bytes: $0.bytes, &state) }
+            // Keys that hold a value we keep are logged again if they are poisoned later.
+            if !state.loggedSkips.isEmpty { state.loggedSkips = state.loggedSkips.filter { content[$0] == nil } }
             let wasReady = state.ready
             let old = state.content
             let oldRevision = state.revision
@@ -310,7 +376,9 @@ public final class ReplicatedMap: Sendable {
             let buffered = state.buffered.sorted { $0.revision < $1.revision }
             state.buffered = []
             for (index, message) in buffered.enumerated() {
-                let (outcome, change) = Self.applyLocked(message, &state)
+                var skip: Skip?
+                let (outcome, change) = Self.applyLocked(message, &state, limit: maxValueBytes, skip: &skip)
+                if let skip { skips.append(skip) }
                 if outcome == .gap {
                     state.resyncing = true
                     state.buffered = Array(buffered[index...])
@@ -334,8 +402,9 @@ public final class ReplicatedMap: Sendable {
             }
             if !wasReady { kind = nil }
             let subscribers = kind == nil ? [] : Array(state.subscribers.values)
-            return (subscribers, kind, readyWaiters, releaseWaiters(&state), stillBehind)
+            return (subscribers, kind, readyWaiters, releaseWaiters(&state), stillBehind, skips)
         }
+        report(skips)
         if stillBehind { resyncSignal.continuation.yield() }
         if !readyWaiters.isEmpty { logger.debug("map joined", metadata: ["revision": "\(revision)", "keys": "\(content.count)"]) }
         for waiter in readyWaiters { waiter.resume() }

@@ -19,20 +19,23 @@ final class RedisChannelHandler: ChannelInboundHandler {
     private var closedError: RedisError?
     /// Pub/sub connections hand every push message (and any reply nobody waits for) to this closure.
     var onPush: ((RedisValue) -> Void)?
-    /// Called once when the channel goes inactive, after every in-flight slot has been failed.
-    var onInactive: (() -> Void)?
+    /// Called once when the channel goes inactive, after every in-flight slot has been failed,
+    /// with the error they were failed with.
+    var onInactive: ((RedisError) -> Void)?
 
     var inFlightCount: Int { inFlight.count }
     /// For error messages.
     private let endpoint: RedisConfiguration.Endpoint?
+    private let limiter: ReplyLimiter
 
-    init(endpoint: RedisConfiguration.Endpoint? = nil) {
+    init(endpoint: RedisConfiguration.Endpoint?, maxReplyBytes: Int, maxReplyElements: Int) {
         self.endpoint = endpoint
+        self.limiter = ReplyLimiter(maxBytes: maxReplyBytes, maxElements: maxReplyElements)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.reader = redisReaderCreate()
+        self.reader = limiter.makeReader()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -65,13 +68,40 @@ final class RedisChannelHandler: ChannelInboundHandler {
         guard fed == REDIS_OK else { return protocolFailure(context: context) }
         while true {
             var replyPointer: UnsafeMutableRawPointer?
-            guard redisReaderGetReply(reader, &replyPointer) == REDIS_OK else { return protocolFailure(context: context) }
+            let mark = limiter.mark(reader)
+            guard redisReaderGetReply(reader, &replyPointer) == REDIS_OK else {
+                // The element hook refused an array: hiredis reports that as out of memory.
+                if limiter.refusedElements, let refusal = limiter.refusal(reader) { return refuseReply(refusal, context: context) }
+                return protocolFailure(context: context)
+            }
+            let oversized = limiter.account(after: mark, reader: reader, completed: replyPointer != nil)
             guard let replyPointer else { break }
+            if let size = oversized {
+                freeReplyObject(replyPointer)
+                return refuseReply(
+                    "a reply of more than \(limiter.maxBytes) bytes (\(size) bytes; RedisConfiguration.maxReplyBytes)", context: context)
+            }
             let value = RedisValue(copying: replyPointer.assumingMemoryBound(to: redisReply.self))
             freeReplyObject(replyPointer)
             deliver(value)
             if self.reader == nil { return }  // delivery closed the channel
         }
+        if let refusal = limiter.refusal(reader) { refuseReply(refusal, context: context) }
+    }
+
+    /// A reply over the limits: its command fails with `.replyTooLarge`; the commands written
+    /// after it may have run, so they fail as on any lost connection. The reader is dropped with
+    /// whatever it buffered, and the connection closes (its owner reconnects).
+    private func refuseReply(_ reason: String, context: ChannelHandlerContext) {
+        let error = RedisError(.replyTooLarge, "refused \(reason); the connection was reset")
+        collected = []
+        inFlight.popFirst()?.resolve(.failure(error))
+        let reset = RedisError(.connectionClosed, "the connection was reset: an earlier reply exceeded the reply limits", underlying: error)
+        closedError = reset
+        failAll(reset)
+        if let reader { redisReaderFree(reader) }
+        reader = nil
+        context.close(promise: nil)
     }
 
     private func deliver(_ value: RedisValue) {
@@ -149,7 +179,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
         failAll(error)
         let callback = onInactive
         onInactive = nil
-        callback?()
+        callback?(error)
         context.fireChannelInactive()
     }
 

@@ -111,6 +111,18 @@ public struct RedisConfiguration: Sendable, CustomStringConvertible {
     public var commandConnections = 2
     /// Name set with CLIENT SETNAME on every connection, so operators can tell Rota's connections apart.
     public var clientName: String?
+    /// The largest reply accepted, in RESP bytes (headers and bulk payloads), counted as the bytes
+    /// arrive: a reply that grows past it, or a bulk string whose announced length would take it
+    /// past, fails its command with `.replyTooLarge` and resets the connection, so no server (or
+    /// value written into Redis) can make the client buffer without bound. 1 GiB by default: a
+    /// stream batch of 1000 entries (a sink's default `maxPolled`) with 1 MiB payloads (the pool's
+    /// default `maxPayloadBytes`) fits. Each connection buffers at most one reply this size.
+    public var maxReplyBytes = 1 << 30
+    /// The most array elements one reply may announce, nested arrays included (an `HGETALL` of a
+    /// map of N entries is 2·N). Over it, the same as ``maxReplyBytes``. 4,194,304 by default: a
+    /// map of 2 million entries, 20 times a pool's default job limit. A parsed element costs
+    /// about 100 bytes whatever its size on the wire, so this bounds what small elements cost.
+    public var maxReplyElements = 1 << 22
 
     public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0, tls: TLS? = nil) {
         self.endpoint = endpoint

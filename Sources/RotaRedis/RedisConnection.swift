@@ -365,6 +365,7 @@ public final class RedisConnection: Sendable {
     private func connect(tlsContext: NIOSSLContext?) async throws -> any Channel {
         let timeout = configuration.connectTimeout.components
         let endpoint = configuration.endpoint
+        let (maxReplyBytes, maxReplyElements) = (configuration.maxReplyBytes, configuration.maxReplyElements)
         let tlsHost: (RedisConfiguration.TLS, String)?
         switch (configuration.tls, endpoint.kind) {
         case (nil, _): tlsHost = nil
@@ -379,7 +380,8 @@ public final class RedisConnection: Sendable {
                         // First in the pipeline: everything after it reads and writes plaintext.
                         try channel.pipeline.syncOperations.addHandler(RedisTLS.makeHandler(context: tlsContext, tls: tls, host: host))
                     }
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(endpoint: endpoint))
+                    try channel.pipeline.syncOperations.addHandler(
+                        RedisChannelHandler(endpoint: endpoint, maxReplyBytes: maxReplyBytes, maxReplyElements: maxReplyElements))
                 }
             }
         switch configuration.endpoint.kind {
@@ -398,7 +400,7 @@ public final class RedisConnection: Sendable {
         return try await channel.eventLoop.submit {
             let handler = try channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self)
             handler.onPush = onPush
-            handler.onInactive = { [weak self] in self?.connectionLost() }
+            handler.onInactive = { [weak self] reason in self?.connectionLost(reason) }
             return NIOLoopBound(handler, eventLoop: channel.eventLoop)
         }.get()
     }
@@ -475,11 +477,16 @@ public final class RedisConnection: Sendable {
     }
 
     /// Called on the event loop as soon as the channel goes inactive, so no drain writes into it.
-    private func connectionLost() {
+    private func connectionLost(_ reason: RedisError) {
         state.withLock { state in
             if case .ready = state.phase { state.phase = .connecting }
             state.channel = nil
             state.lastError = RedisError(.connectionClosed, "the connection to \(configuration.endpoint) was lost")
+        }
+        if let refused = reason.underlying as? RedisError, refused.code == .replyTooLarge {
+            logger.warning(
+                "redis reply over the limits; connection reset",
+                metadata: ["redis.endpoint": "\(configuration.endpoint)", "error": "\(refused.message)"])
         }
     }
 

@@ -25,6 +25,11 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         /// certificate did not verify, or the server refused ours) are final: the client does not
         /// retry them. Others are retried like a refused connection.
         public static let tlsFailed = Code("tlsFailed")
+        /// A reply exceeded ``RedisConfiguration/maxReplyBytes`` or
+        /// ``RedisConfiguration/maxReplyElements``. Its command fails with this code; the
+        /// connection is closed and reconnects, and commands in flight behind it fail with
+        /// `.connectionClosed` (this error as their ``RedisError/underlying``).
+        public static let replyTooLarge = Code("replyTooLarge")
     }
 
     public var code: Code

@@ -235,7 +235,7 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
     static let configuration = CommandConfiguration(
         commandName: "dispatch",
         abstract: "Start a job in the pool with a named handler; returns once a worker started it.",
-        discussion: "Exit status: 0 started, 3 the job already exists (or is being dispatched), 1 any other failure (the worker's error text for a failed start)."
+        discussion: "Exit status: 0 started, 3 the job already exists (or is being dispatched), 10 the pool is at its job limit, 1 any other failure (the worker's error text for a failed start)."
     )
 
     @Argument(help: "The job key.")
@@ -287,6 +287,8 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
             print("started \(key)")
         case .failure(let error) where error.code == .jobExists:
             throw failure("job \(key) already exists", exitCode: 3)
+        case .failure(let error) where error.code == .tooManyJobs:
+            throw failure(error.message, exitCode: 10)
         case .failure(let error) where error.code == .timeout:
             throw CommandFailure("job \(key): no worker confirmed the start in time (it may still start later)")
         case .failure(let error):

@@ -1,4 +1,5 @@
 import Foundation
+import RotaRedis
 import RotaRedisServer
 import RotaTestSupport
 import Testing
@@ -218,6 +219,22 @@ private struct StatusReport {
             #expect(try rota(["producer", "pause", "bad name", "--reason", "x"] + target).status == 64)
             #expect(try rota(["producer", "pause", "feeds", "--reason", " "] + target).status == 64)
             #expect(try rota(["plan", "apply", directory.path, "--pool", "plan-cli"]).err.contains("--redis"))
+        }
+    }
+
+    @Test("rota dispatch into a pool at its job limit (100,000 by default) exits 10 naming the limit")
+    func dispatchAtTheJobLimit() async throws {
+        try await RedisServer.withServer { server in
+            let pool = "cli-full-\(UUID().uuidString.prefix(8))"
+            // 100,000 jobs' payloads, written in the server: no node needs to run them.
+            _ = try await RedisClient.withClient(server.configuration) { client in
+                try await client.evaluate(
+                    RedisScript("for i = 1, 100000 do redis.call('HSET', KEYS[1], 'job-' .. i, 'x') end return 1"),
+                    keys: ["rota:{\(pool)}:map:job-payloads"])
+            }
+            let result = try rota(["dispatch", "one-more", "--handler", "log", "--redis", server.url, "--pool", pool])
+            #expect(result.status == 10, "\(result)")
+            #expect(result.err.contains("the pool has 100000 jobs, its limit is 100000"), "\(result.err)")
         }
     }
 

@@ -282,3 +282,32 @@ enum MapMessageProbe {
     static func parses(_ text: String) -> Bool { MapMessage(Array(text.utf8)) != nil }
     static func parses(_ bytes: [UInt8]) -> Bool { MapMessage(bytes) != nil }
 }
+
+@Suite struct MapValueLimitTests {
+    @Test("values over maxValueBytes are skipped by the replica: the key reads as absent, writes still complete, the map goes on")
+    func oversizedValuesAreSkipped() async throws {
+        try await withMapServer { _, client, space in
+            try await ReplicatedMap.withMap("limited", keySpace: space, client: client, options: .init(maxValueBytes: 8)) { map in
+                try await map.setAndWait("k", "small")
+                #expect(map.get("k") == bytes("small"))
+                // A change message with a value over the limit: the old value goes, the revision
+                // still moves (setAndWait returns), the refusal is counted.
+                try await map.setAndWait("k", "much too large")
+                #expect(map.get("k") == nil)
+                #expect(map.skippedValueCount == 1)
+                // A new key whose first value is over the limit changes nothing here; the write
+                // still completes.
+                try await map.setAndWait("fresh", "also much too large")
+                #expect(map.skippedValueCount == 2)
+                try await map.setAndWait("other", "fits")
+                #expect(map.texts == ["other": "fits"])
+                // Written straight into the hash: a later snapshot skips it too.
+                try await client.send("HSET", map.contentKey, "raw", "over eight bytes")
+            }
+            try await ReplicatedMap.withMap("limited", keySpace: space, client: client, options: .init(maxValueBytes: 8)) { map in
+                #expect(map.texts == ["other": "fits"])
+                #expect(map.skippedValueCount == 3)
+            }
+        }
+    }
+}

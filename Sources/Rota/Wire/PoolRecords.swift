@@ -169,6 +169,25 @@ struct JobKeyRecord: Sendable, Hashable {
         self.init(key: key)
     }
 
+    /// The payload length a job (`j`) or notification (`n`) pool event carries, read without
+    /// copying the payload; for a fresh job, also its dispatcher. Nil for other events and for
+    /// records too short to say.
+    static func payloadSize(eventName: String, eventPayload payload: [UInt8]) -> (bytes: Int, freshDispatcher: String?)? {
+        var reader = WireReader(payload)
+        switch eventName {
+        case "j":
+            guard reader.skipBytes() != nil, let dispatcher = reader.readString(), let bytes = reader.skipBytes() else { return nil }
+            // The timestamp, then `requeued` (absent in records older than it: fresh).
+            guard reader.readInt64() != nil else { return (bytes, nil) }
+            return (bytes, reader.isAtEnd || reader.readUInt8() == 0 ? dispatcher : nil)
+        case "n":
+            guard reader.skipBytes() != nil, let bytes = reader.skipBytes() else { return nil }
+            return (bytes, nil)
+        default:
+            return nil
+        }
+    }
+
     /// Reads the job key from a job, job-key or notification record.
     ///
     /// All three start with the key, so routing code can find it without
@@ -373,6 +392,13 @@ private struct WireReader {
         guard let length = readUInt32().map(Int.init), length <= remaining else { return nil }
         defer { offset += length }
         return Array(bytes[offset..<offset + length])
+    }
+
+    /// Skips a length-prefixed field; returns its length.
+    mutating func skipBytes() -> Int? {
+        guard let length = readUInt32().map(Int.init), length <= remaining else { return nil }
+        offset += length
+        return length
     }
 
     /// Keys and IDs must be valid UTF-8; anything else is treated as malformed.
