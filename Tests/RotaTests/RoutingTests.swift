@@ -368,6 +368,8 @@ struct RoutingTests {
             let worker = try await node.addWorker(RecordingHandler())
             try await node.dispatch(key: "job1", payload: bytes("one"))
             try await node.dispatch(key: "job2", payload: bytes("two"))
+            // Its keep-alive loop would register it (and its jobs) again on its next beat.
+            await worker.stopLoops()
             await node.removeWorkerEntries(worker.id)
             #expect(try await pool.client.send("HGET", node.maps.payloads.contentKey, "job1").bytes == bytes("one"))
             #expect(try await pool.client.send("HGET", node.maps.payloads.contentKey, "job2").bytes == bytes("two"))
