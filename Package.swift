@@ -121,6 +121,8 @@ let package = Package(
                 "RotaPlans",
                 "RotaMigrations",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                // SQLite's C API, for binding the action rows (History.swift).
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict

@@ -374,4 +374,25 @@ private func populated() throws -> PlanStore {
         #expect(stored == Self.actions(130, tick: 0, salt: 0))
         #expect(try store.round(id: "s6")?.1 == batch[4].1)
     }
+
+    @Test func aFailedActionInsertRecordsNothingOfTheBatch() throws {
+        let store = try PlanStore.open(path: temporaryPath())
+        try store.recordRounds([finished("r1", tick: 0)])
+        let before = try store.verifyHistory()
+        // Fails the 71st row: in the second chunk (64 + 32 + 4) of the second round.
+        try sql(store.path, "CREATE TRIGGER refuse BEFORE INSERT ON action WHEN NEW.seq = 70 BEGIN SELECT RAISE(FAIL, 'refused'); END")
+        var second = round("r3", tick: 20)
+        second.finishedAt = at(21)
+        #expect(throws: StoreError.self) {
+            try store.recordRounds([finished("r2", tick: 10), (second, Self.actions(100, tick: 20, salt: 1))])
+        }
+        let after = try store.verifyHistory()
+        #expect(after.problem == nil && after.verified == 1 && after.head == before.head && after.outcomeHead == before.outcomeHead)
+        #expect(try sql(store.path, "SELECT COUNT(*) FROM action") == "3")
+        // The statements work again once the cause is gone.
+        try sql(store.path, "DROP TRIGGER refuse")
+        try store.recordRounds([finished("r2", tick: 10), (second, Self.actions(100, tick: 20, salt: 1))])
+        #expect(try store.round(id: "r3")?.1 == Self.actions(100, tick: 20, salt: 1))
+        #expect(try store.verifyHistory().verified == 3)
+    }
 }
