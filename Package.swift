@@ -30,6 +30,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        // 4.x, not 3.x: `from: "3.12.3"` stops below 4.0, and packages we may add later ask for
+        // 4.1 or more (vapor/jwt-kit); swift-certificates (behind swift-nio-ssl) takes 3.12.3..<6.
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     ],
     targets: [
         // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser. Found in
@@ -124,6 +127,9 @@ let package = Package(
                 "RotaPlans",
                 "RotaMigrations",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                // SQLite's C API, for binding the action rows (History.swift).
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
         ),

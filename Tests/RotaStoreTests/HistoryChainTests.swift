@@ -322,3 +322,77 @@ private func populated() throws -> PlanStore {
         #expect(result.problem == nil && result.verified == 3 && result.unchained == 0)
     }
 }
+
+/// The chain heads of a fixed history, as computed by the hand-written SHA-256 and one INSERT per
+/// action row: a change to hashing or to how action rows are written must leave them identical,
+/// or databases recorded before it stop verifying.
+@Suite struct ChainStabilityTests {
+    private static func actions(_ count: Int, tick: Double, salt: Int) -> [ActionRecord] {
+        let kinds: [(ActionKind, ActionOutcome)] = [(.start, .started), (.start, .alreadyRunning), (.stop, .stopped), (.stop, .notFound),
+            (.restart, .failed), (.stop, .stopFailed), (.notify, .notified), (.start, .unplaced)]
+        return (0..<count).map { index in
+            let (kind, outcome) = kinds[(index + salt) % kinds.count]
+            let job: String = index % 5 == 0 ? "job \"\(index % 7)\" ✓" : "job/\((index * 13 + salt) % 40)"
+            let error: String? = outcome == .failed ? "exit \(index)" : nil
+            let payloadHash: String? = index % 3 == 0 ? nil : "p\(index)"
+            let reason: String? = index % 4 == 1 ? "retired" : nil
+            let actor: String? = index % 6 == 2 ? "ops@host" : nil
+            let time = at(tick + Double(index) / 1000)
+            return ActionRecord(job: job, action: kind, outcome: outcome, error: error, payloadHash: payloadHash, at: time, reason: reason,
+                actor: actor)
+        }
+    }
+
+    @Test func headsOfAFixedHistoryAreUnchanged() throws {
+        let store = try PlanStore.open(path: temporaryPath())
+        // Round sizes around the multi-row INSERT's chunk boundaries (0, 1, 63, 64, 65, 130).
+        try store.recordIntent(round("s1", tick: 0, jobs: ["x", "y\\z"]))
+        try store.recordOutcome(roundID: "s1", finishedAt: at(1), actions: Self.actions(130, tick: 0, salt: 0), error: "partly")
+        var batch: [(RoundRecord, [ActionRecord])] = []
+        for (index, size) in [0, 1, 63, 64, 65].enumerated() {
+            var record = round("s\(index + 2)", producer: "q\(index % 2)", tick: Double(10 * (index + 1)))
+            record.finishedAt = at(Double(10 * (index + 1)) + 1)
+            batch.append((record, Self.actions(size, tick: Double(10 * (index + 1)), salt: index)))
+        }
+        try store.recordRounds(batch)
+        var events: [JobEventRecord] = []
+        for index in 0..<5 {
+            let kind: JobEventKind = index % 2 == 0 ? .started : .stopped
+            let actor: String? = index == 3 ? "ops@host" : nil
+            let roundID: String? = index == 0 ? "s1" : nil
+            events.append(JobEventRecord(pool: "demo", entryID: "\(index)-0", index: 0, job: "job/\(index)", kind: kind, worker: "w\(index % 2)",
+                node: "n1", nodeID: "id-n1", at: at(100 + Double(index)), actor: actor, round: roundID, requeued: index == 4))
+        }
+        try store.recordJobEvents(events)
+        let result = try store.verifyHistory()
+        #expect(result.problem == nil && result.verified == 6 && result.events == 5)
+        #expect(result.head == "4e8ed2c7ae7438b0d0c10b38abb9ebce94f0362f4f4fa1096f5b1f55e7fe9155")
+        #expect(result.outcomeHead == "015093ee5ace16603cd1e922ff2b732e74fba94933ada616b01cc62a6b6b68cf")
+        #expect(result.eventHead == "790086040afefcc441adb38f03cdd81ac53ff235c56a567b8c7a9ce84f61ad63")
+        // The rows read back as written, in order.
+        let (_, stored) = try #require(try store.round(id: "s1"))
+        #expect(stored == Self.actions(130, tick: 0, salt: 0))
+        #expect(try store.round(id: "s6")?.1 == batch[4].1)
+    }
+
+    @Test func aFailedActionInsertRecordsNothingOfTheBatch() throws {
+        let store = try PlanStore.open(path: temporaryPath())
+        try store.recordRounds([finished("r1", tick: 0)])
+        let before = try store.verifyHistory()
+        // Fails the 71st row: in the second chunk (64 + 32 + 4) of the second round.
+        try sql(store.path, "CREATE TRIGGER refuse BEFORE INSERT ON action WHEN NEW.seq = 70 BEGIN SELECT RAISE(FAIL, 'refused'); END")
+        var second = round("r3", tick: 20)
+        second.finishedAt = at(21)
+        #expect(throws: StoreError.self) {
+            try store.recordRounds([finished("r2", tick: 10), (second, Self.actions(100, tick: 20, salt: 1))])
+        }
+        let after = try store.verifyHistory()
+        #expect(after.problem == nil && after.verified == 1 && after.head == before.head && after.outcomeHead == before.outcomeHead)
+        #expect(try sql(store.path, "SELECT COUNT(*) FROM action") == "3")
+        // The statements work again once the cause is gone.
+        try sql(store.path, "DROP TRIGGER refuse")
+        try store.recordRounds([finished("r2", tick: 10), (second, Self.actions(100, tick: 20, salt: 1))])
+        #expect(try store.round(id: "r3")?.1 == Self.actions(100, tick: 20, salt: 1))
+        #expect(try store.verifyHistory().verified == 3)
+    }
+}
