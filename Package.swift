@@ -30,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser. Found in
@@ -108,7 +109,7 @@ let package = Package(
         .target(
             name: "RotaMigrations",
             path: "Migrations",
-            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql"), .copy("0003_history_chain.sql"), .copy("0004_round_publication.sql"), .copy("0005_pool_plan.sql"), .copy("0006_audit_history.sql"), .copy("0007_lost_last_seen.sql")],
+            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql"), .copy("0003_history_chain.sql"), .copy("0004_round_publication.sql"), .copy("0005_pool_plan.sql"), .copy("0006_audit_history.sql"), .copy("0007_lost_last_seen.sql"), .copy("0008_authenticated_prunes.sql")],
             swiftSettings: strict
         ),
         // The SQLite store: producer definitions with revisions (GRDB on the system libsqlite3).
@@ -118,6 +119,8 @@ let package = Package(
                 "RotaPlans",
                 "RotaMigrations",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                // HMAC-SHA256 of the pool's history key (HistoryKey.swift).
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
         ),
