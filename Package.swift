@@ -256,7 +256,8 @@ swiftSettings: strict
         // Runs the built `rota` binary (it must be built first: `swift build --build-tests` builds it).
         .testTarget(
             name: "RotaCLITests",
-            dependencies: ["RotaTestSupport", "rota", "RotaRedisServer", "RotaRedis"],
+            // RotaStore: the history tests record rounds directly, as a node would.
+            dependencies: ["RotaTestSupport", "rota", "RotaRedisServer", "RotaRedis", "RotaStore"],
             swiftSettings: strict
         ),
         .testTarget(
