@@ -117,7 +117,7 @@ let package = Package(
         .target(
             name: "RotaMigrations",
             path: "Migrations",
-            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql"), .copy("0003_history_chain.sql"), .copy("0004_round_publication.sql"), .copy("0005_pool_plan.sql"), .copy("0006_audit_history.sql"), .copy("0007_lost_last_seen.sql")],
+            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql"), .copy("0003_history_chain.sql"), .copy("0004_round_publication.sql"), .copy("0005_pool_plan.sql"), .copy("0006_audit_history.sql"), .copy("0007_lost_last_seen.sql"), .copy("0008_authenticated_prunes.sql")],
             swiftSettings: strict
         ),
         // The SQLite store: producer definitions with revisions (GRDB on the system libsqlite3).
@@ -129,6 +129,7 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 // SQLite's C API, for binding the action rows (History.swift).
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
+                // SHA-256 of the chains, HMAC-SHA256 of the pool's history key (HistoryKey.swift).
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
@@ -265,7 +266,8 @@ swiftSettings: strict
         // Runs the built `rota` binary (it must be built first: `swift build --build-tests` builds it).
         .testTarget(
             name: "RotaCLITests",
-            dependencies: ["RotaTestSupport", "rota", "RotaRedisServer", "RotaRedis"],
+            // RotaStore: the history tests record rounds directly, as a node would.
+            dependencies: ["RotaTestSupport", "rota", "RotaRedisServer", "RotaRedis", "RotaStore"],
             swiftSettings: strict
         ),
         .testTarget(

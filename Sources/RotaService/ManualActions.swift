@@ -15,8 +15,11 @@ public struct ManualActionLog: Sendable {
     let pool: String
     let stream: RedisStream
     let clockKey: String
+    let signer: HistoryEntrySigner?
 
-    public init(pool: String, client: RedisClient) throws(ServiceError) {
+    /// With `historyKey` (the pool's history key), actions are signed: the pool's nodes that have
+    /// the key record only signed entries.
+    public init(pool: String, client: RedisClient, historyKey: HistoryKey? = nil) throws(ServiceError) {
         do {
             stream = try RoundLog.historyStream(pool: pool, client: client)
             clockKey = try RedisKeySpace(pool).key("manual-clock")
@@ -24,6 +27,7 @@ public struct ManualActionLog: Sendable {
             throw ServiceError(.invalidArgument, "pool \(pool): \(error)", underlying: error)
         }
         self.pool = pool
+        signer = historyKey.map { HistoryEntrySigner(key: $0, pool: pool) }
     }
 
     /// A strictly increasing millisecond per pool: a manual round's tick is its fencing token
@@ -59,6 +63,8 @@ public struct ManualActionLog: Sendable {
         round.error = nil
         let actions = [ActionRecord(job: job, action: action, outcome: outcome, error: error, payloadHash: payloadHash, at: now,
             reason: Reason.manual, actor: actor)]
-        _ = try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
+        let payload = try HistoryWire.encode(round, actions)
+        _ = try await stream.add(name: HistoryWire.entryName, payload: payload,
+            signature: signer?.signature(name: HistoryWire.entryName, payload: payload))
     }
 }

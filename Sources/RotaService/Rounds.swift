@@ -305,16 +305,26 @@ final class RoundLog: Sendable {
     let stream: RedisStream
     let plan: PoolPlan
     let logger: Logger
+    /// Signs what this node publishes and filters what it records; nil: unauthenticated.
+    let signer: HistoryEntrySigner?
 
     /// The history stream keeps about this many rounds: a node down for longer than it takes the
     /// pool to plan them catches up only on what is left.
     static let streamLength = 10_000
 
-    init(store: PlanStore, plan: PoolPlan, logger: Logger) throws {
+    init(store: PlanStore, plan: PoolPlan, key: HistoryKey?, logger: Logger) throws {
         self.store = store
         self.plan = plan
         self.stream = try Self.historyStream(pool: plan.pool, client: plan.client)
+        self.signer = key.map { HistoryEntrySigner(key: $0, pool: plan.pool) }
         self.logger = logger
+    }
+
+    /// Appends a round to the history stream, signed when this node has the pool's history key.
+    func publish(_ round: RoundRecord, _ actions: [ActionRecord]) async throws {
+        let payload = try HistoryWire.encode(round, actions)
+        try await stream.add(name: HistoryWire.entryName, payload: payload,
+            signature: signer?.signature(name: HistoryWire.entryName, payload: payload))
     }
 
     /// The pool's history stream (rounds, and manual actions as rounds).
@@ -338,7 +348,7 @@ final class RoundLog: Sendable {
             // write transaction per round less on the planning path).
             // The producer's last round, for `rota status` and `rota producer list`, beside it.
             async let last: Void = plan.recordLastRound(producer: round.producer, LastRound(round, missed: missed))
-            try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
+            try await publish(round, actions)
             do {
                 try await last
             } catch {
@@ -373,7 +383,7 @@ final class RoundLog: Sendable {
                     try store.recordOutcome(roundID: round.roundID, finishedAt: now, actions: [], error: Self.interrupted)
                     logger.warning("closed a round left unfinished by an earlier run", metadata: ["round": "\(round.roundID)"])
                 }
-                try await stream.add(name: "round", payload: try HistoryWire.encode(round, actions))
+                try await publish(round, actions)
                 try store.markPublished(roundID: round.roundID)
                 published += 1
             }
@@ -384,12 +394,15 @@ final class RoundLog: Sendable {
     }
 
     /// Records every round of the history stream (from this node's cursor; idempotent), then
-    /// follows it. Runs until cancelled.
+    /// follows it. Runs until cancelled. With the pool's history key, only entries signed with it
+    /// are recorded: a forged entry neither enters the history nor takes a future round's ID.
     func replicate(into store: PlanStore) async {
         let follower = StreamFollower(stream: stream, store: store, pool: plan.pool, logger: logger)
+        let unverified = signer.map { UnverifiedEntries(signer: $0, logger: logger) }
         await follower.run { [logger] batch in
             var rounds: [(RoundRecord, [ActionRecord])] = []
             for event in batch {
+                if let unverified, !unverified.accepts(event) { continue }
                 do {
                     rounds.append(try HistoryWire.decode(event.payload))
                 } catch {
@@ -422,6 +435,9 @@ final class RoundLog: Sendable {
 /// Rounds on the history stream: JSON, one complete round per entry. Public for readers of the
 /// stream outside a node (`rota status`), so there is one definition of the format.
 public enum HistoryWire {
+    /// The entries' `n` field.
+    static let entryName = "round"
+
     struct Round: Codable {
         var id: String
         var pool: String

@@ -31,6 +31,10 @@ public final class RunService: Service, Sendable {
         /// How often the pool's plan is read again even without a change log entry (a safety net:
         /// changes arrive through the change log within milliseconds).
         public var planCheckInterval: Duration
+        /// The pool's history key: this node signs the rounds it publishes on the history stream
+        /// and records only entries signed with it. Nil: the stream is unauthenticated (anyone who
+        /// can write to it can put rounds in every node's history).
+        public var historyKey: HistoryKey?
         public var logger: Logger
 
         public init(planPaths: [String], databasePath: String, pool: String, workers: Int,
@@ -108,7 +112,7 @@ public final class RunService: Service, Sendable {
         let lock = try DatabaseLock.acquire(forDatabase: configuration.databasePath)
         defer { withExtendedLifetime(lock) {} }
         let store = try PlanStore.open(path: configuration.databasePath)
-        let history = try RoundLog(store: store, plan: plan, logger: logger)
+        let history = try RoundLog(store: store, plan: plan, key: configuration.historyKey, logger: logger)
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.node.run() }
             group.addTask {
@@ -173,6 +177,8 @@ public final class RunService: Service, Sendable {
         logger.info("rota run ready", metadata: [
             "pool": "\(configuration.pool)", "workers": "\(configuration.workers)",
             "producers": "\(producers.joined(separator: ","))", "database": "\(configuration.databasePath)",
+            // The key's ID, never the key: nodes of one pool must show the same.
+            "history_key": "\(configuration.historyKey?.id ?? "none")",
         ])
         spawner.continuation.yield { await self.reloadLoop(store: store, history: history) }
     }

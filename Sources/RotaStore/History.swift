@@ -576,7 +576,10 @@ extension PlanStore {
     /// The deleted rounds need not be a prefix of the hash chains (rounds are recorded in any
     /// order): before deleting, the chains' bridges are rewritten so that every remaining round
     /// (and job event) still links to the one before it, and verification passes (see HistoryChain.swift).
-    public func prune(olderThan: Date?, keep: Int?, dryRun: Bool) throws(StoreError) -> PruneReport {
+    /// The prune is recorded in the prune chain (PruneChain.swift), authenticated with the pool's
+    /// history `key` when given; a history whose prunes are authenticated is pruned only with its
+    /// key, and never when its bridges are not the ones its last prune left.
+    public func prune(olderThan: Date?, keep: Int?, dryRun: Bool, key: HistoryKey? = nil) throws(StoreError) -> PruneReport {
         var conditions: [String] = []
         var arguments: [any DatabaseValueConvertible] = []
         if let olderThan { conditions.append("started_ms < ?"); arguments.append(Self.ms(olderThan)) }
@@ -598,6 +601,8 @@ extension PlanStore {
                     events = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM job_event WHERE at_ms < ?", arguments: [eventCut]) ?? 0
                 }
                 guard !dryRun else { return PruneReport(rounds: rounds, actions: actions, jobEvents: events) }
+                guard rounds > 0 || events > 0 else { return PruneReport(rounds: 0, actions: 0, jobEvents: 0) }
+                try Self.checkBeforePrune(db, key: key)
                 let state = try ChainState.load(db)
                 if rounds > 0 {
                     try Self.rebridge(db, .round, entries: """
@@ -615,6 +620,7 @@ extension PlanStore {
                         arguments: [eventCut], head: state.eventHead)
                     try db.execute(sql: "DELETE FROM job_event WHERE at_ms < ?", arguments: [eventCut])
                 }
+                try Self.appendPrune(db, rounds: rounds, actions: actions, events: events, key: key)
                 return PruneReport(rounds: rounds, actions: actions, jobEvents: events)
             }
         } catch let error as StoreError {

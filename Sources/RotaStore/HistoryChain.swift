@@ -52,11 +52,14 @@ import GRDB
 // was inserted or altered by hand. The first chained round links to 32 zero bytes. Outcomes of
 // unchained rounds are not chained.
 //
+// Prunes themselves are recorded in a fourth chain, authenticated with the pool's history key
+// when one is given (PruneChain.swift): bridge rows alone would hide a deletion.
+//
 // What this does and does not protect against: any change made to the file without going through
-// the store (raw SQL, a hex editor, a restored backup missing rows) breaks a hash or a link. There
-// is no secret key: someone who knows the scheme can recompute every hash after an edit. Keeping
-// the head hash (`rota history verify --format json` prints it) somewhere else closes that gap up
-// to the moment it was copied.
+// the store (raw SQL, a hex editor, a restored backup missing rows) breaks a hash or a link. The
+// chains use no secret: someone who knows the scheme can recompute every hash after an edit. A
+// head kept elsewhere (`rota history head`, checked by `rota history verify --expect-head`)
+// closes that gap up to the moment it was taken; the history key closes it for prunes.
 
 /// The outcome of ``PlanStore/verifyHistory()``.
 public struct HistoryVerification: Sendable, Hashable {
@@ -82,6 +85,19 @@ public struct HistoryVerification: Sendable, Hashable {
     /// Holes this node knows its history has (entries trimmed from a stream before it read them),
     /// not filled since: the chains cannot show what never reached this database.
     public var gaps: [HistoryGap] = []
+    /// Prunes recorded (migration 0008): each a record chained to the one before, over the
+    /// bridges it left.
+    public var prunes = 0
+    /// The prune chain's head (hex).
+    public var pruneHead = ""
+    /// Prune records without the history key's tag: made without a key (accepted, when a key
+    /// checks the history, only before the first prune made with it).
+    public var unauthenticatedPrunes = 0
+    /// Bridge rows written by prunes before migration 0008, which no prune record covers yet:
+    /// accepted as they were, unauthenticated.
+    public var legacyBridges = 0
+    /// The ID of the history key the prune records were checked with; nil without a key.
+    public var keyID: String?
 
     public var isIntact: Bool { problem == nil }
     /// Intact and without unfilled gaps.
@@ -267,6 +283,36 @@ struct ChainHasher {
         return SHA256.hash(buffer)
     }
 
+    /// The digest of a bridge set: each bridge in (chain, to) order, then the count.
+    mutating func bridgesHash(_ bridges: [(chain: String, bridge: ChainBridge)]) -> [UInt8] {
+        start("rota.bridges.v1")
+        for (chain, bridge) in bridges {
+            append(chain)
+            // Length-prefixed: a row edited to another length must not read as a different split.
+            appendVarint(UInt64(bridge.to.count))
+            append(bytes: bridge.to)
+            appendVarint(UInt64(bridge.from.count))
+            append(bytes: bridge.from)
+            append(Int64(bridge.pruned))
+        }
+        append(Int64(bridges.count))
+        return SHA256.hash(buffer)
+    }
+
+    mutating func pruneHash(prev: [UInt8], seq: Int64, atMS: Int64, rounds: Int64, actions: Int64, events: Int64, bridgesHash: [UInt8])
+        -> [UInt8]
+    {
+        start("rota.prune.v1")
+        append(bytes: prev)
+        append(seq)
+        append(atMS)
+        append(rounds)
+        append(actions)
+        append(events)
+        append(bytes: bridgesHash)
+        return SHA256.hash(buffer)
+    }
+
     private mutating func start(_ domain: StaticString) {
         buffer.removeAll(keepingCapacity: true)
         domain.withUTF8Buffer { buffer.append(contentsOf: $0) }
@@ -417,12 +463,15 @@ extension PlanStore {
         }
     }
 
-    /// Checks both hash chains of the history: every chained round against its hashes, every link
-    /// between consecutive rounds (and outcomes), the heads. Reports the first altered or missing
-    /// row in insertion order. Reads a consistent snapshot; recording may go on meanwhile.
-    public func verifyHistory() throws(StoreError) -> HistoryVerification {
+    /// Checks the hash chains of the history: every chained round against its hashes, every link
+    /// between consecutive rounds (and outcomes, and job events), the heads, the prune records and
+    /// the bridges they left. Reports the first altered or missing row in insertion order (rounds,
+    /// then job events, then prunes). With the pool's history `key`, a prune record that is not
+    /// authenticated by it is a problem too (see PruneChain.swift). Reads a consistent snapshot;
+    /// recording may go on meanwhile.
+    public func verifyHistory(key: HistoryKey? = nil) throws(StoreError) -> HistoryVerification {
         do {
-            return try database.read { db in try Self.verify(db) }
+            return try database.read { db in try Self.verify(db, key: key) }
         } catch let error as StoreError {
             throw error
         } catch {
@@ -435,7 +484,7 @@ extension PlanStore {
         var problem: HistoryProblem
     }
 
-    static func verify(_ db: Database) throws -> HistoryVerification {
+    static func verify(_ db: Database, key: HistoryKey? = nil) throws -> HistoryVerification {
         guard let state = try Row.fetchOne(db, sql: """
             SELECT round_head, outcome_head, unchained_through, event_head FROM history_chain WHERE id = 1
             """)
@@ -452,11 +501,18 @@ extension PlanStore {
         }
         let eventHead = bytes(state["event_head"])
         let events = try verifyEvents(db, head: eventHead)
+        let prunes = try verifyPrunes(db, key: key)
         var verification = HistoryVerification(verified: result.verified, unchained: result.unchained, pruned: result.pruned,
-            head: SHA256.hex(roundHead), outcomeHead: SHA256.hex(outcomeHead), problem: result.problem?.problem ?? events.problem)
+            head: SHA256.hex(roundHead), outcomeHead: SHA256.hex(outcomeHead),
+            problem: result.problem?.problem ?? events.problem ?? prunes.problem)
         verification.events = events.verified
         verification.eventsPruned = events.pruned
         verification.eventHead = SHA256.hex(eventHead)
+        verification.prunes = prunes.count
+        verification.pruneHead = SHA256.hex(prunes.head)
+        verification.unauthenticatedPrunes = prunes.unauthenticated
+        verification.legacyBridges = prunes.legacyBridges
+        verification.keyID = key?.id
         verification.gaps = try gaps(db, pool: nil, includeFilled: false).map(\.gap)
         return verification
     }

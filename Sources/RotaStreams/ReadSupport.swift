@@ -147,17 +147,19 @@ struct RawEntry {
     let name: String
     let topic: String?
     let payload: [UInt8]
+    let signature: String?
 
     /// Nil for entries that are not `[id, fields]` (a deleted entry's `[id, nil]`, or nil).
     init?(_ value: RedisValue) {
         guard let parts = value.array, parts.count >= 2, let id = parts[0].string, let fields = parts[1].array else { return nil }
-        var name = "", topic: String?, payload: [UInt8] = []
+        var name = "", topic: String?, payload: [UInt8] = [], signature: String?
         var index = 0
         while index + 1 < fields.count {
             switch fields[index].string {
             case "n": name = fields[index + 1].string ?? ""
             case "p": payload = fields[index + 1].bytes ?? []
             case "t": topic = fields[index + 1].string
+            case "s": signature = fields[index + 1].string
             default: break
             }
             index += 2
@@ -166,10 +168,11 @@ struct RawEntry {
         self.name = name
         self.topic = topic.flatMap { $0.isEmpty ? nil : $0 }
         self.payload = payload
+        self.signature = signature
     }
 
     func event(stream: String, sink: String?) -> StreamEvent {
-        StreamEvent(id: id, stream: stream, sink: sink, name: name, topic: topic, payload: payload)
+        StreamEvent(id: id, stream: stream, sink: sink, name: name, topic: topic, payload: payload, signature: signature)
     }
 }
 

@@ -4,7 +4,7 @@ import RotaRedis
 ///
 /// Stream `S` is the key `rota:{pool}:stream:S`; the registry of its sinks' consumers is the hash
 /// `rota:{pool}:stream:S:sinks`. Creating a value does no I/O: the key appears with the first
-/// ``add(name:payload:topic:onlyIfExists:)`` or when a ``StreamSink`` creates its group.
+/// ``add(name:payload:topic:signature:onlyIfExists:)`` or when a ``StreamSink`` creates its group.
 ///
 /// Errors are ``RedisError``s: `.invalidArgument` for bad names or options (thrown before anything is
 /// sent), the client's codes for everything else.
@@ -63,14 +63,17 @@ public struct RedisStream: Sendable {
     /// With `onlyIfExists`, a missing stream is not created and nil is returned: producers use it for
     /// streams whose consumers announce themselves by creating them (an inbox whose owner is gone).
     /// When a TTL is configured it is applied in the same round trip; if that fails the event was
-    /// appended all the same, and the error is thrown.
+    /// appended all the same, and the error is thrown. A `signature` is stored beside the payload
+    /// (field `s`) for readers that check one.
     @discardableResult
-    public func add(name eventName: String, payload: [UInt8] = [], topic: String? = nil, onlyIfExists: Bool = false) async throws -> String? {
+    public func add(name eventName: String, payload: [UInt8] = [], topic: String? = nil, signature: String? = nil,
+                    onlyIfExists: Bool = false) async throws -> String? {
         var arguments: [any RedisArgument] = ["XADD", key]
         if onlyIfExists { arguments.append("NOMKSTREAM") }
         if options.maxLength > 0 { arguments += ["MAXLEN", "~", options.maxLength] }
         arguments += ["*", "n", eventName, "p", payload]
         if let topic, !topic.isEmpty { arguments += ["t", topic] }
+        if let signature { arguments += ["s", signature] }
         let xadd = RedisCommand(arguments: arguments)
         guard let expire = expireCommand(for: key) else {
             return try await client.send(xadd).string

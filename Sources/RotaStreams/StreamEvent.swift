@@ -3,8 +3,9 @@ import RotaRedis
 
 /// One stream entry as delivered by a ``StreamSink`` or a ``StreamReader``.
 ///
-/// Entries are stored with the fields `n` (name), `p` (payload bytes) and `t` (topic, only when
-/// non-empty), so events written by other implementations of the same layout read back unchanged.
+/// Entries are stored with the fields `n` (name), `p` (payload bytes), `t` (topic, only when
+/// non-empty) and `s` (signature, only when given), so events written by other implementations of
+/// the same layout read back unchanged.
 public struct StreamEvent: Sendable, Hashable {
     /// The Redis entry ID, `<ms>-<seq>`; unique within its stream and increasing.
     public let id: String
@@ -13,20 +14,24 @@ public struct StreamEvent: Sendable, Hashable {
     /// The sink that delivered the event; nil for readers. ``StreamSink/ack(_:)`` needs it to match.
     public let sink: String?
     public let name: String
-    /// The topic given to ``RedisStream/add(name:payload:topic:onlyIfExists:)``; nil when none.
+    /// The topic given to ``RedisStream/add(name:payload:topic:signature:onlyIfExists:)``; nil when none.
     public let topic: String?
     public let payload: [UInt8]
+    /// The signature given to ``RedisStream/add(name:payload:topic:signature:onlyIfExists:)``; nil when
+    /// none. Carried as is: checking it is the reader's business (the pool's history stream does).
+    public let signature: String?
     /// When Redis appended the entry: the millisecond part of ``id``, in UTC. Comparable across
     /// processes only as far as their clocks agree with the Redis server's.
     public let createdAt: Date
 
-    public init(id: String, stream: String, sink: String?, name: String, topic: String?, payload: [UInt8]) {
+    public init(id: String, stream: String, sink: String?, name: String, topic: String?, payload: [UInt8], signature: String? = nil) {
         self.id = id
         self.stream = stream
         self.sink = sink
         self.name = name
         self.topic = topic
         self.payload = payload
+        self.signature = signature
         self.createdAt = (EntryID(id) ?? .zero).date
     }
 }

@@ -31,12 +31,19 @@ struct ServiceBench: ParsableCommand, AsyncBody {
     @Option(help: "Path of rota (default: next to this executable).")
     var rota: String?
 
+    @Flag(help: "Give the nodes a history key: every round is signed and every entry of the history stream verified.")
+    var historyKey = false
+
     func run() throws {}
 
     func body(nioExecutor: Bool) async throws {
         try await common.withServer { configuration in
-            try await withRotaRunNodes(rota: rota, redis: configuration, pool: "bench", nodes: nodes, producers: producers, jobs: jobs) { children, directory in
-                if !common.json { print("service: \(nodes) nodes, \(producers) producers x \(jobs) jobs, 1 s interval; warm-up \(warmup) s, measuring \(seconds) s…") }
+            try await withRotaRunNodes(rota: rota, redis: configuration, pool: "bench", nodes: nodes, producers: producers, jobs: jobs,
+                historyKey: historyKey) { children, directory in
+                if !common.json {
+                    print("service: \(nodes) nodes, \(producers) producers x \(jobs) jobs, 1 s interval\(historyKey ? ", history key" : ""); "
+                        + "warm-up \(warmup) s, measuring \(seconds) s…")
+                }
                 try await Task.sleep(for: .seconds(warmup))
                 let cpuBefore = children.map { cpuSeconds(pid: $0.processIdentifier) * 1000 }
                 let from = Date()
@@ -82,10 +89,10 @@ struct ServiceBench: ParsableCommand, AsyncBody {
 /// Runs `body` with `nodes` `rota run` processes on one Redis, planning a generated plan of
 /// `producers` × `jobs` at 1 s in pool `pool` (`log` handler, 2 workers each, one SQLite file per
 /// node in a temporary directory given to `body`). With `producers` 0 the nodes get no plan files:
-/// they follow the pool's plan. The processes are killed and the directory removed when `body`
-/// returns or throws.
+/// they follow the pool's plan. With `historyKey`, they share a new history key. The processes are
+/// killed and the directory removed when `body` returns or throws.
 func withRotaRunNodes<R>(
-    rota: String?, redis configuration: RedisConfiguration, pool: String, nodes: Int, producers: Int, jobs: Int,
+    rota: String?, redis configuration: RedisConfiguration, pool: String, nodes: Int, producers: Int, jobs: Int, historyKey: Bool = false,
     _ body: ([Process], URL) async throws -> R
 ) async throws -> R {
     let executable = rota ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rota").path
@@ -101,6 +108,8 @@ func withRotaRunNodes<R>(
         for job in 0..<jobs { plan += "      - {key: p\(producer)/j\(job), handler: log, payload: {n: \(job)}}\n" }
     }
     if producers > 0 { try plan.write(to: directory.appendingPathComponent("plans/\(pool).yaml"), atomically: true, encoding: .utf8) }
+    let keyFile = directory.appendingPathComponent("history.key").path
+    if historyKey { _ = try HistoryKey.create(path: keyFile) }
     var children: [Process] = []
     defer { for child in children where child.isRunning { kill(child.processIdentifier, SIGKILL) } }
     for node in 0..<nodes {
@@ -110,7 +119,7 @@ func withRotaRunNodes<R>(
         child.arguments = ["run"] + plans + [
             "--db", directory.appendingPathComponent("node\(node).sqlite").path,
             "--redis", configuration.urlForChildren, "--pool", pool, "--workers", "2", "--name", "\(pool)-\(node)", "--log-level", "error",
-        ]
+        ] + (historyKey ? ["--history-key-file", keyFile] : [])
         child.standardOutput = FileHandle.nullDevice
         child.standardError = FileHandle.nullDevice
         try child.run()

@@ -32,7 +32,7 @@ func time(_ text: String?, option: String) throws -> Date? {
 struct History: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Audit the planning history: rounds, their actions, the pool's job events, retention.",
-        subcommands: [List.self, ShowRound.self, Prune.self, Verify.self, Sync.self],
+        subcommands: [List.self, ShowRound.self, Prune.self, Verify.self, Head.self, Sync.self, Keygen.self],
         defaultSubcommand: List.self
     )
 
@@ -104,12 +104,17 @@ struct History: ParsableCommand {
     struct Prune: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Delete old rounds and their actions (and, with --older-than, old job events).",
-            discussion: "--keep counts rounds only: job events are pruned by age alone (--older-than).")
+            discussion: """
+                --keep counts rounds only: job events are pruned by age alone (--older-than). Every prune is recorded in the \
+                history's prune chain, authenticated with the pool's history key when one is given; a history whose prunes \
+                are authenticated is pruned only with its key.
+                """)
 
         @Option(help: "The SQLite database.") var db: String
         @Option(help: "Delete rounds started longer ago than this duration (e.g. 30d).") var olderThan: String?
         @Option(help: "Keep at least the newest N rounds.") var keep: Int?
         @Flag(help: "Report what would be deleted; delete nothing.") var dryRun = false
+        @OptionGroup var historyKeyOptions: HistoryKeyOptions
 
         func run() throws {
             guard olderThan != nil || keep != nil else { throw CommandFailure("give --older-than, --keep or both") }
@@ -121,9 +126,10 @@ struct History: ParsableCommand {
                 }
                 cutoff = date
             }
+            let key = try historyKeyOptions.load()
             let store = try openStore(db)
             let report: PruneReport
-            do { report = try store.prune(olderThan: cutoff, keep: keep, dryRun: dryRun) } catch { throw CommandFailure(error.message) }
+            do { report = try store.prune(olderThan: cutoff, keep: keep, dryRun: dryRun, key: key) } catch { throw CommandFailure(error.message) }
             print("\(dryRun ? "would delete" : "deleted") \(report.rounds) round(s) and \(report.actions) action(s)"
                 + (olderThan == nil ? "" : ", \(report.jobEvents) job event(s)"))
         }
@@ -145,8 +151,18 @@ extension History {
                 before this node read them. The node records those as gaps, listed here until `rota history sync` \
                 fills them from another node's database.
 
+                Every prune is recorded in a fourth chain over the bridges it left: bridge rows that no prune record \
+                covers are reported. With the pool's history key (--history-key-file), prune records must be \
+                authenticated by it (those made before the first prune with the key are accepted and counted): a \
+                round deleted by hand and replaced by bridge rows shows even with an unchanged head.
+
+                --expect-head takes a head printed earlier by `rota history head` (the line, or a file holding it or \
+                its JSON): the history must still contain that state (it may have grown, or been pruned by recorded \
+                prunes, since); with the key, the head's tag must verify too.
+
                 Exit codes: 0 with "ok: N rounds verified" when the history is intact and has no unfilled gap; \
-                2 with one line naming the first altered round or event (and which part) or the first missing one; \
+                2 with one line naming the first altered round or event (and which part) or the first missing one, \
+                a prune record or bridge that does not verify, or a stored head the history no longer contains; \
                 3 when the chains are intact but unfilled gaps exist (one line per gap). Tampered wins: a history \
                 that is both tampered and incomplete exits 2.
                 """
@@ -158,11 +174,22 @@ extension History {
 
         @Option(help: "The SQLite database.") var db: String
         @Option(help: "Output format: table or json.") var format: Format = .table
+        @OptionGroup var historyKeyOptions: HistoryKeyOptions
+        @Option(help: "A head printed by `rota history head` (the line itself, or a file holding it or its JSON) the history must still contain.")
+        var expectHead: String?
 
         func run() throws {
+            let key = try historyKeyOptions.load()
+            let expected = try expectHead.map(readHead)
             let store = try openStore(db)
             let result: HistoryVerification
-            do { result = try store.verifyHistory() } catch { throw CommandFailure(error.message) }
+            var headCheck: HeadCheck?
+            do {
+                result = try store.verifyHistory(key: key)
+                if let expected, result.isIntact { headCheck = try store.checkHead(expected, key: key) }
+            } catch {
+                throw CommandFailure(error.message)
+            }
             switch format {
             case .json:
                 var members: [(String, JSONValue)] = [("ok", .raw(result.isIntact ? "true" : "false")), ("verified", .int(result.verified)),
@@ -180,8 +207,18 @@ extension History {
                 }
                 members += [("intact", .raw(result.isIntact ? "true" : "false")), ("events", .int(result.events)),
                     ("events_pruned", .int(result.eventsPruned)), ("event_head", .string(result.eventHead)),
-                    ("gaps", .array(result.gaps.map(\.json)))]
-                members[0] = ("ok", .raw(result.isComplete ? "true" : "false"))
+                    ("prunes", .int(result.prunes)), ("prune_head", .string(result.pruneHead)),
+                    ("unauthenticated_prunes", .int(result.unauthenticatedPrunes)), ("legacy_bridges", .int(result.legacyBridges)),
+                    ("key", .optional(result.keyID)), ("gaps", .array(result.gaps.map(\.json)))]
+                if let headCheck {
+                    members.append(("expected_head", .object([
+                        ("ok", .raw(headCheck.problem == nil ? "true" : "false")), ("problem", .optional(headCheck.problem)),
+                        ("authenticated", .raw(headCheck.authenticated ? "true" : "false")), ("notes", .array(headCheck.notes.map { .string($0) })),
+                        ("rounds_since", .int(headCheck.roundsSince)), ("events_since", .int(headCheck.eventsSince)),
+                        ("prunes_since", .int(headCheck.prunesSince)),
+                    ])))
+                }
+                members[0] = ("ok", .raw(result.isComplete && headCheck?.problem == nil ? "true" : "false"))
                 print(JSONValue.object(members).text)
             case .table:
                 if let problem = result.problem {
@@ -191,14 +228,106 @@ extension History {
                     if result.unchained > 0 { notes.append("\(result.unchained) older round(s) unchained: recorded before the chain existed") }
                     if result.pruned > 0 { notes.append("\(result.pruned) pruned") }
                     if result.eventsPruned > 0 { notes.append("\(result.eventsPruned) job event(s) pruned") }
+                    if result.prunes > 0 {
+                        let unauthenticated = result.unauthenticatedPrunes
+                        notes.append("\(result.prunes) prune(s) recorded"
+                            + (result.keyID == nil ? "" : unauthenticated == 0 ? ", authenticated" : ", \(unauthenticated) made without the history key"))
+                    }
+                    if result.legacyBridges > 0 { notes.append("\(result.legacyBridges) bridge(s) from prunes before they were recorded, not authenticated") }
                     let events = result.events > 0 ? " and \(result.events) job events" : ""
                     print((result.gaps.isEmpty ? "ok: " : "intact, with gaps: ") + "\(result.verified) rounds\(events) verified"
                         + (notes.isEmpty ? "" : " (\(notes.joined(separator: "; ")))"))
                 }
+                if let headCheck, let expected {
+                    if let problem = headCheck.problem {
+                        print("expected head of \(rfc3339(expected.at)) not found: \(problem)")
+                    } else {
+                        print("expected head of \(rfc3339(expected.at)) \(headCheck.authenticated ? "(authenticated) " : "")found: "
+                            + "\(headCheck.roundsSince) round(s), \(headCheck.eventsSince) job event(s) and \(headCheck.prunesSince) prune(s) since")
+                    }
+                    for note in headCheck.notes { print("note: \(note)") }
+                }
                 for gap in result.gaps { print(gap.line) }
             }
-            if !result.isIntact { throw ExitCode(2) }
+            if !result.isIntact || headCheck?.problem != nil { throw ExitCode(2) }
             if !result.gaps.isEmpty { throw ExitCode(3) }
+        }
+    }
+}
+
+extension History {
+    /// `rota history keygen FILE`: a new history key.
+    struct Keygen: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a pool's history key: 32 random bytes as hex, in a new file of mode 0600.",
+            discussion: """
+                Give the same file (--history-key-file, or ROTA_HISTORY_KEY_FILE) to every `rota run` of the pool and to the \
+                commands that write or check its history (dispatch, stop, notify, history verify, head, prune). An existing \
+                file is never overwritten. `head -c 32 /dev/urandom | xxd -p > FILE` makes an equivalent key.
+                """
+        )
+
+        @Argument(help: "The file to create.") var file: String
+
+        func run() throws {
+            let key: HistoryKey
+            do { key = try HistoryKey.create(path: file) } catch { throw CommandFailure(error.message) }
+            print("created history key \(key.id) in \(file)")
+        }
+    }
+}
+
+/// A stored head: the line itself, or a file holding it or `rota history head --format json`'s object.
+func readHead(_ value: String) throws -> HistoryHead {
+    var text = value
+    if !value.hasPrefix("rota-history-head") {
+        guard let data = FileManager.default.contents(atPath: value), data.count <= 65_536 else {
+            throw CommandFailure("--expect-head: '\(value)' is neither a head (rota-history-head v1 …) nor a readable file holding one")
+        }
+        text = String(decoding: data, as: UTF8.self)
+        if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let head = object["head"] as? String { text = head }
+    }
+    do { return try HistoryHead(parsing: text) } catch { throw CommandFailure("--expect-head: \(error.message)") }
+}
+
+extension History {
+    /// `rota history head`: the chains' heads, for an auditor to keep elsewhere.
+    struct Head: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the history's chain heads (rounds, outcomes, job events, prunes), tagged with the pool's history key when given.",
+            discussion: """
+                Store the line somewhere the nodes cannot write (another machine, a ticket, a log collector). Later, \
+                `rota history verify --db D --expect-head LINE_OR_FILE` tells whether the history still contains that \
+                state: it may have grown or been pruned by recorded prunes since, but not been rewritten. With the history \
+                key the head carries a tag, so a stored head cannot be forged either. Refuses (exit 2) a history that does \
+                not verify.
+                """
+        )
+
+        @Option(help: "The SQLite database.") var db: String
+        @OptionGroup var historyKeyOptions: HistoryKeyOptions
+        @Option(help: "Output format: table (the line) or json.") var format: Verify.Format = .table
+
+        func run() throws {
+            let key = try historyKeyOptions.load()
+            let store = try openStore(db)
+            let head: HistoryHead
+            do {
+                head = try store.head(key: key)
+            } catch let error where error.code == .tampered {
+                throw failure(error.message, exitCode: 2)
+            } catch {
+                throw CommandFailure(error.message)
+            }
+            switch format {
+            case .table:
+                print(head.text)
+            case .json:
+                func link(_ link: HistoryHead.Link) -> JSONValue { .object([("position", .int(Int(link.position))), ("hash", .string(link.hash))]) }
+                print(JSONValue.object([("head", .string(head.text)), ("at", .string(rfc3339(head.at))), ("round", link(head.round)),
+                    ("outcome", link(head.outcome)), ("event", link(head.event)), ("prune", link(head.prune)), ("rounds", .int(head.rounds)),
+                    ("events", .int(head.events)), ("key", .optional(key?.id)), ("tag", .optional(head.tag))]).text)
+            }
         }
     }
 }

@@ -252,6 +252,8 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
 
     @OptionGroup var poolOptions: PoolOptions
 
+    @OptionGroup var historyKeyOptions: HistoryKeyOptions
+
     func execute() async throws {
         let envelope: JobEnvelope
         do {
@@ -259,6 +261,7 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
         } catch let error as EnvelopeError {
             throw CommandFailure("--handler: \(error.message)")
         }
+        let historyKey = try historyKeyOptions.load()
         let key = self.key, actor = currentActor(), pool = poolOptions.pool
         let outcome: Result<Void, PoolError> = try await withClientNode(poolOptions, command: "dispatch") { node in
             let asked = Date()
@@ -272,12 +275,12 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
             let hash = fingerprint(String(decoding: envelope.encoded(), as: UTF8.self))
             switch result {
             case .success:
-                await recordManual(pool: pool, node: node, job: key, action: .start, outcome: .started, payloadHash: hash, actor: actor, asked: asked)
+                await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .start, outcome: .started, payloadHash: hash, actor: actor, asked: asked)
             case .failure(let error) where error.code == .jobExists:
-                await recordManual(pool: pool, node: node, job: key, action: .start, outcome: .alreadyRunning, payloadHash: hash, actor: actor,
+                await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .start, outcome: .alreadyRunning, payloadHash: hash, actor: actor,
                     asked: asked)
             case .failure(let error):
-                await recordManual(pool: pool, node: node, job: key, action: .start, outcome: .failed, error: error.message, payloadHash: hash,
+                await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .start, outcome: .failed, error: error.message, payloadHash: hash,
                     actor: actor, asked: asked)
             }
             return result
@@ -319,11 +322,14 @@ struct StopCommand: ParsableCommand, AsyncCommand {
 
     @OptionGroup var poolOptions: PoolOptions
 
+    @OptionGroup var historyKeyOptions: HistoryKeyOptions
+
     func validate() throws {
         guard !keys.isEmpty else { throw ValidationError("give at least one job key") }
     }
 
     func execute() async throws {
+        let historyKey = try historyKeyOptions.load()
         let keys = self.keys, actor = currentActor(), pool = poolOptions.pool
         let (missing, failed): ([String], [String]) = try await withClientNode(poolOptions, command: "stop") { node in
             var missing: [String] = [], failed: [String] = []
@@ -333,18 +339,18 @@ struct StopCommand: ParsableCommand, AsyncCommand {
                     switch try await node.stopAndWait(key: key, origin: JobOrigin(actor: actor, reason: Reason.manual)) {
                     case .stopped(let worker):
                         print("stopped \(key) (worker \(worker))")
-                        await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .stopped, actor: actor, asked: asked)
+                        await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .stop, outcome: .stopped, actor: actor, asked: asked)
                     case .endedUnowned:
                         print("stopped \(key) (no worker ran it: ended by the pool)")
-                        await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .stopped, actor: actor, asked: asked)
+                        await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .stop, outcome: .stopped, actor: actor, asked: asked)
                     case .notRunning:
                         missing.append(key)
-                        await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .notFound, actor: actor, asked: asked)
+                        await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .stop, outcome: .notFound, actor: actor, asked: asked)
                     }
                 } catch let error as PoolError where error.code == .stopFailed || error.code == .timeout {
                     FileHandle.standardError.write(Data("Error: job \(key) did not stop: \(error.message)\n".utf8))
                     failed.append(key)
-                    await recordManual(pool: pool, node: node, job: key, action: .stop, outcome: .stopFailed, error: error.message, actor: actor,
+                    await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .stop, outcome: .stopFailed, error: error.message, actor: actor,
                         asked: asked)
                 } catch {
                     throw CommandFailure("stopping \(key): \(poolMessage(error))")
@@ -361,10 +367,10 @@ struct StopCommand: ParsableCommand, AsyncCommand {
 
 /// Puts a manual action on the pool's history stream. A failure is reported, not thrown: the
 /// action itself happened.
-func recordManual(pool: String, node: Node, job: String, action: ActionKind, outcome: ActionOutcome, error: String? = nil,
-                  payloadHash: String? = nil, actor: String, asked: Date) async {
+func recordManual(pool: String, key: HistoryKey?, node: Node, job: String, action: ActionKind, outcome: ActionOutcome,
+                  error: String? = nil, payloadHash: String? = nil, actor: String, asked: Date) async {
     do {
-        try await ManualActionLog(pool: pool, client: node.client).record(job: job, action: action, outcome: outcome, error: error,
+        try await ManualActionLog(pool: pool, client: node.client, historyKey: key).record(job: job, action: action, outcome: outcome, error: error,
             payloadHash: payloadHash, actor: actor, startedAt: asked)
     } catch {
         FileHandle.standardError.write(Data("Warning: the action on \(job) could not be recorded in the pool's history: \(error)\n".utf8))
@@ -389,13 +395,16 @@ struct NotifyCommand: ParsableCommand, AsyncCommand {
 
     @OptionGroup var poolOptions: PoolOptions
 
+    @OptionGroup var historyKeyOptions: HistoryKeyOptions
+
     func execute() async throws {
         let payload = try payloadBytes(text: text, file: payloadFile, textName: "TEXT")
+        let historyKey = try historyKeyOptions.load()
         let key = self.key, actor = currentActor(), pool = poolOptions.pool
         let found: Bool = try await withClientNode(poolOptions, command: "notify") { node in
             let asked = Date()
             guard try await node.jobPayload(key) != nil else {
-                await recordManual(pool: pool, node: node, job: key, action: .notify, outcome: .notFound, actor: actor, asked: asked)
+                await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .notify, outcome: .notFound, actor: actor, asked: asked)
                 return false
             }
             do {
@@ -404,7 +413,7 @@ struct NotifyCommand: ParsableCommand, AsyncCommand {
                 throw CommandFailure("notifying \(key): \(poolMessage(error))")
             }
             // Queued for the job's worker: the pool does not confirm notifications.
-            await recordManual(pool: pool, node: node, job: key, action: .notify, outcome: .notified, actor: actor, asked: asked)
+            await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .notify, outcome: .notified, actor: actor, asked: asked)
             return true
         }
         guard found else { throw failure("job \(key) not found", exitCode: 4) }

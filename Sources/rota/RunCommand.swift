@@ -6,6 +6,7 @@ import RotaPlans
 import RotaRedis
 import RotaRedisServer
 import RotaService
+import RotaStore
 import ServiceLifecycle
 
 enum LogFormat: String, ExpressibleByArgument, CaseIterable {
@@ -62,6 +63,33 @@ func readPasswordFile(_ path: String) throws -> String {
     return text
 }
 
+/// `--history-key-file` (or `ROTA_HISTORY_KEY_FILE`): the pool's history key, which signs and
+/// checks the history stream's entries, prune records and stored heads (README: "Authenticated
+/// history").
+struct HistoryKeyOptions: ParsableArguments {
+    @Option(help: "A file holding the pool's history key: at least 32 random bytes, raw or as hex (`rota history keygen FILE` makes one). Default: $ROTA_HISTORY_KEY_FILE.")
+    var historyKeyFile: String?
+
+    /// The key, or nil when none is given. Warns on stderr when other users may read the file.
+    func load() throws -> HistoryKey? {
+        let option: String, path: String
+        if let historyKeyFile {
+            (option, path) = ("--history-key-file", historyKeyFile)
+        } else if let file = ProcessInfo.processInfo.environment["ROTA_HISTORY_KEY_FILE"], !file.isEmpty {
+            (option, path) = ("ROTA_HISTORY_KEY_FILE", file)
+        } else {
+            return nil
+        }
+        do {
+            let (key, warning) = try HistoryKey.load(path: path)
+            if let warning { FileHandle.standardError.write(Data("warning: \(option): \(warning)\n".utf8)) }
+            return key
+        } catch {
+            throw CommandFailure("\(option): \(error.message)")
+        }
+    }
+}
+
 struct Run: ParsableCommand, AsyncCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the scheduler: the pool's plan → one planner per producer and tick across the nodes → the pool's workers; history in SQLite.",
@@ -81,6 +109,8 @@ struct Run: ParsableCommand, AsyncCommand {
     var db = "rota.sqlite"
 
     @OptionGroup var poolOptions: PoolOptions
+
+    @OptionGroup var historyKeyOptions: HistoryKeyOptions
 
     @Option(help: "Embedded workers in this process (0: plan only).")
     var workers = 2
@@ -129,19 +159,19 @@ struct Run: ParsableCommand, AsyncCommand {
 
     func execute() async throws {
         let policy = try loadExecPolicy(file: execPolicy, allowExec: allowExec)
+        let historyKey = try historyKeyOptions.load()
         let logger = bootstrapLogging(format: logFormat, level: logLevel)
         let (registry, exec) = try builtInRegistry(policy: policy, logger: logger)
         try await withRedis(try poolOptions.redisConfiguration(), tcpPort: privateRedisPort, logger: logger) { redisConfiguration in
             let client = RedisClient(configuration: redisConfiguration, logger: logger)
             var nodeOptions = Node.Options()
             if let name { nodeOptions.name = name }
-            let service = try RunService(
-                configuration: .init(
-                    planPaths: plans, databasePath: db, pool: poolOptions.pool, workers: workers,
-                    makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }, nodeOptions: nodeOptions, logger: logger
-                ),
-                client: client
+            var configuration = RunService.Configuration(
+                planPaths: plans, databasePath: db, pool: poolOptions.pool, workers: workers,
+                makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }, nodeOptions: nodeOptions, logger: logger
             )
+            configuration.historyKey = historyKey
+            let service = try RunService(configuration: configuration, client: client)
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: client), .init(service: service)]
             if let metricsPort {
                 services.append(.init(service: MetricsServer(

@@ -23,7 +23,7 @@ func freePort() throws -> Int {
 }
 
 /// A connected TCP socket to 127.0.0.1:`port`, or nil.
-private func connectTo(_ port: Int) -> Int32? {
+func connectTo(_ port: Int) -> Int32? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
@@ -86,22 +86,27 @@ private func closedByPeer(_ fd: Int32) -> Bool {
         #expect(descriptors < 200, "\(descriptors) descriptors open")
 
         // And a scrape works again.
-        let scrape = try #require(connectTo(port))
-        defer { close(scrape) }
-        let request = Array("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
-        #expect(send(scrape, request, request.count, 0) == request.count)
-        var response = [UInt8]()
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        let deadline = ContinuousClock.now + .seconds(5)
-        while ContinuousClock.now < deadline {
-            var poll = pollfd(fd: scrape, events: Int16(POLLIN), revents: 0)
-            guard Glibc.poll(&poll, 1, 100) > 0 else { continue }
-            let count = recv(scrape, &buffer, buffer.count, 0)
-            if count <= 0 { break }
-            response += buffer.prefix(count)
-        }
-        let body = String(decoding: response, as: UTF8.self)
+        let body = try scrapeMetrics(port: port)
         #expect(body.hasPrefix("HTTP/1.1 200"), "\(body.prefix(200))")
         #expect(body.contains("rota_"), "\(body.prefix(300))")
     }
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`: the whole response, status line included.
+func scrapeMetrics(port: Int) throws -> String {
+    guard let scrape = connectTo(port) else { throw TestFailure("cannot connect to the metrics port \(port)") }
+    defer { close(scrape) }
+    let request = Array("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+    guard send(scrape, request, request.count, 0) == request.count else { throw TestFailure("cannot send a metrics request") }
+    var response = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    let deadline = ContinuousClock.now + .seconds(5)
+    while ContinuousClock.now < deadline {
+        var poll = pollfd(fd: scrape, events: Int16(POLLIN), revents: 0)
+        guard Glibc.poll(&poll, 1, 100) > 0 else { continue }
+        let count = recv(scrape, &buffer, buffer.count, 0)
+        if count <= 0 { break }
+        response += buffer.prefix(count)
+    }
+    return String(decoding: response, as: UTF8.self)
 }

@@ -248,7 +248,7 @@ final class RunCluster: Sendable {
     /// Starts `rota run` (its own SQLite file, one worker, JSON logs) on the shared plan directory
     /// or on `plans`, or with no plan files (`following`: it follows the pool's plan); does not
     /// wait for it.
-    func start(_ label: String, plans: URL? = nil, following: Bool = false) throws -> RunNode {
+    func start(_ label: String, plans: URL? = nil, following: Bool = false, extra: [String] = []) throws -> RunNode {
         let running = live.count
         guard running < Self.maximum else {
             throw TestFailure("refusing to start \(label): \(running) rota run processes already run (maximum \(Self.maximum))")
@@ -257,7 +257,7 @@ final class RunCluster: Sendable {
         let node = try RunNode(label: label, database: database, arguments: [
             "run"] + (following ? [] : ["--plans", (plans ?? self.plans).path]) + ["--db", database, "--redis", redisURL, "--pool", pool,
             "--workers", "1", "--name", label, "--log-format", "json",
-        ])
+        ] + extra)
         nodes.withLock { $0.append(node) }
         return node
     }
