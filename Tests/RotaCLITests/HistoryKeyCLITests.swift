@@ -105,6 +105,8 @@ struct HistoryKeyCLITests {
             #expect(check.status == 0, "\(check.out)\(check.err)")
             #expect(check.out.contains("(authenticated) found: 3 round(s), 0 job event(s) and 1 prune(s) since"), "\(check.out)")
         }
+        let unchecked = try rota(["history", "verify", "--db", db])
+        #expect(unchecked.out.contains("1 prune(s) recorded, 1 tagged with a history key: not checked without --history-key-file"), "\(unchecked.out)")
         // A prune without the key is refused; an edited head does not verify.
         let unkeyed = try rota(["history", "prune", "--db", db, "--keep", "1"])
         #expect(unkeyed.status == 1 && unkeyed.err.contains("give its history key"), "\(unkeyed.err)")
