@@ -49,7 +49,7 @@ public struct HistoryHead: Sendable, Hashable {
         tag = key?.tag(Self.domain, [Array(body.utf8)])
     }
 
-    /// Reads a head's line (surrounding whitespace ignored). Throws `.invalidArgument` for anything else.
+    /// Reads a head's line (surrounding whitespace ignored); throws `.invalidHead` for anything else.
     public init(parsing input: String) throws(StoreError) {
         let line = input.trimmingCharacters(in: .whitespacesAndNewlines)
         func bad(_ why: String) -> StoreError { StoreError(.invalidHead, "not a history head (\(why)): \(line.prefix(80))") }

@@ -43,13 +43,18 @@ public struct HistoryKey: Sendable {
 
     /// The key a key file holds: its text when that is only hex digits (whitespace and line breaks
     /// ignored, as `xxd -p` writes them), its raw bytes otherwise.
+    /// Text of hex digits only is read as hex, whatever its length: a hex key cut short by a digit
+    /// is refused, not taken for raw bytes (random bytes are all hex digits with odds of 10^-34).
     public init(fileContent data: [UInt8]) throws(StoreError) {
         let digits = data.filter { !Self.isSpace($0) }
-        if !digits.isEmpty, digits.count % 2 == 0, let bytes = Self.bytes(hex: digits) {
-            try self.init(bytes: bytes)
-        } else {
+        guard !digits.isEmpty, digits.allSatisfy({ Self.hexValue($0) != nil }) else {
             try self.init(bytes: data)
+            return
         }
+        guard let bytes = Self.bytes(hex: digits) else {
+            throw StoreError(.invalidKey, "\(digits.count) hex digits: a history key in hex has an even number, at least \(2 * Self.minimumBytes)")
+        }
+        try self.init(bytes: bytes)
     }
 
     /// Reads a key file (see ``init(fileContent:)``). The warning, when there is one, says the file
@@ -123,22 +128,23 @@ public struct HistoryKey: Sendable {
 
     private static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 }
 
+    private static func hexValue(_ digit: UInt8) -> UInt8? {
+        switch digit {
+        case 0x30...0x39: digit - 0x30
+        case 0x61...0x66: digit - 0x61 + 10
+        case 0x41...0x46: digit - 0x41 + 10
+        default: nil
+        }
+    }
+
     /// The bytes of an even number of hex digits; nil for anything else.
     static func bytes(hex digits: [UInt8]) -> [UInt8]? {
         guard digits.count % 2 == 0 else { return nil }
-        func value(_ digit: UInt8) -> UInt8? {
-            switch digit {
-            case 0x30...0x39: digit - 0x30
-            case 0x61...0x66: digit - 0x61 + 10
-            case 0x41...0x46: digit - 0x41 + 10
-            default: nil
-            }
-        }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(digits.count / 2)
         var index = 0
         while index + 1 < digits.count {
-            guard let high = value(digits[index]), let low = value(digits[index + 1]) else { return nil }
+            guard let high = hexValue(digits[index]), let low = hexValue(digits[index + 1]) else { return nil }
             bytes.append(high << 4 | low)
             index += 2
         }

@@ -230,8 +230,10 @@ extension History {
                     if result.eventsPruned > 0 { notes.append("\(result.eventsPruned) job event(s) pruned") }
                     if result.prunes > 0 {
                         let unauthenticated = result.unauthenticatedPrunes
-                        notes.append("\(result.prunes) prune(s) recorded"
-                            + (result.keyID == nil ? "" : unauthenticated == 0 ? ", authenticated" : ", \(unauthenticated) made without the history key"))
+                        let tagged = result.prunes - unauthenticated
+                        notes.append("\(result.prunes) prune(s) recorded" + (result.keyID != nil
+                            ? (unauthenticated == 0 ? ", authenticated" : ", \(unauthenticated) made without the history key")
+                            : (tagged > 0 ? ", \(tagged) tagged with a history key: not checked without --history-key-file" : "")))
                     }
                     if result.legacyBridges > 0 { notes.append("\(result.legacyBridges) bridge(s) from prunes before they were recorded, not authenticated") }
                     let events = result.events > 0 ? " and \(result.events) job events" : ""

@@ -75,6 +75,9 @@ struct HistoryKeyCLITests {
         _ = FileManager.default.createFile(atPath: path("short.key"), contents: Data(String(hex.prefix(32)).utf8), attributes: [.posixPermissions: 0o600])
         let short = try rota(["dispatch", "k", "--handler", "log", "--redis", "redis://127.0.0.1:1", "--history-key-file", path("short.key")])
         #expect(short.status == 1 && short.err.contains("at least 32 random bytes, this one has 16"), "\(short.err)")
+        _ = FileManager.default.createFile(atPath: path("odd.key"), contents: Data(hex.dropLast().utf8), attributes: [.posixPermissions: 0o600])
+        let odd = try rota(["history", "verify", "--db", db, "--history-key-file", path("odd.key")])
+        #expect(odd.status == 1 && odd.err.contains("63 hex digits: a history key in hex has an even number, at least 64"), "\(odd.err)")
         // Readable by others: used, with a warning.
         try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: key)
         let loose = try rota(["history", "verify", "--db", db, "--history-key-file", key])
@@ -105,6 +108,8 @@ struct HistoryKeyCLITests {
             #expect(check.status == 0, "\(check.out)\(check.err)")
             #expect(check.out.contains("(authenticated) found: 3 round(s), 0 job event(s) and 1 prune(s) since"), "\(check.out)")
         }
+        let unchecked = try rota(["history", "verify", "--db", db])
+        #expect(unchecked.out.contains("1 prune(s) recorded, 1 tagged with a history key: not checked without --history-key-file"), "\(unchecked.out)")
         // A prune without the key is refused; an edited head does not verify.
         let unkeyed = try rota(["history", "prune", "--db", db, "--keep", "1"])
         #expect(unkeyed.status == 1 && unkeyed.err.contains("give its history key"), "\(unkeyed.err)")
