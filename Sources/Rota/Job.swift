@@ -13,8 +13,15 @@ public struct Job: Sendable, Hashable {
     public let dispatcherID: String
     /// The worker running it.
     public let workerID: String
+    /// The capability a worker must have to run the job (see ``Node/addWorker(_:capabilities:)``);
+    /// nil: any worker.
+    public let requirement: String?
 
-    public init(key: String, payload: [UInt8], createdAt: Date, isRequeued: Bool, dispatcherID: String, workerID: String) {
+    public init(
+        key: String, payload: [UInt8], createdAt: Date, isRequeued: Bool, dispatcherID: String, workerID: String,
+        requirement: String? = nil
+    ) {
+        self.requirement = requirement
         self.key = key
         self.payload = payload
         self.createdAt = createdAt

@@ -108,6 +108,9 @@ public struct JobLogJob: Sendable, Hashable {
 ///   requeue): a live `worker` then stops its copy and logs `taken-over`, which ends its run instead.
 /// - `orphan-requeued`: a payload without an owner was requeued (reason `orphan`).
 /// - `ended-unowned`: a stop ended a job that no active worker ran.
+/// - `finished` / `failed`: a ``JobRunner`` job returned / threw (`error`) by itself and left the pool.
+/// - `unplaced`: no active worker has the capability the job requires; the job waits in the pool
+///   (`error` names the capability) and starts once such a worker joins.
 /// - `given-up`: a requeued job failed to start ``Node/Options/maxStartFailures`` times in a row
 ///   and was removed from the pool (`error` is the last one).
 public struct JobLogEntry: Sendable, Hashable {
@@ -122,6 +125,9 @@ public struct JobLogEntry: Sendable, Hashable {
         case orphanRequeued = "orphan-requeued"
         case endedUnowned = "ended-unowned"
         case givenUp = "given-up"
+        case finished
+        case failed
+        case unplaced
     }
 
     /// The stream entry's `n` field.

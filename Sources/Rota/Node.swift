@@ -466,7 +466,7 @@ public final class Node: Service, Sendable {
 
     /// Adds a worker that runs jobs with `handler`. It takes jobs as soon as this returns (and the
     /// jobs whose hash now points at it move over from other workers).
-    public func addWorker(_ handler: any JobHandler) async throws -> Worker {
+    public func addWorker(_ handler: any JobHandler, capabilities: Set<String> = []) async throws -> Worker {
         guard !options.clientOnly else {
             throw PoolError(.clientOnly, "node \(id) is client-only: it cannot host workers")
         }
@@ -511,6 +511,16 @@ public final class Node: Service, Sendable {
         await requeueJobs(of: worker, reason: "worker-removed")
         await removeFromMaps(worker)
         state.withLock { _ = $0.workers.removeValue(forKey: worker.id) }
+    }
+
+    /// The jobs held unplaced (no active worker has what they require), with their requirement.
+    public func unplacedJobs() async throws -> [String: String] {
+        [:]
+    }
+
+    /// The capabilities of the pool's registered workers (those without any are listed empty).
+    public func workerCapabilities() async throws -> [String: Set<String>] {
+        [:]
     }
 
     /// The workers this node hosts.

@@ -34,6 +34,9 @@ extension Node {
         /// being retried forever. A successful start resets the count. Fresh dispatches are not
         /// counted: their dispatcher gets the error and nothing is kept.
         public var maxStartFailures = 5
+        /// How long a ``JobRunner`` job may take to end once a stop cancelled it
+        /// (``JobContext/stopGracePeriod``).
+        public var jobStopGracePeriod: Duration = .seconds(10)
         /// The largest payload a dispatch or notification accepts (bytes). Payloads are copied to
         /// every routing node's memory: a limit keeps one bad caller from exhausting them. It also
         /// applies to what the node reads from Redis: a larger payload in the pool's payload map,

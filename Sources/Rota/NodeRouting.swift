@@ -37,7 +37,8 @@ extension Node {
     /// handler's error text comes back as ``PoolError/Code/startFailed``; no start within twice the
     /// ack grace period throws ``PoolError/Code/timeout`` (the job may still start later).
     /// `origin` (who asked, and why) goes into the job log's `started` entry.
-    public func dispatch(key: String, payload: [UInt8] = [], origin: JobOrigin? = nil) async throws {
+    @discardableResult
+    public func dispatch(key: String, payload: [UInt8] = [], requirement: String? = nil, origin: JobOrigin? = nil) async throws -> DispatchOutcome {
         try checkOpen()
         try Self.validate(key: key)
         try checkPayload(payload, of: key)
@@ -68,7 +69,7 @@ extension Node {
         // even when the caller is cancelled: it must not block the key for the whole guard
         // lifetime. Compare-and-delete: a newer dispatcher's guard stays.
         if case .success(let failure) = outcome, failure.isEmpty {
-            return
+            return .started
         } else if Task.isCancelled {
             spawn { _ = try? await self.release(key, token: token) }
         } else {
@@ -79,7 +80,7 @@ extension Node {
             }
         }
         switch outcome {
-        case .success(let failure) where failure.isEmpty: return
+        case .success(let failure) where failure.isEmpty: return .started
         case .success(let failure): throw PoolError(.startFailed, failure)
         case .failure(let error as PoolError): throw error
         case .failure(let error as CancellationError): throw error
