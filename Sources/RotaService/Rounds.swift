@@ -257,6 +257,11 @@ final class ProducerPlanner: JobProducer {
                 // The worker could not stop it: it still runs, and the next round tries again.
                 actions.append(action(.stop, .stopFailed, error: message))
                 record.failed += 1
+            case .unplaced(let requirement):
+                // Held in the pool until a worker with the capability joins: not a failure, and
+                // later rounds see the job as running with its payload, so this is recorded once.
+                let kind: ActionKind = open.reasons[key] == Reason.payloadChanged ? .restart : .start
+                actions.append(action(kind, .unplaced, error: "no active worker has capability '\(requirement)'", hash: hash))
             case .failed(let message):
                 let kind: ActionKind = !isStart ? .stop : (open.reasons[key] == Reason.payloadChanged ? .restart : .start)
                 actions.append(action(kind, .failed, error: message, hash: hash))

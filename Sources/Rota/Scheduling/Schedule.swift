@@ -9,11 +9,14 @@ public struct PlannedJob: Sendable, Hashable {
     public var payload: [UInt8]
     /// Why the plan wants it (job log `reason` of its start or restart); "planned" when nil.
     public var reason: String?
+    /// The capability its worker must have (``Node/dispatch(key:payload:requirement:origin:)``).
+    public var requirement: String?
 
-    public init(key: String, payload: [UInt8] = [], reason: String? = nil) {
+    public init(key: String, payload: [UInt8] = [], reason: String? = nil, requirement: String? = nil) {
         self.key = key
         self.payload = payload
         self.reason = reason
+        self.requirement = requirement
     }
 }
 
@@ -65,6 +68,9 @@ public enum JobOutcome: Sendable, Hashable {
     /// Asked to stop, but not running.
     case notFound
     case failed(String)
+    /// No active worker has the job's requirement: the job waits in the pool, unplaced, and starts
+    /// when such a worker joins (later rounds see it as running with its payload).
+    case unplaced(requirement: String)
     /// The stop handler failed, or no stop was confirmed in time: the job may still run, and the
     /// schedule keeps it in its bookkeeping so that the next "stop all" tries again.
     case stopFailed(String)
@@ -328,8 +334,10 @@ public final class Schedule: Sendable {
 
     private func dispatch(_ job: PlannedJob, origin: JobOrigin) async -> JobOutcome {
         do {
-            try await node.dispatch(key: job.key, payload: job.payload, origin: origin)
-            return .started
+            switch try await node.dispatch(key: job.key, payload: job.payload, requirement: job.requirement, origin: origin) {
+            case .started: return .started
+            case .unplaced(let requirement): return .unplaced(requirement: requirement)
+            }
         } catch let error as PoolError where error.code == .jobExists {
             // Started meanwhile (another node's round, or this node's replica was behind).
             return .alreadyRunning
