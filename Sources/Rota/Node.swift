@@ -33,8 +33,8 @@ public final class Node: Service, Sendable {
     let loops = LoopGroup()
     let readyLatch = Latch()
     let closedLatch = Latch()
-    /// Dispatch results by pool event ID: the error text, "" for success.
-    let results = Rendezvous<String>()
+    /// Dispatch results by pool event ID.
+    let results = Rendezvous<DispatchReply>()
     /// Stop outcomes by pool event ID (``stopAndWait(key:origin:)``).
     let stopResults = Rendezvous<StopResultRecord>()
     let rebalanceLock = AsyncLock()
@@ -466,20 +466,28 @@ public final class Node: Service, Sendable {
 
     /// Adds a worker that runs jobs with `handler`. It takes jobs as soon as this returns (and the
     /// jobs whose hash now points at it move over from other workers).
+    ///
+    /// `capabilities` (each 1–64 characters of `A-Z a-z 0-9 - _ . :`) say which jobs with a
+    /// requirement it can run (``dispatch(key:payload:requirement:origin:)``); jobs without one
+    /// run on any worker. Jobs of one requirement are spread over the workers that have it, so a
+    /// worker joining moves only jobs it can run, and held (unplaced) jobs it can run start.
     public func addWorker(_ handler: any JobHandler, capabilities: Set<String> = []) async throws -> Worker {
         guard !options.clientOnly else {
             throw PoolError(.clientOnly, "node \(id) is client-only: it cannot host workers")
         }
         try checkOpen()
+        for capability in capabilities.sorted() { try Capability.validate(capability, what: "worker capability") }
         let workerID = newIdentifier()
         let createdAt = nowNanos()
-        let worker = try Worker(id: workerID, createdAtNanos: createdAt, handler: handler, node: self)
+        let worker = try Worker(id: workerID, createdAtNanos: createdAt, handler: handler, node: self, capabilities: capabilities)
         do {
             try await worker.inbox.add(name: "i", payload: Envelope(sender: id, payload: Array(workerID.utf8)).encoded())
             try await client.send("HSET", workerNodesKey, workerID, id)
             // Keep-alive first: the registry entry is what peers react to, and a worker must be
             // active (alive) from the moment they see it.
             try await maps.workerKeepAlive.setAndWait(workerID, String(nowNanos()))
+            // Before the registry entry: a peer that sees the worker knows what it can run.
+            if !capabilities.isEmpty { try await maps.capabilities.setAndWait(workerID, Capability.encode(capabilities)) }
         } catch {
             throw PoolError(.redis, "adding a worker: \(error)", underlying: error)
         }
@@ -515,12 +523,20 @@ public final class Node: Service, Sendable {
 
     /// The jobs held unplaced (no active worker has what they require), with their requirement.
     public func unplacedJobs() async throws -> [String: String] {
-        [:]
+        let content = options.clientOnly ? try await hashContent(maps.unplaced.contentKey) : maps.unplaced.snapshot
+        return content.compactMapValues { value in
+            let requirement = String(decoding: value, as: UTF8.self)
+            return Capability.isValid(requirement) ? requirement : nil
+        }
     }
 
     /// The capabilities of the pool's registered workers (those without any are listed empty).
     public func workerCapabilities() async throws -> [String: Set<String>] {
-        [:]
+        let registry = options.clientOnly ? try await hashContent(maps.workers.contentKey) : maps.workers.snapshot
+        let stored = options.clientOnly ? try await hashContent(maps.capabilities.contentKey) : maps.capabilities.snapshot
+        var result: [String: Set<String>] = [:]
+        for worker in registry.keys { result[worker] = stored[worker].map(Capability.decode) ?? [] }
+        return result
     }
 
     /// The workers this node hosts.
@@ -638,6 +654,12 @@ struct PoolMaps: Sendable {
     let pending: ReplicatedMap
     /// Ticker name → `<next tick, Unix µs>|<interval>`: the shared state of distributed tickers.
     let tickers: ReplicatedMap
+    /// Worker ID → its capabilities (``Capability/encode(_:)``); no entry: none.
+    let capabilities: ReplicatedMap
+    /// Job key → the capability its worker must have, while the job exists (no entry: any worker).
+    let requirements: ReplicatedMap
+    /// Job key → its requirement, for jobs held because no active worker has it.
+    let unplaced: ReplicatedMap
 
     /// Values over their limit are skipped by the replicas (see ``ReplicatedMap/Options/maxValueBytes``):
     /// payloads over `maxPayloadBytes`, and in the other maps, whose values are IDs, timestamps and
@@ -655,9 +677,14 @@ struct PoolMaps: Sendable {
         payloads = try map("job-payloads", maxValueBytes: maxPayloadBytes)
         pending = try map("pending-jobs")
         tickers = try map("tickers")
+        capabilities = try map("worker-capabilities")
+        requirements = try map("job-requirements")
+        unplaced = try map("unplaced-jobs")
     }
 
-    var all: [ReplicatedMap] { [shutdown, nodeKeepAlive, workers, workerKeepAlive, cleanup, owners, payloads, pending, tickers] }
+    var all: [ReplicatedMap] {
+        [shutdown, nodeKeepAlive, workers, workerKeepAlive, cleanup, owners, payloads, pending, tickers, capabilities, requirements, unplaced]
+    }
 
     /// Client-only nodes replicate only what they need to join and to expire dead nodes.
     func joined(clientOnly: Bool) -> [ReplicatedMap] { clientOnly ? [shutdown, nodeKeepAlive] : all }

@@ -155,6 +155,10 @@ extension Node {
             group.addTask {
                 for await _ in self.rebalanceRequests.stream { await self.rebalance() }
             }
+            group.addTask {
+                // A capability entry may reach this replica after the registry entry it precedes.
+                for await _ in self.maps.capabilities.changes() { await self.rebalance() }
+            }
         }
     }
 
@@ -173,8 +177,14 @@ extension Node {
         }
     }
 
-    /// Stops local workers that peers evicted, then moves local jobs whose hash target changed.
+    /// Stops local workers that peers evicted, moves local jobs whose hash target changed, and
+    /// places held jobs a worker can run now.
     func rebalance() async {
+        await moveJobs()
+        await placeUnplaced()
+    }
+
+    private func moveJobs() async {
         await rebalanceLock.withLock {
             guard state.withLock({ $0.phase == .running }) else { return }
             let registry = maps.workers.snapshot
@@ -189,10 +199,10 @@ extension Node {
                     await worker.registerAgain()
                 }
             }
-            let active = activeWorkers()
-            guard !active.isEmpty else { return }
+            let view = workerView()
+            guard !view.active.isEmpty else { return }
             for worker in localWorkers where !worker.isStopped {
-                await worker.rebalance(active: active)
+                await worker.rebalance(view: view)
             }
         }
     }
@@ -248,7 +258,8 @@ extension Node {
                 guard let job = iterator.next() else { return false }
                 group.addTask {
                     let record = JobRecord(
-                        key: job.key, dispatcher: job.dispatcherID, payload: job.payload, createdAt: job.createdAt, requeued: true, origin: origin
+                        key: job.key, dispatcher: job.dispatcherID, payload: job.payload, createdAt: job.createdAt, requeued: true, origin: origin,
+                        requirement: job.requirement
                     )
                     do {
                         _ = try await self.requeue(record)
@@ -352,6 +363,7 @@ extension Node {
                     maps.workerKeepAlive.contentKey, maps.workerKeepAlive.channel,
                     maps.cleanup.contentKey, maps.cleanup.channel,
                     maps.owners.contentKey, maps.owners.channel,
+                    maps.capabilities.contentKey, maps.capabilities.channel,
                 ],
                 arguments: [workerID]
             )
@@ -391,6 +403,8 @@ extension Node {
             await cleanUp(worker: worker, keys: owned[worker] ?? [])
         }
         await requeueOrphans()
+        // Normally done when the workers change; this catches a placement that failed then.
+        await placeUnplaced()
     }
 
     /// Cleans up one inactive worker under a cleanup lock (which also keeps it out of the active
@@ -424,7 +438,8 @@ extension Node {
         var requeued: [Job] = []
         for key in keys where maps.owners.string(key) == worker {
             if let payload = maps.payloads.get(key) {
-                requeued.append(Job(key: key, payload: payload, createdAt: Date(), isRequeued: true, dispatcherID: id, workerID: ""))
+                requeued.append(Job(
+                    key: key, payload: payload, createdAt: Date(), isRequeued: true, dispatcherID: id, workerID: "", requirement: requirement(of: key)))
             }
         }
         let origin = JobOrigin(actor: options.name, reason: "worker-lost")
@@ -443,6 +458,11 @@ extension Node {
         await removeWorkerEntries(worker)
     }
 
+    /// The pool's record of a job's requirement (nil: none, or not a valid capability).
+    func requirement(of key: String) -> String? {
+        maps.requirements.string(key).flatMap { Capability.isValid($0) ? $0 : nil }
+    }
+
     /// Payloads that no worker owns for longer than the grace period are requeued: the last
     /// resort when everything else failed (cascading failures, a handoff whose event was lost).
     func requeueOrphans() async {
@@ -452,10 +472,12 @@ extension Node {
         var due: [Job] = []
         state.withLock { state in
             var seen: [String: ContinuousClock.Instant] = [:]
-            for (key, payload) in payloads where maps.owners.get(key) == nil {
+            // Held jobs have no owner on purpose: they are placed when a capable worker joins.
+            for (key, payload) in payloads where maps.owners.get(key) == nil && maps.unplaced.get(key) == nil {
                 let first = state.orphansSeen[key] ?? now
                 if now - first >= grace {
-                    due.append(Job(key: key, payload: payload, createdAt: Date(), isRequeued: true, dispatcherID: id, workerID: ""))
+                    due.append(Job(
+                        key: key, payload: payload, createdAt: Date(), isRequeued: true, dispatcherID: id, workerID: "", requirement: requirement(of: key)))
                 } else {
                     seen[key] = first
                 }

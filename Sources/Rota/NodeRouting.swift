@@ -15,6 +15,39 @@ enum RouteDecision: Equatable, Sendable {
     case notFound
     /// No active worker: leave unacknowledged.
     case noWorkers
+    /// A start no active worker can take: none has the job's requirement. The job is held (see
+    /// ``PoolScripts/park``) until one joins.
+    case unplaced(requirement: String)
+}
+
+/// The active workers and their capabilities as one node sees them, read once per batch.
+struct WorkerView: Sendable {
+    /// In hash-bucket order (``Node/activeWorkers()``).
+    let active: [String]
+    let capabilities: [String: Set<String>]
+
+    /// The active workers that can run a job requiring `requirement` (all of them for nil), in
+    /// hash-bucket order: jobs of one requirement are hashed over their own workers only, so a
+    /// worker joining moves only jobs it can run.
+    func capable(of requirement: String?) -> [String] {
+        guard let requirement else { return active }
+        return active.filter { capabilities[$0]?.contains(requirement) == true }
+    }
+
+    /// The worker a job should run on; nil when none can.
+    func target(for key: String, requirement: String?, hasher: any JobHasher) -> String? {
+        let capable = capable(of: requirement)
+        guard !capable.isEmpty else { return nil }
+        return capable[hasher.bucket(for: key, buckets: capable.count)]
+    }
+}
+
+/// What a dispatcher hears about its start event.
+enum DispatchReply: Sendable, Equatable {
+    /// From the worker: "" started, else the start's error text.
+    case result(String)
+    /// From the routing node: the job is held for a worker with this capability.
+    case unplaced(String)
 }
 
 /// The outcome of the admission script.
@@ -37,15 +70,23 @@ extension Node {
     /// handler's error text comes back as ``PoolError/Code/startFailed``; no start within twice the
     /// ack grace period throws ``PoolError/Code/timeout`` (the job may still start later).
     /// `origin` (who asked, and why) goes into the job log's `started` entry.
+    ///
+    /// With a `requirement`, only workers that list it among their capabilities run the job
+    /// (``addWorker(_:capabilities:)``), wherever it moves later. When none is active the job is
+    /// held in the pool and this returns ``DispatchOutcome/unplaced(requirement:)``: the job exists
+    /// (a second dispatch throws ``PoolError/Code/jobExists``, a stop ends it) and starts once
+    /// such a worker joins.
     @discardableResult
     public func dispatch(key: String, payload: [UInt8] = [], requirement: String? = nil, origin: JobOrigin? = nil) async throws -> DispatchOutcome {
         try checkOpen()
         try Self.validate(key: key)
         try checkPayload(payload, of: key)
         try origin?.validate()
+        if let requirement { try Capability.validate(requirement, what: "job \(key): requirement") }
         let began = ContinuousClock.now
         defer { Metrics.Timer(label: "rota_dispatch_duration").recordNanoseconds((ContinuousClock.now - began).nanoseconds) }
-        let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false, origin: origin)
+        let record = JobRecord(
+            key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: false, origin: origin, requirement: requirement)
         let (claim, eventID) = try await claimAndAppend(record)
         let token: String
         switch claim {
@@ -58,7 +99,7 @@ extension Node {
             throw PoolError(
                 .tooManyJobs, "job \(key): the pool has \(jobs) jobs, its limit is \(options.maxJobs) (Node.Options.maxJobs); the job was not started")
         }
-        let outcome: Result<String, any Error>
+        let outcome: Result<DispatchReply, any Error>
         do {
             guard let eventID else { throw PoolError(.redis, "dispatching \(key): the admission script returned no event ID") }
             outcome = .success(try await waitForResult(eventID, in: results, timeoutMessage: "job \(key) timed out: no worker started it"))
@@ -68,9 +109,16 @@ extension Node {
         // A started job's guard was removed by the worker's start script. Otherwise give it back,
         // even when the caller is cancelled: it must not block the key for the whole guard
         // lifetime. Compare-and-delete: a newer dispatcher's guard stays.
-        if case .success(let failure) = outcome, failure.isEmpty {
+        switch outcome {
+        case .success(.result("")):
             return .started
-        } else if Task.isCancelled {
+        case .success(.unplaced(let requirement)):
+            // Held: the hold removed the guard and stored the payload (the job exists now).
+            return .unplaced(requirement: requirement)
+        default:
+            break
+        }
+        if Task.isCancelled {
             spawn { _ = try? await self.release(key, token: token) }
         } else {
             do {
@@ -80,8 +128,9 @@ extension Node {
             }
         }
         switch outcome {
-        case .success(let failure) where failure.isEmpty: return .started
-        case .success(let failure): throw PoolError(.startFailed, failure)
+        case .success(.result("")): return .started
+        case .success(.result(let failure)): throw PoolError(.startFailed, failure)
+        case .success(.unplaced(let requirement)): return .unplaced(requirement: requirement)
         case .failure(let error as PoolError): throw error
         case .failure(let error as CancellationError): throw error
         case .failure(let error): throw PoolError(.redis, "dispatching \(key): \(error)", underlying: error)
@@ -259,8 +308,8 @@ extension Node {
         var commands: [RedisCommand] = []
         // Outcomes owed to the nodes waiting for them: stops, and dispatches refused here.
         var stopReplies: [RedisCommand] = []
-        // Snapshots of three maps: once per batch, not once per event.
-        let active = activeWorkers()
+        // Snapshots of four maps: once per batch, not once per event.
+        let view = workerView()
         for event in events {
             if Date().timeIntervalSince(event.createdAt) > Double(Self.maxEventAge.components.seconds) {
                 logger.info("dropping a stale pool event", metadata: ["event": "\(event.id)", "name": "\(event.name)"])
@@ -284,7 +333,13 @@ extension Node {
                 }
                 continue
             }
-            let decision = await routeDecision(eventName: event.name, key: key, active: active)
+            let record = event.name == "j" ? JobRecord(decoding: event.payload) : nil
+            if event.name == "j" && record == nil {
+                logger.error("dropping a malformed job record", metadata: ["event": "\(event.id)", "job": "\(key)"])
+                dropped.append(event)
+                continue
+            }
+            let decision = await routeDecision(eventName: event.name, key: key, requirement: record?.requirement, view: view)
             switch decision {
             case .worker(let target):
                 // The topic carries the pool event ID: the worker returns a start's result
@@ -307,6 +362,12 @@ extension Node {
                     if let reply = stopReply(event, .endedUnowned) { stopReplies.append(reply) }
                 default:
                     logger.debug("stop left for later: the job has an owner now", metadata: ["event": "\(event.id)", "job": "\(key)"])
+                }
+            case .unplaced(let requirement):
+                guard let record else { continue }
+                switch await park(record, requirement: requirement, eventID: event.id) {
+                case 1?, 2?: dropped.append(event)
+                default: logger.debug("start left for later", metadata: ["event": "\(event.id)", "job": "\(key)"])
                 }
             case .awaitingOwner, .noWorkers:
                 // Left pending: the sink delivers it again after the ack grace period.
@@ -355,7 +416,9 @@ extension Node {
 
     /// The routing decision for an event: starts go to the hash target among active workers;
     /// stops and notifications go to the job's current owner.
-    /// `active` is the active worker list when the caller already has it (a batch computes it once).
+    /// `view` is the active workers when the caller already has them (a batch reads them once).
+    /// A start goes only to workers that have the job's `requirement` (``JobRecord/requirement``,
+    /// else the pool's record of it): with none active, it is `.unplaced`.
     ///
     /// A start for a job an active worker already owns is a redelivery (admission refuses a second
     /// dispatch; a requeue releases or outlives the owner first): the routing node that sent it
@@ -364,12 +427,16 @@ extension Node {
     /// target instead (which may have changed since), a second copy would run until the owner's
     /// next keep-alive noticed the takeover. If the owner is off target, its rebalance moves the
     /// job (stop, then start).
-    func routeDecision(eventName: String, key: String, active: [String]? = nil) async -> RouteDecision {
-        let active = active ?? activeWorkers()
+    func routeDecision(eventName: String, key: String, requirement: String? = nil, view: WorkerView? = nil) async -> RouteDecision {
+        let view = view ?? workerView()
+        let active = view.active
         if eventName == "j" {
-            guard !active.isEmpty else { return .noWorkers }
+            let requirement = requirement ?? self.requirement(of: key)
             if let owner = maps.owners.string(key), active.contains(owner) { return .worker(owner) }
-            return .worker(active[options.hasher.bucket(for: key, buckets: active.count)])
+            guard let target = view.target(for: key, requirement: requirement, hasher: options.hasher) else {
+                return requirement.map { .unplaced(requirement: $0) } ?? .noWorkers
+            }
+            return .worker(target)
         }
         if let owner = maps.owners.string(key), active.contains(owner) {
             return .worker(owner)
@@ -404,7 +471,7 @@ extension Node {
                 keys: [
                     maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
                     maps.pending.contentKey, maps.pending.channel, startFailuresKey, jobLogKey, maps.workerKeepAlive.contentKey,
-                    endedKey(key),
+                    endedKey(key), maps.requirements.contentKey, maps.requirements.channel, maps.unplaced.contentKey, maps.unplaced.channel,
                 ],
                 arguments: [
                     key, seenOwner, String(nowNanos()), String(options.workerTTL.nanoseconds),
@@ -431,6 +498,90 @@ extension Node {
     func endedKey(_ job: String) -> String { keySpace.key("ended", job) }
 
     static let tombstoneLifetimeMillis = 600_000
+
+    /// The active workers with their capabilities.
+    func workerView() -> WorkerView {
+        let active = activeWorkers()
+        let stored = maps.capabilities.snapshot
+        var capabilities: [String: Set<String>] = [:]
+        for worker in active {
+            if let value = stored[worker] { capabilities[worker] = Capability.decode(value) }
+        }
+        return WorkerView(active: active, capabilities: capabilities)
+    }
+
+    /// Holds a start no active worker can take (see ``PoolScripts/park``); a fresh dispatch's
+    /// dispatcher hears `unplaced`. → the script's reply (1 held, 0 owned now, 2 ended), nil when
+    /// Redis failed (the event is delivered again).
+    func park(_ record: JobRecord, requirement: String, eventID: String) async -> Int? {
+        let fresh = !record.requeued
+        let reply = fresh && !record.dispatcher.isEmpty ? AckRecord(eventID: eventID, error: requirement).encoded() : []
+        let inbox = keySpace.key("stream", Self.inboxName(ofNode: fresh && !record.dispatcher.isEmpty ? record.dispatcher : id))
+        let origin = record.origin ?? JobOrigin(actor: options.name, reason: fresh ? "dispatch" : "requeue")
+        do {
+            let result = try await client.evaluate(
+                PoolScripts.park,
+                keys: [
+                    maps.owners.contentKey, maps.payloads.contentKey, maps.payloads.channel, maps.pending.contentKey, maps.pending.channel,
+                    maps.requirements.contentKey, maps.requirements.channel, maps.unplaced.contentKey, maps.unplaced.channel, jobLogKey, inbox,
+                ],
+                arguments: [
+                    record.key, record.payload, requirement, fresh ? "1" : "0", JobLogJSON.head(.unplaced, worker: "", node: self),
+                    JobLogJSON.job(record.key, origin: origin, requeued: record.requeued, error: "no active worker has capability '\(requirement)'"),
+                    reply,
+                ]
+            ).int
+            if result == 1 {
+                logger.info("job held: no active worker has its requirement", metadata: ["job": "\(record.key)", "requirement": "\(requirement)"])
+            }
+            return result
+        } catch {
+            logger.warning("could not hold an unplaced job; it is delivered again later", metadata: ["job": "\(record.key)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Places the held jobs that an active worker can now run (see ``PoolScripts/place``); every
+    /// routing node does this when the workers change, and the script lets exactly one place each.
+    func placeUnplaced() async {
+        let held = maps.unplaced.snapshot
+        guard !held.isEmpty else { return }
+        let view = workerView()
+        var records: [(key: String, requirement: String, record: [UInt8])] = []
+        let origin = JobOrigin(actor: options.name, reason: "placed")
+        for (key, value) in held.sorted(by: { $0.key < $1.key }) {
+            let requirement = String(decoding: value, as: UTF8.self)
+            guard Capability.isValid(requirement), !view.capable(of: requirement).isEmpty, let payload = maps.payloads.get(key) else { continue }
+            let record = JobRecord(key: key, dispatcher: id, payload: payload, createdAt: Date(), requeued: true, origin: origin, requirement: requirement)
+            records.append((key, requirement, record.encoded()))
+        }
+        guard !records.isEmpty else { return }
+        let keys: [any RedisArgument] = [maps.unplaced.contentKey, maps.unplaced.channel, maps.owners.contentKey, maps.payloads.contentKey, poolStream.key]
+        // Concurrent calls share the connection's pipeline; 32 at a time bounds what is in flight.
+        let placed = await withTaskGroup(of: Int.self) { group in
+            var iterator = records.makeIterator()
+            var count = 0
+            func addNext() -> Bool {
+                guard let next = iterator.next() else { return false }
+                group.addTask {
+                    do {
+                        return try await self.client.evaluate(PoolScripts.place, keys: keys, arguments: [next.key, next.requirement, next.record]).int ?? 0
+                    } catch {
+                        self.logger.warning("could not place a held job; the next worker change or sweep retries", metadata: ["job": "\(next.key)", "error": "\(error)"])
+                        return 0
+                    }
+                }
+                return true
+            }
+            for _ in 0..<32 where !addNext() { break }
+            while let result = await group.next() {
+                count += result
+                _ = addNext()
+            }
+            return count
+        }
+        if placed > 0 { logger.info("placed held jobs on workers that can run them", metadata: ["jobs": "\(placed)"]) }
+    }
 
     /// Workers that may receive jobs, in hash-bucket order: registered (not retiring), not being
     /// cleaned up, and alive (keep-alive within the worker TTL). Ordered by creation time, then ID,
@@ -497,12 +648,20 @@ extension Node {
             stopResults.deliver(result.eventID, result)
             return
         }
-        guard event.name == "d" else { return }
+        guard event.name == "d" || event.name == "u" else { return }
         guard let result = AckRecord(decoding: event.payload) else {
             logger.error("ignoring a malformed dispatch result", metadata: ["event": "\(event.id)"])
             return
         }
-        results.deliver(result.eventID, result.error)
+        if event.name == "u" {
+            guard Capability.isValid(result.error) else {
+                logger.error("ignoring a malformed unplaced reply", metadata: ["event": "\(event.id)"])
+                return
+            }
+            results.deliver(result.eventID, .unplaced(result.error))
+        } else {
+            results.deliver(result.eventID, .result(result.error))
+        }
     }
 
     /// A worker acknowledged an event this node forwarded to it.

@@ -68,11 +68,12 @@ enum PoolScripts {
     /// removed; a requeued start ("0") is recorded only while the payload exists (a stop may have
     /// ended the job meanwhile: the start must not resurrect it); "2" (a worker registering its
     /// jobs again after Redis lost them) always writes. A recorded requeued start clears the job's
-    /// start-failure count. → true when recorded.
+    /// start-failure count. The job's requirement (KEYS 10–11) is written with it (removed when it
+    /// has none), and it is no longer unplaced (KEYS 12–13). → true when recorded.
     private static let startRecord = """
         -- (previous owner, key) pairs of starts that replaced another worker as the owner.
         local displaced = {}
-        local function record_start(w, k, p, flag)
+        local function record_start(w, k, p, flag, need)
           if flag == '0' and redis.call('HEXISTS', KEYS[3], k) == 0 then return false end
           local prev = redis.call('HGET', KEYS[1], k)
           if prev ~= w then
@@ -85,6 +86,12 @@ enum PoolScripts {
           end
           if redis.call('HGET', KEYS[3], k) ~= p then mset(KEYS[3], KEYS[4], k, p) end
           if flag == '1' then mdel(KEYS[5], KEYS[6], k) end
+          if need ~= '' then
+            if redis.call('HGET', KEYS[10], k) ~= need then mset(KEYS[10], KEYS[11], k, need) end
+          else
+            mdel(KEYS[10], KEYS[11], k)
+          end
+          mdel(KEYS[12], KEYS[13], k)
           -- Only requeued jobs are counted (ends and give-ups delete their counts): fresh
           -- dispatches, the hot path, skip the write.
           if flag == '0' then redis.call('HDEL', KEYS[7], k) end
@@ -139,10 +146,10 @@ enum PoolScripts {
     /// Recording and replying together means a dispatcher never hears "started" for a job the
     /// pool does not know, and a routing node never acknowledges one.
     /// KEYS: owners h/c, payloads h/c, pending h/c, start-failures hash, job log, cleanup-lock
-    /// hash, then the inboxes replied to.
+    /// hash, requirements h/c, unplaced h/c, then the inboxes replied to.
     /// ARGV: worker ID, number of starts, number of failed requeued starts, maximum failures,
     /// job-log heads for `started`, `start-failed` and `given-up`; then (key, payload, flag,
-    /// job-log fragment or "" for none) per start; (key, fragment) per failed start; then (index of
+    /// job-log fragment or "" for none, requirement or "") per start; (key, fragment) per failed start; then (index of
     /// the inbox in KEYS, event name, payload) per reply.
     /// → {keys of requeued starts refused (the job ended), keys given up, (previous owner, key)
     /// pairs of starts that replaced another worker as the owner}.
@@ -154,12 +161,12 @@ enum PoolScripts {
         local refused, started = {}, {}
         local i = 8
         for _ = 1, n do
-          if record_start(w, ARGV[i], ARGV[i + 1], ARGV[i + 2]) then
+          if record_start(w, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]) then
             if ARGV[i + 3] ~= '' then table.insert(started, ARGV[i + 3]) end
           else
             table.insert(refused, ARGV[i])
           end
-          i = i + 4
+          i = i + 5
         end
         local failed, gaveup, gaveup_frags = {}, {}, {}
         for _ = 1, m do
@@ -176,6 +183,8 @@ enum PoolScripts {
             if count >= max and (not owner or owner == w) then
               mdel(KEYS[1], KEYS[2], k)
               mdel(KEYS[3], KEYS[4], k)
+              mdel(KEYS[10], KEYS[11], k)
+              mdel(KEYS[12], KEYS[13], k)
               redis.call('HDEL', KEYS[7], k)
               table.insert(gaveup, k)
               table.insert(gaveup_frags, frag)
@@ -200,7 +209,8 @@ enum PoolScripts {
     /// A worker gives jobs up: ownership is removed where it still names this worker; the payload
     /// (and the start-failure count) is deleted only for jobs that end (stop, shutdown), kept for
     /// handoffs. The job log gets the jobs whose ownership or payload this removed.
-    /// KEYS: owners h/c, payloads h/c, start-failures hash, job log.
+    /// KEYS: owners h/c, payloads h/c, start-failures hash, job log, requirements h/c, unplaced h/c
+    /// (both cleared with the payload).
     /// ARGV: worker ID, "1" to delete payloads / "0" to keep them, job-log head, then
     /// (key, job-log fragment) pairs. → the number of ownership entries removed.
     static let release = RedisScript(helpers + """
@@ -217,6 +227,8 @@ enum PoolScripts {
           if ARGV[2] == '1' then
             if mdel(KEYS[3], KEYS[4], k) then changed = true end
             redis.call('HDEL', KEYS[5], k)
+            mdel(KEYS[7], KEYS[8], k)
+            mdel(KEYS[9], KEYS[10], k)
           end
           if changed then table.insert(frags, ARGV[i + 1]) end
         end
@@ -231,7 +243,7 @@ enum PoolScripts {
     /// When it ends the job of a dead owner, a tombstone (the owner's ID, expiring) tells that
     /// worker, should it come back, that its copy must stop.
     /// KEYS: owners h/c, payloads h/c, pending h/c, start-failures hash, job log, worker keep-alive
-    /// hash, tombstone. ARGV: key, owner seen ("" for none), now nanos, TTL nanos, job-log head,
+    /// hash, tombstone, requirements h/c, unplaced h/c. ARGV: key, owner seen ("" for none), now nanos, TTL nanos, job-log head,
     /// fragment, tombstone lifetime (ms).
     /// → 0 no such job · 1 ended · 2 the job has a live or another owner now (route it again).
     static let endUnowned = RedisScript(helpers + """
@@ -250,6 +262,8 @@ enum PoolScripts {
         end
         mdel(KEYS[3], KEYS[4], k)
         mdel(KEYS[5], KEYS[6], k)
+        mdel(KEYS[11], KEYS[12], k)
+        mdel(KEYS[13], KEYS[14], k)
         redis.call('HDEL', KEYS[7], k)
         job_log(KEYS[8], ARGV[5], {ARGV[6]})
         return 1
@@ -257,13 +271,15 @@ enum PoolScripts {
 
     /// Removes a worker from the registry, keep-alives, cleanup locks and every ownership entry that
     /// still names it. Payloads stay (deleting them raced with requeues and lost jobs).
-    /// KEYS: workers h/c, worker keep-alive h/c, cleanup h/c, owners h/c. ARGV: worker ID.
+    /// KEYS: workers h/c, worker keep-alive h/c, cleanup h/c, owners h/c, capabilities h/c.
+    /// ARGV: worker ID.
     /// → the number of ownership entries removed.
     static let removeWorker = RedisScript(helpers + """
         local w = ARGV[1]
         mdel(KEYS[1], KEYS[2], w)
         mdel(KEYS[3], KEYS[4], w)
         mdel(KEYS[5], KEYS[6], w)
+        mdel(KEYS[9], KEYS[10], w)
         local all = redis.call('HGETALL', KEYS[7])
         local n = 0
         for i = 1, #all, 2 do
@@ -273,5 +289,46 @@ enum PoolScripts {
           end
         end
         return n
+        """)
+
+    /// A start no active worker can take (none has the job's requirement) is held: the payload
+    /// and requirement are stored (a fresh dispatch: the pending guard goes, so the job exists and
+    /// a second dispatch is refused), the job is listed as unplaced and, when it was not yet, the
+    /// job log gets `unplaced`. A fresh dispatch's dispatcher is told (inbox event `u`, NOMKSTREAM).
+    /// KEYS: owners hash, payloads h/c, pending h/c, requirements h/c, unplaced h/c, job log,
+    /// dispatcher inbox (any key of the pool when there is none).
+    /// ARGV: key, payload, requirement, "1" fresh / "0" requeued, job-log head, fragment,
+    /// dispatcher reply ("" for none).
+    /// → 1 held · 0 an owner has it now (route it again) · 2 the job ended meanwhile (drop it).
+    static let park = RedisScript(helpers + """
+        local k, need = ARGV[1], ARGV[3]
+        if redis.call('HEXISTS', KEYS[1], k) == 1 then return 0 end
+        if ARGV[4] == '1' then
+          if redis.call('HEXISTS', KEYS[2], k) == 0 then mset(KEYS[2], KEYS[3], k, ARGV[2]) end
+          mdel(KEYS[4], KEYS[5], k)
+        elseif redis.call('HEXISTS', KEYS[2], k) == 0 then
+          return 2
+        end
+        if redis.call('HGET', KEYS[6], k) ~= need then mset(KEYS[6], KEYS[7], k, need) end
+        if redis.call('HGET', KEYS[8], k) ~= need then
+          mset(KEYS[8], KEYS[9], k, need)
+          job_log(KEYS[10], ARGV[5], {ARGV[6]})
+        end
+        if ARGV[7] ~= '' then redis.call('XADD', KEYS[11], 'NOMKSTREAM', '*', 'n', 'u', 'p', ARGV[7]) end
+        return 1
+        """)
+
+    /// Places a held job once a worker with its requirement is active: it leaves the unplaced list
+    /// and its requeued start is appended to the pool stream, atomically, so of all the nodes that
+    /// noticed the new worker exactly one places it.
+    /// KEYS: unplaced h/c, owners hash, payloads hash, pool stream. ARGV: key, requirement seen,
+    /// job record. → 1 placed · 0 not unplaced (any more), owned, or ended.
+    static let place = RedisScript(helpers + """
+        local k = ARGV[1]
+        if redis.call('HGET', KEYS[1], k) ~= ARGV[2] then return 0 end
+        mdel(KEYS[1], KEYS[2], k)
+        if redis.call('HEXISTS', KEYS[3], k) == 1 or redis.call('HEXISTS', KEYS[4], k) == 0 then return 0 end
+        redis.call('XADD', KEYS[5], '*', 'n', 'j', 'p', ARGV[3])
+        return 1
         """)
 }

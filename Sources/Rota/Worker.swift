@@ -12,6 +12,8 @@ public final class Worker: Sendable {
     public let id: String
     /// When the worker joined; workers are ordered by it for hashing.
     public let createdAt: Date
+    /// What it can run (``Node/addWorker(_:capabilities:)``).
+    public let capabilities: Set<String>
     let createdAtNanos: Int64
     let handler: any JobHandler
     let node: Node
@@ -42,7 +44,8 @@ public final class Worker: Sendable {
 
     private let state = Mutex(State())
 
-    init(id: String, createdAtNanos: Int64, handler: any JobHandler, node: Node) throws {
+    init(id: String, createdAtNanos: Int64, handler: any JobHandler, node: Node, capabilities: Set<String> = []) throws {
+        self.capabilities = capabilities
         self.id = id
         self.createdAtNanos = createdAtNanos
         self.createdAt = dateFromNanos(createdAtNanos)
@@ -173,6 +176,7 @@ public final class Worker: Sendable {
                 let attempted = ContinuousClock.now
                 try await node.maps.workerKeepAlive.set(id, String(nowNanos()))
                 state.withLock { $0.lastKeepAlive = attempted }
+                if !capabilities.isEmpty { try await node.maps.capabilities.setAndWait(id, Capability.encode(capabilities)) }
                 try await node.maps.workers.setAndWait(id, String(createdAtNanos))
                 var running = jobs
                 if !running.isEmpty {
@@ -414,6 +418,7 @@ public final class Worker: Sendable {
         var keys: [any RedisArgument] = [
             maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
             maps.pending.contentKey, maps.pending.channel, node.startFailuresKey, node.jobLogKey, maps.cleanup.contentKey,
+            maps.requirements.contentKey, maps.requirements.channel, maps.unplaced.contentKey, maps.unplaced.channel,
         ]
         var inboxIndex: [String: Int] = [:]
         let logsStarts = commit.started.contains { !$0.logFragment.isEmpty }
@@ -424,7 +429,7 @@ public final class Worker: Sendable {
             commit.failed.isEmpty ? "" : JobLogJSON.head(.givenUp, worker: id, node: node),
         ]
         for started in commit.started {
-            arguments += [started.job.key, started.job.payload, started.flag, started.logFragment]
+            arguments += [started.job.key, started.job.payload, started.flag, started.logFragment, started.job.requirement ?? ""]
         }
         for failed in commit.failed { arguments += [failed.key, failed.logFragment] }
         for reply in commit.replies {
@@ -513,9 +518,16 @@ public final class Worker: Sendable {
         for record in records {
             let job = Job(
                 key: record.key, payload: record.payload, createdAt: record.createdAt,
-                isRequeued: record.requeued, dispatcherID: record.dispatcher, workerID: id
+                isRequeued: record.requeued, dispatcherID: record.dispatcher, workerID: id, requirement: record.requirement
             )
             let flag = record.requeued ? "0" : "1"
+            if let requirement = record.requirement, !capabilities.contains(requirement) {
+                // Routed by a node whose view of the workers lagged: left unacknowledged, it comes
+                // back after the ack grace period and goes to a worker that has the capability.
+                logger.notice("start of a job this worker cannot run left for another", metadata: ["job": "\(job.key)", "requirement": "\(requirement)"])
+                outcomes.append(.failure(PoolError.requeue))
+                continue
+            }
             if known[job.key] == job.payload {
                 commit.started.append(StartedJob(job: job, flag: flag, logFragment: ""))
                 outcomes.append(.success(()))
@@ -544,9 +556,11 @@ public final class Worker: Sendable {
         }
         // The worker set may have changed while these starts were in flight: if a job's target
         // is now another worker, a rebalance moves it (checking these jobs, not all of them).
-        let active = node.activeWorkers()
+        let view = node.workerView()
         let hasher = node.options.hasher
-        if !active.isEmpty, commit.started.contains(where: { active[hasher.bucket(for: $0.job.key, buckets: active.count)] != id }) {
+        if !view.active.isEmpty, commit.started.contains(where: { started in
+            view.target(for: started.job.key, requirement: started.job.requirement, hasher: hasher).map { $0 != id } ?? false
+        }) {
             node.rebalanceRequests.continuation.yield()
         }
         return (outcomes, commit)
@@ -595,7 +609,8 @@ public final class Worker: Sendable {
             PoolScripts.release,
             keys: [
                 maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
-                node.startFailuresKey, node.jobLogKey,
+                node.startFailuresKey, node.jobLogKey, maps.requirements.contentKey, maps.requirements.channel,
+                maps.unplaced.contentKey, maps.unplaced.channel,
             ],
             arguments: arguments
         )
@@ -606,11 +621,14 @@ public final class Worker: Sendable {
     /// Moves the jobs whose hash target is another active worker: each is stopped here and its
     /// ownership released before the start event for the new owner is appended, so a job never
     /// runs on both. The payload stays throughout.
-    func rebalance(active: [String]) async {
+    func rebalance(view: WorkerView) async {
         await serial.withLock {
-            guard !isStopped, active.contains(id) else { return }
+            guard !isStopped, view.active.contains(id) else { return }
             let hasher = node.options.hasher
-            let moving = state.withLock { Array($0.jobs.values) }.filter { active[hasher.bucket(for: $0.key, buckets: active.count)] != id }
+            // A job no active worker can run (not even this one, by the pool's record) stays.
+            let moving = state.withLock { Array($0.jobs.values) }.filter { job in
+                view.target(for: job.key, requirement: job.requirement, hasher: hasher).map { $0 != id } ?? false
+            }
             guard !moving.isEmpty else { return }
             logger.debug("rebalancing", metadata: ["moving": "\(moving.count)"])
             let released = await releaseForHandoff(moving, reason: "rebalance", keepOnStopFailure: true)
@@ -621,7 +639,7 @@ public final class Worker: Sendable {
                 do {
                     let requeued = Job(
                         key: job.key, payload: job.payload, createdAt: job.createdAt,
-                        isRequeued: true, dispatcherID: job.dispatcherID, workerID: id
+                        isRequeued: true, dispatcherID: job.dispatcherID, workerID: id, requirement: job.requirement
                     )
                     try await handler.start(requeued)
                     state.withLock { $0.jobs[job.key] = requeued }

@@ -9,8 +9,10 @@ import Foundation
 /// A job as dispatched to a worker.
 ///
 /// Layout: str key, str dispatcher node ID, str payload, Int64 `createdAt`
-/// (Unix nanoseconds), 1 byte `requeued` (0 or 1), then, only when the job has an origin:
-/// str actor (≤ 200 bytes), str reason (≤ 64), str round (≤ 300, empty for none).
+/// (Unix nanoseconds), 1 byte `requeued` (0 or 1), then, only when the job has an origin or a
+/// requirement: str actor (≤ 200 bytes), str reason (≤ 64), str round (≤ 300, empty for none),
+/// all empty for no origin; then, only when the job has a requirement: str requirement (a valid
+/// capability, see ``Capability``).
 struct JobRecord: Sendable, Hashable {
     var key: String
     /// Node ID of the dispatcher that created the job.
@@ -21,8 +23,14 @@ struct JobRecord: Sendable, Hashable {
     var requeued: Bool
     /// Who asked for this start and why (for the job log).
     var origin: JobOrigin?
+    /// The capability the job's worker must have.
+    var requirement: String?
 
-    init(key: String, dispatcher: String, payload: [UInt8] = [], createdAt: Date, requeued: Bool = false, origin: JobOrigin? = nil) {
+    init(
+        key: String, dispatcher: String, payload: [UInt8] = [], createdAt: Date, requeued: Bool = false, origin: JobOrigin? = nil,
+        requirement: String? = nil
+    ) {
+        self.requirement = requirement
         self.key = key
         self.dispatcher = dispatcher
         self.payload = payload
@@ -38,7 +46,8 @@ struct JobRecord: Sendable, Hashable {
         writer.writeBytes(payload)
         writer.writeInt64(unixNanoseconds(of: createdAt))
         writer.writeUInt8(requeued ? 1 : 0)
-        if let origin { writer.writeOrigin(origin) }
+        if origin != nil || requirement != nil { writer.writeOrigin(origin ?? JobOrigin(actor: "", reason: "")) }
+        if let requirement { writer.writeString(requirement) }
         return writer.bytes
     }
 
@@ -62,12 +71,18 @@ struct JobRecord: Sendable, Hashable {
         var origin: JobOrigin?
         if !reader.isAtEnd {
             guard let read = reader.readOrigin() else { return nil }
-            origin = read
+            origin = read.actor.isEmpty && read.reason.isEmpty && read.round == nil ? nil : read
+        }
+        // Records written before requirements existed end right after the origin.
+        var requirement: String?
+        if !reader.isAtEnd {
+            guard let read = reader.readString(), Capability.isValid(read) else { return nil }
+            requirement = read
         }
         guard reader.isAtEnd else { return nil }
         self.init(
             key: key, dispatcher: dispatcher, payload: payload, createdAt: date(fromUnixNanoseconds: nanos),
-            requeued: requeued, origin: origin
+            requeued: requeued, origin: origin, requirement: requirement
         )
     }
 }
