@@ -106,12 +106,12 @@ final class RunNode: Sendable {
     /// This node's SQLite store, opened by the test (read side) once the node created it.
     private let openedStore = Mutex<PlanStore?>(nil)
 
-    init(label: String, database: String, arguments: [String]) throws {
+    init(label: String, database: String, arguments: [String], executable: URL? = nil) throws {
         self.label = label
         self.database = database
         self.arguments = arguments
         let process = Process()
-        process.executableURL = try rotaExecutable()
+        process.executableURL = try executable ?? rotaExecutable()
         process.arguments = arguments
         let errors = Pipe()
         closeOnExec(errors)
