@@ -152,6 +152,29 @@ struct CapabilityTests {
         }
     }
 
+    @Test("a schedule records a held job as unplaced once, and its stop-all ends it")
+    func scheduleHoldsAndStops() async throws {
+        try await withPool { pool in
+            let node = try await pool.start().node
+            _ = try await node.addWorker(RecordingHandler(), capabilities: ["log"])
+            let producer = ScriptedProducer(name: "held") { call, _ in
+                switch call {
+                case 1: return JobPlan(start: [PlannedJob(key: "K", payload: bytes("k"), requirement: "greet")], stopAll: true)
+                case 2: return JobPlan(stopAll: true)
+                default: throw PoolError.scheduleStop
+                }
+            }
+            let schedule = try await node.schedule(producer, interval: .milliseconds(20))
+            var reports: [PlanReport] = []
+            for await event in schedule.events {
+                if case .applied(let report) = event { reports.append(report) }
+            }
+            #expect(reports.map { $0.outcomes.map(\.outcome) } == [[.unplaced(requirement: "greet")], [.stopped]])
+            try await eventually("the held job is gone") { node.maps.payloads.get("K") == nil && node.maps.unplaced.get("K") == nil }
+            try await node.shutdown()
+        }
+    }
+
     @Test("capabilities and requirements are validated before anything is written")
     func invalidNames() async throws {
         try await withPool { pool in

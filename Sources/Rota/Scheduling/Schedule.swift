@@ -239,7 +239,13 @@ public final class Schedule: Sendable {
             for _ in 0..<64 where !addNext() { break }
             while let (key, outcome) = await group.next() {
                 outcomes[key] = outcome
-                if outcome == .started || outcome == .alreadyRunning || outcome == .restarted { bookkeep.append(key) }
+                switch outcome {
+                case .started, .alreadyRunning, .restarted, .unplaced:
+                    // A held job exists in the pool like a running one: "stop all" must end it too.
+                    bookkeep.append(key)
+                default:
+                    break
+                }
                 _ = addNext()
             }
         }
