@@ -310,6 +310,7 @@ public final class Node: Service, Sendable {
             for worker in workers {
                 group.addTask {
                     await self.requeueJobs(of: worker, reason: "worker-closing")
+                    await worker.finishJobs()
                     await self.removeFromMaps(worker)
                 }
             }
@@ -382,6 +383,7 @@ public final class Node: Service, Sendable {
                 group.addTask {
                     await worker.stopLoops()
                     await worker.stopAllJobs()
+                    await worker.finishJobs()
                 }
             }
         }
@@ -467,13 +469,24 @@ public final class Node: Service, Sendable {
     /// Adds a worker that runs jobs with `handler`. It takes jobs as soon as this returns (and the
     /// jobs whose hash now points at it move over from other workers).
     public func addWorker(_ handler: any JobHandler, capabilities: Set<String> = []) async throws -> Worker {
+        try await addWorker(executor: .handler(handler), capabilities: capabilities)
+    }
+
+    /// Adds a worker whose jobs are child tasks of it: a job lasts as long as `runner.run` does, a
+    /// stop cancels just that task, and a job that ends by itself leaves the pool. Nothing the
+    /// runner starts can outlive its worker, or the node.
+    public func addWorker(_ runner: some JobRunner, capabilities: Set<String> = []) async throws -> Worker {
+        try await addWorker(executor: .runner(runner), capabilities: capabilities)
+    }
+
+    func addWorker(executor: JobExecution, capabilities: Set<String>) async throws -> Worker {
         guard !options.clientOnly else {
             throw PoolError(.clientOnly, "node \(id) is client-only: it cannot host workers")
         }
         try checkOpen()
         let workerID = newIdentifier()
         let createdAt = nowNanos()
-        let worker = try Worker(id: workerID, createdAtNanos: createdAt, handler: handler, node: self)
+        let worker = try Worker(id: workerID, createdAtNanos: createdAt, execution: executor, node: self)
         do {
             try await worker.inbox.add(name: "i", payload: Envelope(sender: id, payload: Array(workerID.utf8)).encoded())
             try await client.send("HSET", workerNodesKey, workerID, id)
@@ -509,6 +522,7 @@ public final class Node: Service, Sendable {
         guard state.withLock({ $0.workers[worker.id] }) != nil else { return }
         await worker.stopLoops()
         await requeueJobs(of: worker, reason: "worker-removed")
+        await worker.finishJobs()
         await removeFromMaps(worker)
         state.withLock { _ = $0.workers.removeValue(forKey: worker.id) }
     }
