@@ -114,15 +114,7 @@ public final class Worker: Sendable {
     /// (a node crash) cancels every job and records nothing.
     func run() async {
         await withDiscardingTaskGroup { group in
-            group.addTask { [reader, logger] in
-                await self.loops.run([
-                    { [reader, logger] in
-                        do { try await reader.run() } catch { logger.error("worker inbox reader failed", metadata: ["error": "\(error)"]) }
-                    },
-                    { await self.eventLoop() },
-                    { await self.keepAliveLoop() },
-                ])
-            }
+            group.addTask { await self.runLoops() }
             for await launch in launches.stream {
                 group.addTask {
                     guard let end = await launch.run() else { return }
@@ -131,6 +123,16 @@ public final class Worker: Sendable {
             }
         }
         jobsDone.fire()
+    }
+
+    private func runLoops() async {
+        await loops.run([
+            { [reader, logger] in
+                do { try await reader.run() } catch { logger.error("worker inbox reader failed", metadata: ["error": "\(error)"]) }
+            },
+            { await self.eventLoop() },
+            { await self.keepAliveLoop() },
+        ])
     }
 
     /// The worker is done for good (its jobs handed off, stopped or evicted): no job starts here
@@ -635,22 +637,19 @@ public final class Worker: Sendable {
             let failedStop = state.withLock { $0.failedStops[end.key] }
             forget(end.key)
             let own = { (reason: String) in JobOrigin(actor: self.node.options.name, reason: reason) }
-            var log = JobLogEntry.Kind.stopped
-            var fragment: String
+            let (log, fragment): (JobLogEntry.Kind, String)
             switch (end.kind, failedStop) {
             case (.finished, _):
-                log = .finished
-                fragment = JobLogJSON.job(end.key, origin: own("finished"))
+                (log, fragment) = (.finished, JobLogJSON.job(end.key, origin: own("finished")))
             case (.failed(let text), _):
-                log = .failed
-                fragment = JobLogJSON.job(end.key, origin: own("failed"), error: text)
+                (log, fragment) = (.failed, JobLogJSON.job(end.key, origin: own("failed"), error: text))
             case (.stopped, .handoff(let reason)?):
                 await handOffEnded(job, reason: reason)
                 return
             case (.stopped, .stop(let origin)?):
-                fragment = JobLogJSON.job(end.key, origin: origin)
+                (log, fragment) = (.stopped, JobLogJSON.job(end.key, origin: origin))
             case (.stopped, nil):
-                fragment = JobLogJSON.job(end.key, origin: own("stopped"))
+                (log, fragment) = (.stopped, JobLogJSON.job(end.key, origin: own("stopped")))
             }
             do {
                 try await releaseOwnership([(end.key, fragment)], deletePayloads: true, log: log, ownedOnly: true)

@@ -73,6 +73,12 @@ func expectGone(_ key: String, _ node: Node, _ pool: PoolHarness, sourceLocation
     #expect(try await pool.client.send("HEXISTS", node.maps.owners.contentKey, key).int == 0, sourceLocation: sourceLocation)
 }
 
+/// Waits until `node`'s replica names `worker` as the job's owner: stops and notifications are
+/// routed by it, and one routed before it shows the owner waits an ack grace period (out of order).
+func awaitOwner(_ key: String, _ worker: Worker, on node: Node) async throws {
+    try await eventually("\(key) is owned by \(worker.id) in the replica") { node.maps.owners.string(key) == worker.id }
+}
+
 @Suite("Pool: JobRunner jobs are child tasks of their worker (B3)", .serialized, .timeLimit(.minutes(3)))
 struct JobRunnerTests {
     @Test("a dispatch runs the job's task; a confirmed stop cancels it, logs stopped and the job leaves the pool")
@@ -82,6 +88,7 @@ struct JobRunnerTests {
             let runner = ScriptedRunner()
             let worker = try await node.addWorker(runner)
             #expect(try await node.dispatch(key: "job", payload: bytes("wait")) == .started)
+            try await awaitOwner("job", worker, on: node)
             try await eventually("the job's task runs") { runner.started("job") == [.started(job: "job", payload: "wait", worker: worker.id)] }
             let origin = JobOrigin(actor: "alice@laptop", reason: "manual")
             #expect(try await node.stopAndWait(key: "job", origin: origin) == .stopped(worker: worker.id))
@@ -148,8 +155,9 @@ struct JobRunnerTests {
         try await withPool { pool in
             let node = try await pool.start().node
             let runner = ScriptedRunner()
-            _ = try await node.addWorker(runner)
+            let worker = try await node.addWorker(runner)
             try await node.dispatch(key: "job", payload: bytes("listen"))
+            try await awaitOwner("job", worker, on: node)
             let sent = (1...20).map { "note-\($0)" }
             for note in sent { try await node.notify(key: "job", payload: bytes(note)) }
             try await eventually("every notification arrived") { runner.notes("job").count == sent.count }
@@ -169,6 +177,7 @@ struct JobRunnerTests {
             let runner = ScriptedRunner()
             let worker = try await node.addWorker(runner)
             try await node.dispatch(key: "job", payload: bytes("stubborn"))
+            try await awaitOwner("job", worker, on: node)
             try await eventually("the job runs") { runner.started("job").count == 1 }
             let origin = JobOrigin(actor: "alice@laptop", reason: "manual")
             let error = await caught { _ = try await node.stopAndWait(key: "job", origin: origin) } as? PoolError
@@ -191,6 +200,36 @@ struct JobRunnerTests {
         }
     }
 
+    @Test("a rebalance whose stop outlives the grace period keeps the job here, and moves it once it ends")
+    func lateEndCompletesHandoff() async throws {
+        try await withPool { pool in
+            // The newest worker is every job's target.
+            var options = testOptions(hasher: FunctionHasher { _, buckets in buckets - 1 })
+            options.jobStopGracePeriod = .milliseconds(300)
+            let node = try await pool.start(options).node
+            let runner = ScriptedRunner()
+            let first = try await node.addWorker(runner)
+            try await node.dispatch(key: "job", payload: bytes("stubborn"))
+            let second = try await node.addWorker(runner)
+            try await eventually("the handoff's stop failed") { !entries(try await jobLog(node, pool.client), .stopFailed, job: "job").isEmpty }
+            #expect(first.jobs.map(\.key) == ["job"])
+            #expect(entries(try await jobLog(node, pool.client), .released, job: "job").isEmpty)
+            runner.letStubbornEnd()
+            // Started again on the other worker; let go already, it then returns at once.
+            try await eventually("the job ran on the other worker") {
+                runner.started("job").contains(.started(job: "job", payload: "stubborn", worker: second.id))
+            }
+            try await eventually("and finished there") { !entries(try await jobLog(node, pool.client), .finished, job: "job").isEmpty }
+            let log = try await jobLog(node, pool.client)
+            #expect(entries(log, .stopFailed, job: "job").map(\.job.reason) == ["rebalance"])
+            #expect(entries(log, .released, job: "job").map(\.entry.worker) == [first.id])
+            #expect(entries(log, .started, job: "job").map(\.entry.worker) == [first.id, second.id])
+            #expect(entries(log, .finished, job: "job").map(\.entry.worker) == [second.id])
+            #expect(entries(log, .stopped, job: "job").isEmpty)
+            try await node.shutdown()
+        }
+    }
+
     @Test("a start with a new payload for a running job ends the old run before the new one starts")
     func restartWithNewPayload() async throws {
         try await withPool { pool in
@@ -198,6 +237,7 @@ struct JobRunnerTests {
             let runner = ScriptedRunner()
             let worker = try await node.addWorker(runner)
             try await node.dispatch(key: "job", payload: bytes("first"))
+            try await awaitOwner("job", worker, on: node)
             try await eventually("the first run started") { runner.started("job").count == 1 }
             let restart = JobRecord(key: "job", dispatcher: node.id, payload: bytes("second"), createdAt: Date(), requeued: true)
             try await worker.start(restart)
