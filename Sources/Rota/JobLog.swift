@@ -56,7 +56,7 @@ public struct JobLogJob: Sendable, Hashable {
     public var round: String?
     /// The start was a handoff or recovery of a job that already ran somewhere.
     public var requeued: Bool
-    /// The handler's error text (`start-failed`, `stop-failed`, `given-up`).
+    /// The handler's or runner's error text (`start-failed`, `stop-failed`, `given-up`, `failed`).
     public var error: String?
     /// Consecutive failed requeued starts (`start-failed`, `given-up`).
     public var failures: Int?
@@ -95,7 +95,8 @@ public struct JobLogJob: Sendable, Hashable {
 ///   already with the same payload, nor for a worker registering its jobs again after Redis lost them.
 /// - `start-failed`: a requeued start failed; `error`, and `failures` (consecutive failures).
 /// - `stopped`: the owner's stop handler returned and the job ended (payload removed). Origin from
-///   the stop request; reason `shutdown` when the pool shut down.
+///   the stop request; reason `shutdown` when the pool shut down. For a ``JobRunner`` job whose
+///   stop failed (it outlived its grace period), written when the run finally ends.
 /// - `stop-failed`: the stop handler threw; the job stays running and owned (`error`).
 /// - `released`: stopped here for a handoff; the job is requeued for another worker (reason
 ///   `rebalance`, `worker-closing`, `worker-removed`).

@@ -310,6 +310,7 @@ public final class Node: Service, Sendable {
             for worker in workers {
                 group.addTask {
                     await self.requeueJobs(of: worker, reason: "worker-closing")
+                    await worker.finishJobs()
                     await self.removeFromMaps(worker)
                 }
             }
@@ -382,6 +383,7 @@ public final class Node: Service, Sendable {
                 group.addTask {
                     await worker.stopLoops()
                     await worker.stopAllJobs()
+                    await worker.finishJobs()
                 }
             }
         }
@@ -472,6 +474,17 @@ public final class Node: Service, Sendable {
     /// run on any worker. Jobs of one requirement are spread over the workers that have it, so a
     /// worker joining moves only jobs it can run, and held (unplaced) jobs it can run start.
     public func addWorker(_ handler: any JobHandler, capabilities: Set<String> = []) async throws -> Worker {
+        try await addWorker(executor: .handler(handler), capabilities: capabilities)
+    }
+
+    /// Adds a worker whose jobs are child tasks of it: a job lasts as long as `runner.run` does, a
+    /// stop cancels just that task, and a job that ends by itself leaves the pool. Nothing the
+    /// runner starts can outlive its worker, or the node.
+    public func addWorker(_ runner: some JobRunner, capabilities: Set<String> = []) async throws -> Worker {
+        try await addWorker(executor: .runner(runner), capabilities: capabilities)
+    }
+
+    func addWorker(executor: JobExecution, capabilities: Set<String>) async throws -> Worker {
         guard !options.clientOnly else {
             throw PoolError(.clientOnly, "node \(id) is client-only: it cannot host workers")
         }
@@ -479,7 +492,7 @@ public final class Node: Service, Sendable {
         for capability in capabilities.sorted() { try Capability.validate(capability, what: "worker capability") }
         let workerID = newIdentifier()
         let createdAt = nowNanos()
-        let worker = try Worker(id: workerID, createdAtNanos: createdAt, handler: handler, node: self, capabilities: capabilities)
+        let worker = try Worker(id: workerID, createdAtNanos: createdAt, execution: executor, node: self, capabilities: capabilities)
         do {
             try await worker.inbox.add(name: "i", payload: Envelope(sender: id, payload: Array(workerID.utf8)).encoded())
             try await client.send("HSET", workerNodesKey, workerID, id)
@@ -517,6 +530,7 @@ public final class Node: Service, Sendable {
         guard state.withLock({ $0.workers[worker.id] }) != nil else { return }
         await worker.stopLoops()
         await requeueJobs(of: worker, reason: "worker-removed")
+        await worker.finishJobs()
         await removeFromMaps(worker)
         state.withLock { _ = $0.workers.removeValue(forKey: worker.id) }
     }

@@ -213,6 +213,7 @@ extension Node {
         logger.warning("worker was evicted by a peer; stopping its jobs here", metadata: ["worker": "\(worker.id)"])
         await worker.stopLoops()
         await worker.stopJobsLocally()
+        await worker.finishJobs()
         await removeFromMaps(worker)
         state.withLock { _ = $0.workers.removeValue(forKey: worker.id) }
     }
@@ -317,7 +318,11 @@ extension Node {
         while !pending.isEmpty {
             let chunk = Array(pending.prefix(16))
             pending = pending.dropFirst(chunk.count)
-            var remaining = await worker.releaseForHandoff(chunk, reason: reason, keepOnStopFailure: false)
+            // Under the worker's lock, as the record of a runner job's own end: each job is either
+            // handed off or recorded as ended, never both.
+            var remaining = await worker.serial.withLock {
+                await worker.releaseForHandoff(chunk, reason: reason, keepOnStopFailure: false)
+            }
             let deadline = ContinuousClock.now + options.workerTTL
             while !remaining.isEmpty {
                 remaining = await requeueAll(remaining, origin: origin)

@@ -25,8 +25,9 @@ public struct PoolError: Error, Sendable, CustomStringConvertible {
         public static let timeout = Code("timeout")
         /// The worker's start handler failed; ``message`` is its error's text.
         public static let startFailed = Code("startFailed")
-        /// The worker's stop handler failed (``Node/stopAndWait(key:origin:)``); the job keeps
-        /// running and stays owned. ``message`` is the handler's error text.
+        /// The worker's stop handler failed, or a ``JobRunner`` job outlived its stop grace period
+        /// (``Node/stopAndWait(key:origin:)``); the job keeps running and stays owned. ``message``
+        /// is the error text.
         public static let stopFailed = Code("stopFailed")
         /// The job reached a worker that is stopping.
         public static let workerStopped = Code("workerStopped")

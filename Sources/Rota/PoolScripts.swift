@@ -211,8 +211,9 @@ enum PoolScripts {
     /// handoffs. The job log gets the jobs whose ownership or payload this removed.
     /// KEYS: owners h/c, payloads h/c, start-failures hash, job log, requirements h/c, unplaced h/c
     /// (both cleared with the payload).
-    /// ARGV: worker ID, "1" to delete payloads / "0" to keep them, job-log head, then
-    /// (key, job-log fragment) pairs. → the number of ownership entries removed.
+    /// ARGV: worker ID, "1" to delete payloads / "0" to keep them / "2" to delete those of jobs
+    /// this worker still owned, job-log head, then (key, job-log fragment) pairs.
+    /// → the number of ownership entries removed.
     static let release = RedisScript(helpers + """
         local n = 0
         local frags = {}
@@ -224,7 +225,7 @@ enum PoolScripts {
             n = n + 1
             changed = true
           end
-          if ARGV[2] == '1' then
+          if ARGV[2] == '1' or (ARGV[2] == '2' and changed) then
             if mdel(KEYS[3], KEYS[4], k) then changed = true end
             redis.call('HDEL', KEYS[5], k)
             mdel(KEYS[7], KEYS[8], k)

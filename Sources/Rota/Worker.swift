@@ -4,8 +4,8 @@ import RotaRedis
 import RotaStreams
 import Synchronization
 
-/// A job host inside a node. Created by ``Node/addWorker(_:)``; the pool routes jobs to it by
-/// consistent hashing and it runs them with its ``JobHandler``.
+/// A job host inside a node. Created by ``Node/addWorker(_:capabilities:)``; the pool routes jobs
+/// to it by consistent hashing and it runs them with its ``JobHandler`` or ``JobRunner``.
 ///
 /// Events reach a worker through its own inbox stream and are handled one at a time, in order.
 public final class Worker: Sendable {
@@ -15,7 +15,7 @@ public final class Worker: Sendable {
     /// What it can run (``Node/addWorker(_:capabilities:)``).
     public let capabilities: Set<String>
     let createdAtNanos: Int64
-    let handler: any JobHandler
+    let executor: any JobExecutor
     let node: Node
     let inbox: RedisStream
     let reader: StreamReader
@@ -23,6 +23,18 @@ public final class Worker: Sendable {
     /// Event handling and rebalancing take turns: a job is never released half started.
     let serial = AsyncLock()
     let logger: Logger
+    /// Runner jobs to run as children of ``run()``; finished once the worker is done for good.
+    let launches: (stream: AsyncStream<JobLaunch>, continuation: AsyncStream<JobLaunch>.Continuation)
+    /// Opened when ``run()``'s job group has ended: every job task and end record is done.
+    let jobsDone = OneShotSignal()
+
+    /// Why a stop that failed was asked for: it decides what the job's late end records.
+    enum FailedStop {
+        /// A stop of the job (`stopped` with this origin once it ends).
+        case stop(JobOrigin?)
+        /// A handoff that kept the job here (it moves once it ends: `released`, then requeued).
+        case handoff(reason: String)
+    }
 
     private struct State {
         var jobs: [String: Job] = [:]
@@ -40,20 +52,25 @@ public final class Worker: Sendable {
         var keepAliveSuspended = false
         /// The last inbox event handled: the inbox is trimmed up to it.
         var lastEvent: String?
+        /// Jobs whose last stop failed and that still run here.
+        var failedStops: [String: FailedStop] = [:]
     }
 
     private let state = Mutex(State())
 
-    init(id: String, createdAtNanos: Int64, handler: any JobHandler, node: Node, capabilities: Set<String> = []) throws {
+    init(id: String, createdAtNanos: Int64, execution: JobExecution, node: Node, capabilities: Set<String> = []) throws {
         self.capabilities = capabilities
         self.id = id
         self.createdAtNanos = createdAtNanos
         self.createdAt = dateFromNanos(createdAtNanos)
-        self.handler = handler
         self.node = node
         var logger = node.logger
         logger[metadataKey: "worker"] = "\(id)"
         self.logger = logger
+        launches = AsyncStream.makeStream(of: JobLaunch.self)
+        executor = execution.makeExecutor(
+            workerID: id, logger: logger, launches: launches.continuation, stopGracePeriod: node.options.jobStopGracePeriod
+        )
         inbox = try node.workerInbox(id)
         // Half the worker TTL, so a stopped worker notices quickly.
         reader = try StreamReader(
@@ -85,12 +102,33 @@ public final class Worker: Sendable {
     /// Test seam: stop writing keep-alives, as a frozen process would.
     func suspendKeepAlive() { state.withLock { $0.keepAliveSuspended = true } }
 
-    func forget(_ key: String) { state.withLock { _ = $0.jobs.removeValue(forKey: key) } }
+    func forget(_ key: String) {
+        state.withLock { state in
+            state.jobs.removeValue(forKey: key)
+            state.failedStops.removeValue(forKey: key)
+        }
+    }
 
     // MARK: Loops
 
-    /// Runs the worker's loops (a child task of the node's ``Node/run()``) until ``stopLoops()``.
+    /// Runs the worker (a child task of the node's ``Node/run()``): its loops until ``stopLoops()``,
+    /// and its runner jobs, each a child task, until ``finishJobs()``. The jobs outlive the loops:
+    /// a closing worker stops its loops first, then hands its jobs off one by one. Cancelling this
+    /// (a node crash) cancels every job and records nothing.
     func run() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.runLoops() }
+            for await launch in launches.stream {
+                group.addTask {
+                    guard let end = await launch.run() else { return }
+                    await self.recordEnd(end)
+                }
+            }
+        }
+        jobsDone.fire()
+    }
+
+    private func runLoops() async {
         await loops.run([
             { [reader, logger] in
                 do { try await reader.run() } catch { logger.error("worker inbox reader failed", metadata: ["error": "\(error)"]) }
@@ -98,6 +136,16 @@ public final class Worker: Sendable {
             { await self.eventLoop() },
             { await self.keepAliveLoop() },
         ])
+    }
+
+    /// The worker is done for good (its jobs handed off, stopped or evicted): no job starts here
+    /// any more. Waits, up to the stop grace period, for the job tasks left and the ends they
+    /// record, so those land while the worker still owns its jobs in Redis.
+    func finishJobs() async {
+        launches.continuation.finish()
+        if !(await jobsDone.wait(for: node.options.jobStopGracePeriod)) {
+            logger.warning("worker jobs still running after the stop grace period; the node's end cancels them")
+        }
     }
 
     /// Stops reading events and keeping alive; jobs are not stopped here. Idempotent.
@@ -478,7 +526,7 @@ public final class Worker: Sendable {
         for key in result.refused where localJob(key) != nil {
             logger.warning("the job ended while its requeued start ran here; stopping it again", metadata: ["job": "\(key)"])
             do {
-                try await handler.stop(key: key)
+                try await executor.stop(key: key)
             } catch {
                 logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
             }
@@ -534,7 +582,7 @@ public final class Worker: Sendable {
                 continue
             }
             do {
-                try await handler.start(job)
+                try await executor.start(job)
                 state.withLock { $0.jobs[job.key] = job }
                 known[job.key] = job.payload
                 commit.started.removeAll { $0.job.key == job.key }
@@ -574,9 +622,10 @@ public final class Worker: Sendable {
         let key = record.key
         guard localJob(key) != nil else { throw PoolError.requeue }
         do {
-            try await handler.stop(key: key)
+            try await executor.stop(key: key)
         } catch {
             if !isRequeue(error) {
+                state.withLock { $0.failedStops[key] = .stop(record.origin) }
                 await node.appendJobLog(.stopFailed, worker: id, jobs: [JobLogJSON.job(key, origin: record.origin, error: describe(error))])
             }
             throw error
@@ -588,22 +637,66 @@ public final class Worker: Sendable {
     func notify(_ record: NotificationRecord) async throws {
         guard !isStopped else { return }
         guard localJob(record.key) != nil else { throw PoolError.requeue }
-        guard let notifiable = handler as? any NotificationHandler else {
-            logger.error(
-                "worker does not implement NotificationHandler; ignoring the notification",
-                metadata: ["job": "\(record.key)"]
-            )
-            return
+        try await executor.notify(key: record.key, payload: record.payload)
+    }
+
+    /// A runner job ended by itself (`finished`, `failed`), or after every stop waiting for it
+    /// gave up: the job leaves the pool, as the failed stop meant it to (a handoff moves it now).
+    /// Under `serial`, so the event handling and handoffs see the job either running or recorded.
+    func recordEnd(_ end: JobEnd) async {
+        await serial.withLock {
+            // A stop or a newer start that took the run records it instead; a job forgotten here
+            // (a stop that failed while the worker was leaving, a restart that failed) was given up.
+            guard end.claim(), let job = localJob(end.key) else { return }
+            let failedStop = state.withLock { $0.failedStops[end.key] }
+            forget(end.key)
+            let own = { (reason: String) in JobOrigin(actor: self.node.options.name, reason: reason) }
+            let (log, fragment): (JobLogEntry.Kind, String)
+            switch (end.kind, failedStop) {
+            case (.finished, _):
+                (log, fragment) = (.finished, JobLogJSON.job(end.key, origin: own("finished")))
+            case (.failed(let text), _):
+                (log, fragment) = (.failed, JobLogJSON.job(end.key, origin: own("failed"), error: text))
+            case (.stopped, .handoff(let reason)?):
+                await handOffEnded(job, reason: reason)
+                return
+            case (.stopped, .stop(let origin)?):
+                (log, fragment) = (.stopped, JobLogJSON.job(end.key, origin: origin))
+            case (.stopped, nil):
+                (log, fragment) = (.stopped, JobLogJSON.job(end.key, origin: own("stopped")))
+            }
+            do {
+                try await releaseOwnership([(end.key, fragment)], deletePayloads: true, log: log, ownedOnly: true)
+            } catch {
+                logger.error("could not remove an ended job from the pool", metadata: ["job": "\(end.key)", "error": "\(error)"])
+            }
         }
-        try await notifiable.handleNotification(key: record.key, payload: record.payload)
+    }
+
+    /// A job whose handoff stop failed ended late: the handoff completes now.
+    private func handOffEnded(_ job: Job, reason: String) async {
+        let origin = JobOrigin(actor: node.options.name, reason: reason)
+        do {
+            try await releaseOwnership([(job.key, JobLogJSON.job(job.key, origin: origin, requeued: job.isRequeued))], deletePayloads: false, log: .released)
+        } catch {
+            logger.warning("could not release ownership", metadata: ["job": "\(job.key)", "error": "\(error)"])
+        }
+        for failed in await node.requeueAll([job], origin: origin) {
+            logger.error("could not requeue a job; orphan recovery will restart it", metadata: ["job": "\(failed.key)"])
+        }
     }
 
     /// Gives jobs up (see ``PoolScripts/release``); the job log gets `log` for those whose
-    /// ownership or payload this removed, each with its fragment.
-    func releaseOwnership(_ jobs: [(key: String, logFragment: String)], deletePayloads: Bool, log: JobLogEntry.Kind) async throws {
+    /// ownership or payload this removed, each with its fragment. With `ownedOnly`, payloads go
+    /// only where the ownership still named this worker: a job that ended here by itself after
+    /// peers moved it (this worker paused, evicted) keeps running, payload and all, where it moved.
+    func releaseOwnership(
+        _ jobs: [(key: String, logFragment: String)], deletePayloads: Bool, log: JobLogEntry.Kind, ownedOnly: Bool = false
+    ) async throws {
         guard !jobs.isEmpty else { return }
         let maps = node.maps
-        var arguments: [any RedisArgument] = [id, deletePayloads ? "1" : "0", JobLogJSON.head(log, worker: id, node: node)]
+        let mode = deletePayloads ? (ownedOnly ? "2" : "1") : "0"
+        var arguments: [any RedisArgument] = [id, mode, JobLogJSON.head(log, worker: id, node: node)]
         for job in jobs { arguments += [job.key, job.logFragment] }
         _ = try await node.client.evaluate(
             PoolScripts.release,
@@ -641,7 +734,7 @@ public final class Worker: Sendable {
                         key: job.key, payload: job.payload, createdAt: job.createdAt,
                         isRequeued: true, dispatcherID: job.dispatcherID, workerID: id, requirement: job.requirement
                     )
-                    try await handler.start(requeued)
+                    try await executor.start(requeued)
                     state.withLock { $0.jobs[job.key] = requeued }
                     var commit = Commit()
                     let origin = JobOrigin(actor: node.options.name, reason: "requeue-failed")
@@ -658,18 +751,23 @@ public final class Worker: Sendable {
     /// so that the requeue the caller appends next never makes a job run on two workers at once.
     /// A failing stop handler logs `stop-failed`; with `keepOnStopFailure` the job then stays here,
     /// otherwise it is forgotten and moves all the same (the worker is leaving).
+    /// A runner job that already ended by itself (or is gone) is left to the record of its end:
+    /// moving it would run it again. Called under `serial`, like that record.
     /// → the jobs released.
     func releaseForHandoff(_ jobs: [Job], reason: String, keepOnStopFailure: Bool) async -> [Job] {
         let origin = JobOrigin(actor: node.options.name, reason: reason)
         var released: [Job] = []
         var stopFailures: [String] = []
-        for job in jobs {
+        for job in jobs where localJob(job.key) != nil && !executor.hasEnded(key: job.key) {
             do {
-                try await handler.stop(key: job.key)
+                try await executor.stop(key: job.key)
             } catch {
                 logger.warning("stop handler failed", metadata: ["job": "\(job.key)", "error": "\(error)", "reason": "\(reason)"])
                 stopFailures.append(JobLogJSON.job(job.key, origin: origin, requeued: job.isRequeued, error: describe(error)))
-                if keepOnStopFailure { continue }
+                if keepOnStopFailure {
+                    state.withLock { $0.failedStops[job.key] = .handoff(reason: reason) }
+                    continue
+                }
             }
             forget(job.key)
             released.append(job)
@@ -737,7 +835,7 @@ public final class Worker: Sendable {
         var logged: [String] = []
         for key in keys {
             do {
-                try await handler.stop(key: key)
+                try await executor.stop(key: key)
             } catch {
                 logger.warning("stop handler failed", metadata: ["job": "\(key)", "error": "\(error)"])
             }
@@ -754,7 +852,7 @@ public final class Worker: Sendable {
         var stopped: [(key: String, logFragment: String)] = []
         for job in current {
             do {
-                try await handler.stop(key: job.key)
+                try await executor.stop(key: job.key)
             } catch {
                 logger.warning("stop handler failed during shutdown", metadata: ["job": "\(job.key)", "error": "\(error)"])
             }
