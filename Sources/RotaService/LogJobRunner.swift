@@ -1,10 +1,11 @@
 import Logging
 import Rota
 
-/// The built-in `log` handler: it runs nothing and logs what it is asked to do — starts (with the
-/// payload as UTF-8 text, cut at 1 KiB), stops and notifications — at info level, with the job key
-/// in the metadata. Useful to try plan files and to watch routing.
-public struct LogJobHandler: NamedJobHandler {
+/// The built-in `log` runner: it runs nothing and logs what happens to its jobs — the start (with
+/// the payload as UTF-8 text, cut at 1 KiB), each notification and the stop — at info level, with
+/// the job key in the metadata. A job runs until it is stopped. Useful to try plan files and to
+/// watch routing.
+public struct LogJobRunner: NamedJobRunner {
     /// Payload bytes logged at most; longer payloads are cut (on a character boundary) and marked.
     public static let maxLoggedBytes = 1024
 
@@ -14,27 +15,24 @@ public struct LogJobHandler: NamedJobHandler {
         self.logger = logger
     }
 
-    public func start(key: String, payload: [UInt8], job: Job) async throws {
+    public func run(payload: [UInt8], job: Job, context: JobContext) async throws {
         logger.info(
             "job started",
             metadata: [
-                "job": "\(key)",
+                "job": "\(job.key)",
                 "payload": "\(Self.text(payload))",
                 "requeued": "\(job.isRequeued)",
-                "worker": "\(job.workerID)",
+                "worker": "\(context.workerID)",
                 "dispatcher": "\(job.dispatcherID)",
             ]
         )
-    }
-
-    public func stop(key: String) async throws {
-        var metadata: Logger.Metadata = ["job": "\(key)"]
-        if let worker = HandlerContext.workerID { metadata["worker"] = "\(worker)" }
-        logger.info("job stopped", metadata: metadata)
-    }
-
-    public func handleNotification(key: String, payload: [UInt8]) async throws {
-        logger.info("job notified", metadata: ["job": "\(key)", "payload": "\(Self.text(payload))"])
+        // The sequence ends when the task is cancelled (the stop) or the job ends.
+        for await note in context.notifications {
+            logger.info("job notified", metadata: ["job": "\(job.key)", "payload": "\(Self.text(note))", "worker": "\(context.workerID)"])
+        }
+        // A log job ends only when stopped: should the notifications end first, wait for the stop.
+        await untilCancelled()
+        logger.info("job stopped", metadata: ["job": "\(job.key)", "worker": "\(context.workerID)"])
     }
 
     /// `payload` as text: invalid UTF-8 is replaced, more than ``maxLoggedBytes`` bytes are cut at
@@ -46,4 +44,9 @@ public struct LogJobHandler: NamedJobHandler {
         while end > 0, payload[end] & 0xC0 == 0x80 { end -= 1 }
         return String(decoding: payload[..<end], as: UTF8.self) + "…(\(payload.count) bytes)"
     }
+}
+
+/// Suspends until the current task is cancelled (at once if it already is).
+func untilCancelled() async {
+    _ = await OneShot<Void>().wait(cancellable: true)
 }
