@@ -117,7 +117,7 @@ let package = Package(
         .target(
             name: "RotaMigrations",
             path: "Migrations",
-            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql"), .copy("0003_history_chain.sql"), .copy("0004_round_publication.sql"), .copy("0005_pool_plan.sql"), .copy("0006_audit_history.sql"), .copy("0007_lost_last_seen.sql"), .copy("0008_authenticated_prunes.sql")],
+            resources: [.copy("0001_producers.sql"), .copy("0002_history.sql"), .copy("0003_history_chain.sql"), .copy("0004_round_publication.sql"), .copy("0005_pool_plan.sql"), .copy("0006_audit_history.sql"), .copy("0007_lost_last_seen.sql"), .copy("0008_authenticated_prunes.sql"), .copy("0009_runner_job_events.sql")],
             swiftSettings: strict
         ),
         // The SQLite store: producer definitions with revisions (GRDB on the system libsqlite3).

@@ -59,7 +59,8 @@ final class ExecChild: Sendable {
     }
 
     /// Once the guard exited: reaps it, waits (bounded) for the rest of the output, closes the
-    /// control socket. The program's status as the guard saw it.
+    /// control socket. The program's status as the guard saw it. Never ends early on task
+    /// cancellation: it is how a stopped (cancelled) job ends.
     func reap(drainTimeout: Duration, logger: Logger) async -> ExitStatus {
         _ = await exited.wait(cancellable: false)
         var raw: Int32 = 0
@@ -68,12 +69,9 @@ final class ExecChild: Sendable {
         if result == guardPID, raw != 0 {
             logger.warning("exec: the guard process ended abnormally", metadata: ["guard": "\(guardPID)", "status": "\(ExitStatus(raw: raw))"])
         }
-        if drained.value == nil {
-            _ = await firstOf([
-                { _ = await self.drained.wait(cancellable: true) },
-                { try? await Task.sleep(for: drainTimeout) },
-            ])
-        }
+        // Timed, not cancellable: a stopped job reaps in a cancelled task and still wants its
+        // last lines.
+        if drained.value == nil { _ = await drained.wait(timeout: drainTimeout) }
         close(control)
         return ExitStatus(raw: jobStatus.withLock { $0 })
     }

@@ -7,7 +7,8 @@ import RotaStore
 import RotaStreams
 
 /// Records the pool's job log (what workers really did: starts, stops, failed stops, handoffs,
-/// lost workers, given-up jobs) into this node's SQLite, as the facts `job_runs`,
+/// lost workers, given-up jobs, jobs that finished or failed by themselves, jobs waiting unplaced
+/// for a capable worker) into this node's SQLite, as the facts `job_runs`,
 /// `job_state_changes` and `rota jobs --at` answer from. Every node records every entry
 /// (idempotent by entry ID and position).
 struct JobLogRecorder: Sendable {

@@ -58,7 +58,8 @@ public struct ManualActionLog: Sendable {
         case .started: round.started = 1
         case .stopped: round.stopped = 1
         case .failed, .stopFailed: round.failed = 1
-        default: break
+        // Unplaced: the job waits for a worker with its handler; neither started nor failed.
+        case .alreadyRunning, .notFound, .notified, .unplaced: break
         }
         round.error = nil
         let actions = [ActionRecord(job: job, action: action, outcome: outcome, error: error, payloadHash: payloadHash, at: now,

@@ -111,7 +111,8 @@ final class ProducerPlanner: JobProducer {
                 continue
             }
             let envelope = try JobEnvelope(handler: job.handler, payload: job.payload).encoded()
-            start.append(PlannedJob(key: job.key, payload: envelope))
+            // Only a worker with the job's handler can run it: one without would fail its start.
+            start.append(PlannedJob(key: job.key, payload: envelope, requirement: job.handler))
             hashes[job.key] = fingerprint(String(decoding: envelope, as: UTF8.self))
             startReasons[job.key] = Reason.start(of: job, previousKeys: previous)
         }

@@ -23,8 +23,9 @@ public final class RunService: Service, Sendable {
         public var pool: String
         /// Embedded workers (0: plan only).
         public var workers: Int
-        /// The handler of each embedded worker.
-        public var makeHandler: @Sendable () -> any JobHandler
+        /// The named runners of the embedded workers (through a ``RegistryJobRunner``); each worker
+        /// declares their names as its capabilities.
+        public var registry: HandlerRegistry
         public var nodeOptions: Node.Options
         /// How often plan files are checked for changes (SIGHUP reloads at once).
         public var reloadInterval: Duration
@@ -38,13 +39,13 @@ public final class RunService: Service, Sendable {
         public var logger: Logger
 
         public init(planPaths: [String], databasePath: String, pool: String, workers: Int,
-                    makeHandler: @escaping @Sendable () -> any JobHandler, nodeOptions: Node.Options = Node.Options(),
+                    registry: HandlerRegistry, nodeOptions: Node.Options = Node.Options(),
                     reloadInterval: Duration = .milliseconds(500), planCheckInterval: Duration = .seconds(10), logger: Logger) {
             self.planPaths = planPaths
             self.databasePath = databasePath
             self.pool = pool
             self.workers = workers
-            self.makeHandler = makeHandler
+            self.registry = registry
             self.nodeOptions = nodeOptions
             self.reloadInterval = reloadInterval
             self.planCheckInterval = planCheckInterval
@@ -158,8 +159,11 @@ public final class RunService: Service, Sendable {
                 logger.error("plan files are invalid; following the pool's plan", metadata: ["error": "\(error)"])
             }
         }
+        // Each worker declares the handlers it has: the planner's jobs require theirs, so a job
+        // whose handler no worker has waits in the pool (unplaced) instead of failing its start.
+        let runner = RegistryJobRunner(registry: configuration.registry)
         for _ in 0..<configuration.workers {
-            _ = try await node.addWorker(configuration.makeHandler())
+            _ = try await node.addWorker(runner, capabilities: runner.capabilities)
         }
         spawner.continuation.yield { await history.replicate(into: store) }
         spawner.continuation.yield { [node, logger] in await JobLogRecorder(node: node, store: store, logger: logger).run() }
@@ -176,6 +180,7 @@ public final class RunService: Service, Sendable {
         let producers = state.withLock { $0.schedules.keys.sorted() }
         logger.info("rota run ready", metadata: [
             "pool": "\(configuration.pool)", "workers": "\(configuration.workers)",
+            "capabilities": "\(configuration.registry.names.joined(separator: ","))",
             "producers": "\(producers.joined(separator: ","))", "database": "\(configuration.databasePath)",
             // The key's ID, never the key: nodes of one pool must show the same.
             "history_key": "\(configuration.historyKey?.id ?? "none")",

@@ -1,4 +1,4 @@
-/// The error of the service layer: handlers, plans, history, the `rota` service commands.
+/// The error of the service layer: job runners (handlers), plans, history, the `rota` service commands.
 ///
 /// Match on ``code``: `catch let error as ServiceError where error.code == .unknownHandler`.
 ///
@@ -21,6 +21,9 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
         public static let execNotAllowed = Code("execNotAllowed")
         /// `exec` could not run an allowed command: not found, not executable, spawn failure.
         public static let execFailed = Code("execFailed")
+        /// An `exec` job's program ended with a failure (a non-zero exit code, a signal) and its
+        /// restart policy ended the job: the job failed with that status.
+        public static let execExited = Code("execExited")
         /// A caller passed something invalid: a handler name, a duplicate registration, an
         /// allow-list pattern that is not an absolute path.
         public static let invalidArgument = Code("invalidArgument")

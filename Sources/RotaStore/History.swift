@@ -20,7 +20,9 @@ public enum ActionOutcome: String, Sendable, Hashable, CaseIterable {
     case stopFailed = "stop-failed"
     /// A manual notification was delivered.
     case notified
-    /// Reserved: a job waiting for a worker able to run it.
+    /// No active worker has the capability the job requires: the job waits in the pool and starts
+    /// once such a worker joins (the action's `error` names the capability). Not a failure: it
+    /// counts as neither started nor failed.
     case unplaced
 }
 
@@ -440,6 +442,29 @@ extension PlanStore {
         do {
             return try database.read { db in
                 try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map(Self.round)
+            }
+        } catch {
+            throw Self.map(error, path: path, doing: "read")
+        }
+    }
+
+    /// How many of each round's actions ended `unplaced` (a job waiting for a worker with its
+    /// capability), by round ID; rounds without any are left out. Not a column of `round`: the
+    /// round's counts (started, stopped, failed) are chained, and an unplaced job is none of them.
+    public func unplacedCounts(roundIDs: [String]) throws(StoreError) -> [String: Int] {
+        guard !roundIDs.isEmpty else { return [:] }
+        do {
+            return try database.read { db in
+                var counts: [String: Int] = [:]
+                // One seek per round on the action primary key (round, seq).
+                let statement = try db.cachedStatement(sql: """
+                    SELECT COUNT(*) FROM action WHERE round = (SELECT id FROM round WHERE round_id = ?) AND outcome = 'unplaced'
+                    """)
+                for roundID in Set(roundIDs) {
+                    let count = try Int.fetchOne(statement, arguments: [roundID]) ?? 0
+                    if count > 0 { counts[roundID] = count }
+                }
+                return counts
             }
         } catch {
             throw Self.map(error, path: path, doing: "read")

@@ -17,12 +17,20 @@ public enum JobEventKind: String, Sendable, Hashable, CaseIterable {
     case orphanRequeued = "orphan-requeued"
     case endedUnowned = "ended-unowned"
     case givenUp = "given-up"
+    /// A structured job (`JobRunner`) returned by itself and left the pool (migration 0009).
+    case finished
+    /// A structured job threw by itself (the event's `error`) and left the pool.
+    case failed
+    /// No active worker has the capability the job requires (the event's `error` names it): the
+    /// job waits in the pool, not running, and starts once such a worker joins.
+    case unplaced
 
-    /// Whether it ends the run of the job on the event's worker.
+    /// Whether it ends the run of the job on the event's worker. `unplaced` ends nothing: a run the
+    /// job had ended with its own event (released, lost, …), and an unplaced job is not running.
     public var endsRun: Bool {
         switch self {
-        case .stopped, .released, .takenOver, .lost, .endedUnowned, .givenUp: true
-        case .started, .startFailed, .stopFailed, .orphanRequeued: false
+        case .stopped, .released, .takenOver, .lost, .endedUnowned, .givenUp, .finished, .failed: true
+        case .started, .startFailed, .stopFailed, .orphanRequeued, .unplaced: false
         }
     }
 }
@@ -189,7 +197,7 @@ extension PlanStore {
     }
 
     /// Runs of jobs (of one job, when given) that overlap `since`..<`until`, oldest first: the
-    /// newest `limit` of them. Answered from the `job_runs` view (migrations 0006, 0007).
+    /// newest `limit` of them. Answered from the `job_runs` view (migrations 0006, 0007, 0009).
     public func jobRuns(job: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int = 1000) throws(StoreError) -> [JobRun] {
         var conditions: [String] = []
         var arguments: [any DatabaseValueConvertible] = []

@@ -1,5 +1,7 @@
 // An application embedding a Rota worker: it joins a pool and runs the jobs whose plan names the
-// `greet` handler (and logs those naming `log`).
+// `greet` handler (and logs those naming `log`). Its worker declares both names as capabilities,
+// so the pool sends it only jobs it can run; a `greet` job dispatched while no such worker is up
+// waits in the pool (unplaced) and starts when this one joins.
 //
 //   swift run rota-example-worker redis://127.0.0.1:6379 demo
 //
@@ -17,38 +19,32 @@ import RotaRedis
 import RotaService
 import ServiceLifecycle
 
-/// The application's own handler: a long-running job per key, here a task printing a greeting
-/// every few seconds until it is stopped.
-final class Greeter: NamedJobHandler {
-    private let tasks = TaskTable()
+/// The application's own runner: a job prints a greeting every few seconds until it is stopped
+/// (its task cancelled), and prints the notifications it is sent. The whole job is this one call.
+struct Greeter: NamedJobRunner {
+    func validate(payload: [UInt8], job: Job) throws {
+        // Refused here, the dispatch fails with this text and nothing runs.
+        guard !payload.isEmpty else { throw ServiceError(.invalidPayload, "greet: the payload names whom to greet") }
+    }
 
-    func start(key: String, payload: [UInt8], job: Job) async throws {
+    func run(payload: [UInt8], job: Job, context: JobContext) async throws {
         let text = String(decoding: payload, as: UTF8.self)
-        await tasks.replace(key) {
-            while !Task.isCancelled {
-                print("hello from \(key): \(text)")
-                try? await Task.sleep(for: .seconds(3))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await note in context.notifications {
+                    print("\(job.key) was told: \(String(decoding: note, as: UTF8.self))")
+                }
             }
+            group.addTask {
+                // Ends with CancellationError when the job is stopped: the stop, not a failure.
+                while true {
+                    print("hello from \(job.key): \(text)")
+                    try await Task.sleep(for: .seconds(3))
+                }
+            }
+            try await group.next()
+            group.cancelAll()
         }
-    }
-
-    func stop(key: String) async throws {
-        await tasks.cancel(key)
-    }
-}
-
-/// The running greetings, one task per job key.
-actor TaskTable {
-    private var tasks: [String: Task<Void, Never>] = [:]
-
-    func replace(_ key: String, _ body: @escaping @Sendable () async -> Void) {
-        tasks[key]?.cancel()
-        // One task per job: the job outlives the start call that created it, by design.
-        tasks[key] = Task { await body() }
-    }
-
-    func cancel(_ key: String) {
-        tasks.removeValue(forKey: key)?.cancel()
     }
 }
 
@@ -61,7 +57,8 @@ struct WorkerService: Service {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await node.run() }
             try await node.waitUntilReady()
-            _ = try await node.addWorker(RegistryJobHandler(registry: registry))
+            let runner = RegistryJobRunner(registry: registry)
+            _ = try await node.addWorker(runner, capabilities: runner.capabilities)
             try await group.waitForAll()
         }
     }
@@ -75,7 +72,7 @@ do {
     let client = RedisClient(configuration: try RedisConfiguration(url: url), logger: logger)
     var registry = HandlerRegistry()
     try registry.register("greet", Greeter())
-    try registry.register("log", LogJobHandler(logger: logger))
+    try registry.register("log", LogJobRunner(logger: logger))
     let node = try Node(pool: pool, client: client)
     let group = ServiceGroup(configuration: .init(
         services: [.init(service: client), .init(service: WorkerService(node: node, registry: registry))],

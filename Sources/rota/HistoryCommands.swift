@@ -4,19 +4,20 @@ import RotaPlans
 import RotaStore
 
 extension RoundRecord {
-    /// The stable JSON shape scripts rely on.
-    var json: [(String, JSONValue)] {
+    /// The stable JSON shape scripts rely on. `unplaced`: the round's jobs that wait for a worker
+    /// with their capability (not failures).
+    func json(unplaced: Int) -> [(String, JSONValue)] {
         [("round", .string(roundID)), ("pool", .string(pool)), ("producer", .string(producer)), ("revision", .int(revision)),
          ("node", .string(node)), ("tick", .string(rfc3339(tick))), ("started_at", .string(rfc3339(startedAt))),
          ("finished_at", .optional(finishedAt.map(rfc3339))), ("started", .int(started)), ("stopped", .int(stopped)),
-         ("failed", .int(failed)), ("error", .optional(error))]
+         ("failed", .int(failed)), ("unplaced", .int(unplaced)), ("error", .optional(error))]
     }
 
-    var row: [String] {
-        [roundID, producer, String(revision), node, rfc3339(tick), String(started), String(stopped), String(failed), error ?? "-"]
+    func row(unplaced: Int) -> [String] {
+        [roundID, producer, String(revision), node, rfc3339(tick), String(started), String(stopped), String(failed), String(unplaced), error ?? "-"]
     }
 
-    static let header = ["ROUND", "PRODUCER", "REV", "NODE", "TICK", "STARTED", "STOPPED", "FAILED", "ERROR"]
+    static let header = ["ROUND", "PRODUCER", "REV", "NODE", "TICK", "STARTED", "STOPPED", "FAILED", "UNPLACED", "ERROR"]
 }
 
 /// The time an option names (RFC 3339, or a duration meaning that long ago); a clear failure otherwise.
@@ -63,10 +64,16 @@ struct History: ParsableCommand {
             filter.limit = limit
             let store = try openStore(db)
             let rounds: [RoundRecord]
-            do { rounds = try store.rounds(matching: filter) } catch { throw CommandFailure(error.message) }
+            let unplaced: [String: Int]
+            do {
+                rounds = try store.rounds(matching: filter)
+                unplaced = try store.unplacedCounts(roundIDs: rounds.map(\.roundID))
+            } catch {
+                throw CommandFailure(error.message)
+            }
             switch format {
-            case .json: print(jsonArray(rounds.map(\.json)), terminator: "")
-            case .table, .csv: print(render(RoundRecord.header, rounds.map(\.row), format: format), terminator: "")
+            case .json: print(jsonArray(rounds.map { $0.json(unplaced: unplaced[$0.roundID] ?? 0) }), terminator: "")
+            case .table, .csv: print(render(RoundRecord.header, rounds.map { $0.row(unplaced: unplaced[$0.roundID] ?? 0) }, format: format), terminator: "")
             }
         }
     }
@@ -83,6 +90,7 @@ struct History: ParsableCommand {
             let found: (RoundRecord, [ActionRecord])?
             do { found = try store.round(id: round) } catch { throw CommandFailure(error.message) }
             guard let (record, actions) = found else { throw CommandFailure("no round '\(round)' in \(db)") }
+            let unplaced = actions.filter { $0.outcome == .unplaced }.count
             switch format {
             case .json:
                 let items = actions.map { action -> JSONValue in
@@ -90,9 +98,9 @@ struct History: ParsableCommand {
                         ("outcome", .string(action.outcome.rawValue)), ("error", .optional(action.error)), ("at", .string(rfc3339(action.at))),
                         ("reason", .optional(action.reason)), ("actor", .optional(action.actor))])
                 }
-                print(jsonArray([record.json + [("actions", .array(items))]]), terminator: "")
+                print(jsonArray([record.json(unplaced: unplaced) + [("actions", .array(items))]]), terminator: "")
             case .table, .csv:
-                print(render(RoundRecord.header, [record.row], format: format))
+                print(render(RoundRecord.header, [record.row(unplaced: unplaced)], format: format))
                 print(render(["JOB", "ACTION", "OUTCOME", "AT", "REASON", "ACTOR", "ERROR"],
                     actions.map { [$0.job, $0.action.rawValue, $0.outcome.rawValue, rfc3339($0.at), $0.reason ?? "-", $0.actor ?? "-", $0.error ?? "-"] },
                     format: format),

@@ -11,7 +11,9 @@ import ServiceLifecycle
 // Commands that work on a running pool: a standalone worker node, and the client commands
 // (dispatch, stop, notify). Exit codes of the client commands: 0 success, 1 failure,
 // 3 the job already exists (dispatch), 4 the job does not exist (stop, notify), 5 a worker failed
-// to stop its job (stop).
+// to stop its job (stop), 10 the pool is at its job limit (dispatch), 11 the job waits for a
+// worker with its handler (dispatch), 12 it still waits when --wait runs out (dispatch).
+// `rota dispatch` is in DispatchCommand.swift.
 
 /// The Redis URL of a command that needs an existing pool (no private server: it would be empty).
 func requiredRedisConfiguration(_ options: PoolOptions, command: String) throws -> RedisConfiguration {
@@ -165,10 +167,7 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
         } catch {
             throw CommandFailure(error.message)
         }
-        let service = WorkerNodeService(
-            node: node, workers: workers, exec: exec, logger: logger,
-            makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }
-        )
+        let service = WorkerNodeService(node: node, workers: workers, exec: exec, logger: logger, runner: RegistryJobRunner(registry: registry))
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: client), .init(service: service)],
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -190,9 +189,9 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
 struct WorkerNodeService: Service {
     let node: Node
     let workers: Int
-    let exec: ExecJobHandler
+    let exec: ExecJobRunner
     let logger: Logger
-    let makeHandler: @Sendable () -> any JobHandler
+    let runner: RegistryJobRunner
 
     func run() async throws {
         try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -210,8 +209,10 @@ struct WorkerNodeService: Service {
             }
             do {
                 try await node.waitUntilReady()
+                // Each worker declares its handlers: dispatches require the envelope's handler, so
+                // a job only comes to a worker that can run it.
                 for _ in 0..<workers {
-                    _ = try await node.addWorker(makeHandler())
+                    _ = try await node.addWorker(runner, capabilities: runner.capabilities)
                 }
             } catch {
                 group.cancelAll()
@@ -220,82 +221,12 @@ struct WorkerNodeService: Service {
             logger.info("rota worker ready", metadata: [
                 "pool": "\(node.pool)", "node": "\(node.id)", "name": "\(node.options.name)",
                 "workers": "\(node.localWorkers.map(\.id).joined(separator: ","))",
+                "capabilities": "\(runner.capabilities.sorted().joined(separator: ","))",
             ])
             // The node ends after close, or when the pool shuts down: then stop waiting for signals.
             while let nodeEnded = try await group.next() {
                 if nodeEnded { group.cancelAll() }
             }
-        }
-    }
-}
-
-// MARK: rota dispatch
-
-struct DispatchCommand: ParsableCommand, AsyncCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "dispatch",
-        abstract: "Start a job in the pool with a named handler; returns once a worker started it.",
-        discussion: "Exit status: 0 started, 3 the job already exists (or is being dispatched), 10 the pool is at its job limit, 1 any other failure (the worker's error text for a failed start)."
-    )
-
-    @Argument(help: "The job key.")
-    var key: String
-
-    @Option(help: "The worker-side handler (e.g. log, exec).")
-    var handler: String
-
-    @Option(help: "The handler's payload, as text.")
-    var payload: String?
-
-    @Option(help: "Read the handler's payload from this file (- for standard input).")
-    var payloadFile: String?
-
-    @OptionGroup var poolOptions: PoolOptions
-
-    @OptionGroup var historyKeyOptions: HistoryKeyOptions
-
-    func execute() async throws {
-        let envelope: JobEnvelope
-        do {
-            envelope = try JobEnvelope(handler: handler, payload: try payloadBytes(text: payload, file: payloadFile))
-        } catch let error as EnvelopeError {
-            throw CommandFailure("--handler: \(error.message)")
-        }
-        let historyKey = try historyKeyOptions.load()
-        let key = self.key, actor = currentActor(), pool = poolOptions.pool
-        let outcome: Result<Void, PoolError> = try await withClientNode(poolOptions, command: "dispatch") { node in
-            let asked = Date()
-            let result: Result<Void, PoolError>
-            do {
-                try await node.dispatch(key: key, payload: envelope.encoded(), origin: JobOrigin(actor: actor, reason: Reason.manual))
-                result = .success(())
-            } catch let error as PoolError {
-                result = .failure(error)
-            }
-            let hash = fingerprint(String(decoding: envelope.encoded(), as: UTF8.self))
-            switch result {
-            case .success:
-                await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .start, outcome: .started, payloadHash: hash, actor: actor, asked: asked)
-            case .failure(let error) where error.code == .jobExists:
-                await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .start, outcome: .alreadyRunning, payloadHash: hash, actor: actor,
-                    asked: asked)
-            case .failure(let error):
-                await recordManual(pool: pool, key: historyKey, node: node, job: key, action: .start, outcome: .failed, error: error.message, payloadHash: hash,
-                    actor: actor, asked: asked)
-            }
-            return result
-        }
-        switch outcome {
-        case .success:
-            print("started \(key)")
-        case .failure(let error) where error.code == .jobExists:
-            throw failure("job \(key) already exists", exitCode: 3)
-        case .failure(let error) where error.code == .tooManyJobs:
-            throw failure(error.message, exitCode: 10)
-        case .failure(let error) where error.code == .timeout:
-            throw CommandFailure("job \(key): no worker confirmed the start in time (it may still start later)")
-        case .failure(let error):
-            throw CommandFailure(error.message)
         }
     }
 }

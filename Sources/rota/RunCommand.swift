@@ -168,7 +168,7 @@ struct Run: ParsableCommand, AsyncCommand {
             if let name { nodeOptions.name = name }
             var configuration = RunService.Configuration(
                 planPaths: plans, databasePath: db, pool: poolOptions.pool, workers: workers,
-                makeHandler: { RegistryJobHandler(registry: registry, logger: logger) }, nodeOptions: nodeOptions, logger: logger
+                registry: registry, nodeOptions: nodeOptions, logger: logger
             )
             configuration.historyKey = historyKey
             let service = try RunService(configuration: configuration, client: client)
@@ -255,17 +255,17 @@ func loadExecPolicy(file: String?, allowExec: [String]) throws -> ExecPolicy {
     return policy
 }
 
-/// The built-in handlers: `log`, and `exec` under `policy`. A policy this process cannot apply (a
+/// The built-in runners: `log`, and `exec` under `policy`. A policy this process cannot apply (a
 /// missing working directory, a limit above its hard limit) is a usage error (exit 64).
-func builtInRegistry(policy: ExecPolicy, logger: Logger) throws -> (HandlerRegistry, ExecJobHandler) {
-    let exec: ExecJobHandler
+func builtInRegistry(policy: ExecPolicy, logger: Logger) throws -> (HandlerRegistry, ExecJobRunner) {
+    let exec: ExecJobRunner
     do throws(ServiceError) {
-        exec = try ExecJobHandler(policy: policy, logger: logger)
+        exec = try ExecJobRunner(policy: policy, logger: logger)
     } catch {
         throw failure("--exec-policy: \(error.message)", exitCode: 64)
     }
     var registry = HandlerRegistry()
-    try registry.register("log", LogJobHandler(logger: logger))
+    try registry.register("log", LogJobRunner(logger: logger))
     try registry.register("exec", exec)
     return (registry, exec)
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Rota
 import RotaRedis
 import RotaService
 
@@ -54,6 +55,24 @@ struct PoolReader {
     }
 
     func hash(_ key: String) -> RedisCommand { RedisCommand("HGETALL", key) }
+}
+
+extension StatusCommand {
+    /// The capabilities of the pool's workers and the unplaced jobs with what they wait for, read
+    /// with the pool's queries on a client-only node that never joins (its queries read Redis).
+    /// A failure leaves both empty, with a warning: the rest of the report still stands.
+    static func routing(_ reader: PoolReader) async throws -> (capabilities: [String: Set<String>], unplaced: [String: String]) {
+        var options = Node.Options()
+        options.clientOnly = true
+        options.name = "rota-status"
+        do {
+            let node = try Node(pool: reader.space.name, client: reader.client, options: options)
+            return (try await node.workerCapabilities(), try await node.unplacedJobs())
+        } catch {
+            FileHandle.standardError.write(Data("warning: the workers' capabilities and unplaced jobs could not be read: \(terminalSafe(poolMessage(error)))\n".utf8))
+            return ([:], [:])
+        }
+    }
 }
 
 /// Stream entries as returned by XRANGE/XREVRANGE: ID and fields.
@@ -115,11 +134,12 @@ func parseTickerEntry(_ bytes: [UInt8]) -> (next: Date, interval: String)? {
 struct StatusCommand: ParsableCommand, AsyncCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show a pool: nodes, workers and their jobs, jobs, and each producer's planner, last round and next tick.",
+        abstract: "Show a pool: nodes, workers (with their capabilities) and their jobs, jobs, and each producer's planner, last round and next tick.",
         discussion: """
             Reads Redis directly (it does not join the pool). Producers come from the pool's plan, each \
             with the last round kept for it; nodes whose plan files differ from the pool's plan are listed \
-            under plan drift.
+            under plan drift; jobs that no active worker can run (unplaced) are listed with the capability \
+            they wait for.
             """
     )
 
@@ -142,12 +162,16 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
         var created: Date?
         var lastSeen: Date?
         var retiring: Bool
+        /// What it declared when it joined (its handlers, for service workers).
+        var capabilities: Set<String> = []
     }
 
     struct JobRow {
         var key: String
         var worker: String?
         var handler: String?
+        /// The capability it waits for while no active worker has it (unplaced).
+        var unplaced: String?
     }
 
     func execute() async throws {
@@ -185,6 +209,9 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
         let inboxHeads = try await reader.pipeline(workerIDs.map {
             RedisCommand("XRANGE", reader.streamKey("worker-\($0)"), "-", "+", "COUNT", "1")
         })
+        // Capabilities and unplaced jobs through the pool's own queries, on a client-only node
+        // that is never run: a client-only node answers queries from Redis, without joining.
+        let (capabilities, unplaced) = try await Self.routing(reader)
         var workers: [WorkerRow] = []
         for (index, id) in workerIDs.enumerated() {
             let value = String(decoding: registry[id] ?? [], as: UTF8.self)
@@ -192,7 +219,7 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
                 id: id, node: workerNodes[id] ?? workerNode(fromFirstInboxEntry: inboxHeads[index], worker: id),
                 jobs: owners.values.filter { $0 == id }.count,
                 created: dateFromNanos(value), lastSeen: workerKeepAlive[id].flatMap { dateFromNanos(String(decoding: $0, as: UTF8.self)) },
-                retiring: value == "-"
+                retiring: value == "-", capabilities: capabilities[id] ?? []
             ))
         }
         workers.sort { ($0.created ?? .distantFuture, $0.id) < ($1.created ?? .distantFuture, $1.id) }
@@ -210,9 +237,11 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
             ))
         }
 
-        let jobs = Set(owners.keys).union(payloads.keys).sorted().map { key in
-            JobRow(key: key, worker: owners[key], handler: payloads[key].flatMap { try? JobEnvelope(decoding: $0).handler })
+        let jobs = Set(owners.keys).union(payloads.keys).union(unplaced.keys).sorted().map { key in
+            JobRow(key: key, worker: owners[key], handler: payloads[key].flatMap { try? JobEnvelope(decoding: $0).handler },
+                unplaced: unplaced[key])
         }
+        let unplacedJobs = jobs.filter { $0.unplaced != nil }
 
         // Producers: the pool's plan with each producer's last round (kept per producer: a slow
         // producer beside fast ones still shows its last round), and nodes reporting plan drift.
@@ -237,10 +266,13 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
                 ("workers", .array(workers.map { .object([
                     ("id", .string($0.id)), ("node", .optional($0.node)), ("jobs", .int($0.jobs)),
                     ("created", date($0.created)), ("last_seen", date($0.lastSeen)), ("retiring", .raw($0.retiring ? "true" : "false")),
+                    ("capabilities", .array($0.capabilities.sorted().map { .string($0) })),
                 ]) })),
                 ("jobs", .array(jobs.map { .object([
                     ("key", .string($0.key)), ("worker", .optional($0.worker)), ("handler", .optional($0.handler)),
+                    ("unplaced", .optional($0.unplaced)),
                 ]) })),
+                ("unplaced", .array(unplacedJobs.map { .object([("key", .string($0.key)), ("requirement", .optional($0.unplaced))]) })),
                 ("plan_revision", .int(revision)),
                 ("producers", .array(producerRows.map { row in
                     guard case .object(var members) = row.json else { return row.json }
@@ -259,13 +291,21 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
                 guard let id else { return "-" }
                 return names[id].map { "\($0) (\(id))" } ?? id
             }
-            var out = "pool \(reader.space.name): \(nodes.count) node(s), \(workers.count) worker(s), \(jobs.count) job(s), \(producerRows.count) producer(s)\n"
+            let waiting = unplacedJobs.isEmpty ? "" : " (\(unplacedJobs.count) unplaced)"
+            var out = "pool \(reader.space.name): \(nodes.count) node(s), \(workers.count) worker(s), \(jobs.count) job(s)\(waiting), \(producerRows.count) producer(s)\n"
             out += "\nNODES\n" + render(["ID", "NAME", "WORKERS", "LAST SEEN"],
                 nodes.map { [$0.id, $0.name ?? "-", String($0.workers), date($0.lastSeen)] }, format: .table)
-            out += "\nWORKERS\n" + render(["ID", "NODE", "JOBS", "CREATED", "LAST SEEN", "STATE"],
-                workers.map { [$0.id, node($0.node), String($0.jobs), date($0.created), date($0.lastSeen), $0.retiring ? "retiring" : "active"] },
+            out += "\nWORKERS\n" + render(["ID", "NODE", "JOBS", "CREATED", "LAST SEEN", "STATE", "CAPABILITIES"],
+                workers.map { [$0.id, node($0.node), String($0.jobs), date($0.created), date($0.lastSeen), $0.retiring ? "retiring" : "active",
+                    $0.capabilities.isEmpty ? "-" : $0.capabilities.sorted().joined(separator: ",")] },
                 format: .table)
-            out += "\nJOBS\n" + render(["KEY", "WORKER", "HANDLER"], jobs.map { [$0.key, $0.worker ?? "(awaiting a worker)", $0.handler ?? "-"] }, format: .table)
+            out += "\nJOBS\n" + render(["KEY", "WORKER", "HANDLER"], jobs.map { job in
+                [job.key, job.worker ?? (job.unplaced == nil ? "(awaiting a worker)" : "(unplaced)"), job.handler ?? "-"]
+            }, format: .table)
+            if !unplacedJobs.isEmpty {
+                out += "\nUNPLACED (no active worker has the capability; each starts when a worker with it joins)\n"
+                    + render(["KEY", "WAITS FOR CAPABILITY"], unplacedJobs.map { [$0.key, $0.unplaced ?? "-"] }, format: .table)
+            }
             out += "\nPRODUCERS (plan revision \(revision))\n" + render(
                 ["NAME", "REVISION", "STATE", "PLANNER", "LAST ROUND", "LAST TICK", "NEXT TICK", "INTERVAL", "JOBS", "LAST ERROR"],
                 producerRows.map { [$0.name, String($0.revision), $0.pause == nil ? "active" : "paused", node($0.last?.node), $0.last?.id ?? "-",

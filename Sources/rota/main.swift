@@ -6,7 +6,8 @@ import RotaStore
 // own async entry resolves to the synchronous `run()`.
 PlanStore.tuneAllocator()
 do {
-    var command = try Rota.parseAsRoot()
+    // `rota dispatch --wait` may come without a value (ArgumentParser options always take one).
+    var command = try Rota.parseAsRoot(DispatchCommand.expandBareWait(Array(CommandLine.arguments.dropFirst())))
     if let async = command as? any AsyncCommand {
         try await async.execute()
     } else {

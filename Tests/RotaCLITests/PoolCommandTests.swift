@@ -4,17 +4,19 @@ import RotaRedisServer
 import RotaTestSupport
 import Testing
 
-/// A `rota worker` process in the background; its output goes to a log file (read on failure).
+/// A `rota worker` process (or another worker program) in the background; its output goes to a
+/// log file (read on failure).
 private final class BackgroundWorker {
     let process = Process()
     let log: URL
 
-    init(arguments: [String]) throws {
+    /// `rota worker ARGUMENTS`, or `executable ARGUMENTS`.
+    init(arguments: [String], executable: URL? = nil) throws {
         log = FileManager.default.temporaryDirectory.appendingPathComponent("rota-worker-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
-        process.executableURL = try rotaExecutable()
-        process.arguments = ["worker"] + arguments
+        process.executableURL = try executable ?? rotaExecutable()
+        process.arguments = executable == nil ? ["worker"] + arguments : arguments
         process.standardOutput = handle
         process.standardError = handle
         try process.run()
@@ -57,16 +59,19 @@ private struct StatusReport {
     var workers: [[String: Any]]
     var jobs: [[String: Any]]
     var producers: [[String: Any]]
+    var unplaced: [[String: Any]]
 
     init(_ text: String) throws {
         guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
               let nodes = object["nodes"] as? [[String: Any]], let workers = object["workers"] as? [[String: Any]],
-              let jobs = object["jobs"] as? [[String: Any]], let producers = object["producers"] as? [[String: Any]]
+              let jobs = object["jobs"] as? [[String: Any]], let producers = object["producers"] as? [[String: Any]],
+              let unplaced = object["unplaced"] as? [[String: Any]]
         else { throw TestFailure("unexpected status JSON: \(text)") }
         self.nodes = nodes
         self.workers = workers
         self.jobs = jobs
         self.producers = producers
+        self.unplaced = unplaced
     }
 }
 
@@ -153,11 +158,25 @@ private struct StatusReport {
             try status(target).jobs.isEmpty
         }
 
-        let unknownHandler = try rota(["dispatch", "job/2", "--handler", "nope"] + target)
-        #expect(unknownHandler.status != 0)
-        #expect(unknownHandler.status != 3)
-        #expect(unknownHandler.err.contains("unknown handler"))
+        // A worker-side error fails the dispatch with its text (exit 1): the exec handler refuses a
+        // program its policy does not name.
+        let refused = try rota(["dispatch", "job/2", "--handler", "exec", "--payload", #"{"command": "/bin/true"}"#] + target)
+        #expect(refused.status == 1, "\(refused)")
+        #expect(refused.err.contains("is not allowed on this worker"), "\(refused.err)")
         #expect(try status(target).jobs.isEmpty)
+
+        // `--wait` takes an optional value: alone (here before the key, or last) it waits without a
+        // limit; a job that starts at once returns 0 either way. A bad value is a usage error.
+        let waited = try rota(["dispatch", "--wait", "job/3", "--handler", "log"] + target)
+        #expect(waited.status == 0 && waited.out == "started job/3\n", "\(waited)")
+        let waitedLast = try rota(["dispatch", "job/4", "--handler", "log"] + target + ["--wait"])
+        #expect(waitedLast.status == 0 && waitedLast.out == "started job/4\n", "\(waitedLast)")
+        let timed = try rota(["dispatch", "job/5", "--handler", "log", "--wait", "30"] + target)
+        #expect(timed.status == 0, "\(timed)")
+        let badWait = try rota(["dispatch", "job/6", "--handler", "log", "--wait=soon"] + target)
+        #expect(badWait.status == 64 && badWait.err.contains("--wait takes seconds"), "\(badWait)")
+        #expect(try rota(["stop", "job/3", "job/4", "job/5"] + target).status == 0)
+        try await eventually("the waited-for jobs are gone from status", timeout: .seconds(30)) { try status(target).jobs.isEmpty }
 
         let plan = FileManager.default.temporaryDirectory.appendingPathComponent("rota-diff-\(UUID().uuidString).yaml")
         defer { try? FileManager.default.removeItem(at: plan) }
@@ -175,6 +194,80 @@ private struct StatusReport {
             == #"{"pool_revision":0,"plan":[{"producer":"feeds","outcome":"created","revision":1}],"jobs":[{"producer":"feeds","job":"feed/a","action":"start","handler":"log","reason":"desired, not running"}]}"#)
         // Nothing was applied.
         #expect(try status(target).jobs.isEmpty)
+    }
+
+    /// Needs the pool's capability routing (B3: `Node.dispatch` returning `.unplaced`,
+    /// `workerCapabilities()`, `unplacedJobs()`).
+    @Test("a job no active worker can run: status shows the workers' capabilities and the job unplaced; dispatch exits 11, --wait 12, or 0 once a capable worker joins")
+    func unplacedJobs() async throws {
+        try await RedisServer.withServer { server in
+            let target = ["--redis", server.url, "--pool", "cap-\(UUID().uuidString.prefix(8))"]
+            let worker = try BackgroundWorker(arguments: target + ["--workers", "1", "--name", "cap-node"])
+            do {
+                try await unplacedScenario(target: target, server: server)
+            } catch {
+                Issue.record("worker output:\n\(worker.output)")
+                throw error
+            }
+            await worker.stop()
+        }
+    }
+
+    private func unplacedScenario(target: [String], server: RedisServer) async throws {
+        // The worker declares its handlers.
+        try await eventually("the worker lists its capabilities", timeout: .seconds(30)) {
+            try status(target).workers.contains { ($0["capabilities"] as? [String]) == ["exec", "log"] }
+        }
+        let table = try rota(["status"] + target)
+        #expect(table.out.contains("CAPABILITIES") && table.out.contains("exec,log"), "\(table.out)")
+
+        // No worker has `greet`: the job waits, unplaced (exit 11), and is there to see.
+        let dispatched = try rota(["dispatch", "greet/1", "--handler", "greet", "--payload", "world"] + target)
+        #expect(dispatched.status == 11, "\(dispatched)")
+        #expect(dispatched.out.contains("job greet/1 waits for a worker with capability 'greet' (no active worker has it)"), "\(dispatched.out)")
+        let report = try status(target)
+        #expect(report.unplaced.contains { $0["key"] as? String == "greet/1" && $0["requirement"] as? String == "greet" }, "\(report.unplaced)")
+        #expect(report.jobs.contains { $0["key"] as? String == "greet/1" && $0["unplaced"] as? String == "greet" && $0["worker"] is NSNull })
+        let text = try rota(["status"] + target)
+        #expect(text.out.contains("(1 unplaced)") && text.out.contains("UNPLACED"), "\(text.out)")
+        #expect(text.out.split(separator: "\n").contains { $0.hasPrefix("greet/1") && $0.hasSuffix("greet") }, "\(text.out)")
+        // It exists: a second dispatch is refused; a stop ends it.
+        #expect(try rota(["dispatch", "greet/1", "--handler", "greet", "--payload", "world"] + target).status == 3)
+        #expect(try rota(["stop", "greet/1"] + target).status == 0)
+        try await eventually("greet/1 is gone", timeout: .seconds(30)) { try status(target).unplaced.isEmpty }
+
+        // --wait with a limit: still unplaced when it runs out (exit 12).
+        let timedOut = try rota(["dispatch", "greet/2", "--handler", "greet", "--payload", "you", "--wait", "1"] + target)
+        #expect(timedOut.status == 12, "\(timedOut)")
+        #expect(timedOut.err.contains("job greet/2 still waits for a worker with capability 'greet' after 1 s"), "\(timedOut.err)")
+
+        // --wait without a limit, then a worker with `greet` joins (the example worker): it starts
+        // the waiting jobs, and the waiting dispatch returns 0.
+        let waiting = Process()
+        waiting.executableURL = try rotaExecutable()
+        waiting.arguments = ["dispatch", "greet/3", "--handler", "greet", "--payload", "all", "--wait"] + target
+        let out = Pipe(), err = Pipe()
+        waiting.standardOutput = out
+        waiting.standardError = err
+        try waiting.run()
+        defer { if waiting.isRunning { kill(waiting.processIdentifier, SIGKILL) } }
+        try await eventually("greet/3 is unplaced", timeout: .seconds(30)) {
+            try status(target).unplaced.contains { $0["key"] as? String == "greet/3" }
+        }
+        #expect(waiting.isRunning)
+        let pool = target[3]
+        let example = try BackgroundWorker(arguments: [server.url, pool], executable: try builtExecutable("rota-example-worker"))
+        try await eventually("the waiting dispatch returned", timeout: .seconds(30)) { !waiting.isRunning }
+        waiting.waitUntilExit()
+        let printed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(waiting.terminationStatus == 0, "\(printed) \(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+        #expect(printed.hasPrefix("started greet/3"), "\(printed)")
+        try await eventually("greet/2 started too", timeout: .seconds(30)) {
+            let report = try status(target)
+            return report.unplaced.isEmpty && report.jobs.filter { $0["worker"] is String }.count == 2
+        }
+        #expect(try status(target).workers.contains { ($0["capabilities"] as? [String]) == ["greet", "log"] })
+        await example.stop(grace: .seconds(10))
     }
 
     @Test("the pool's plan from the CLI: apply, list, pause/resume, trigger with no node planning, dry run, conflicts")

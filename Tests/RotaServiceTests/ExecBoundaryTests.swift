@@ -9,7 +9,7 @@ import Testing
 import Glibc
 #endif
 
-// The exec handler's trust boundary (README "The exec handler"): a program runs only with the
+// The exec runner's trust boundary (README "The exec handler"): a program runs only with the
 // arguments and environment its policy declares, refused before anything is spawned; the guard
 // process between the worker and each job kills what the job leaves behind (setsid daemons
 // included) and everything when the worker dies, SIGKILL included. Real processes throughout;
@@ -123,11 +123,10 @@ struct ExecBoundaryTests {
             ],
             workDirectory: base.path
         )
-        try await withExecHandler(policy: policy) { exec, logs in
+        try await withExecRunner(policy: policy) { exec, jobs, logs in
             // Allowed: it runs in the job's own directory under the base.
-            try await exec.start(key: "ok", payload: json(#"{"command": "/usr/bin/touch", "args": ["--", "made"], "env": {"TOUCH_NOTE": "x"}, "restart": "never"}"#), job: job("ok", []))
-            try await eventually("the allowed touch ran") { exec.status(key: "ok")?.isFinished == true }
-            #expect(exec.status(key: "ok")?.lastExit == "exit code 0")
+            try jobs.start("ok", json(#"{"command": "/usr/bin/touch", "args": ["--", "made"], "env": {"TOUCH_NOTE": "x"}, "restart": "never"}"#))
+            #expect(describe(try await jobs.outcome("ok")) == "returned")
             let directories = try FileManager.default.contentsOfDirectory(atPath: base.path)
             #expect(directories.count == 1 && directories.first?.hasPrefix("ok-") == true)
             #expect(FileManager.default.fileExists(atPath: base.appendingPathComponent(directories[0]).appendingPathComponent("made").path))
@@ -147,11 +146,11 @@ struct ExecBoundaryTests {
             for (index, refused) in cases.enumerated() {
                 let key = "refused-\(index)"
                 let payload = json(#"{"command": "/usr/bin/touch", "args": \#(refused.args), "env": \#(refused.env)}"#)
-                let error = await caught { try await exec.start(key: key, payload: payload, job: job(key, [])) }
+                let error = await caught { try jobs.start(key, payload) }
                 let message = error.map { "\($0)" } ?? "no error"
                 #expect((error as? ServiceError)?.code == .execNotAllowed, "\(refused): \(message)")
                 #expect(message.contains("/usr/bin/touch") && message.contains(refused.expected), "\(refused): \(message)")
-                #expect(exec.status(key: key) == nil)
+                #expect(exec.status(key: key) == nil && !jobs.isRunning(key))
             }
             // Nothing ran for them: no start logged, no directory made.
             #expect(logs.entries.filter { $0.message == "exec: command started" }.count == 1)
@@ -159,11 +158,11 @@ struct ExecBoundaryTests {
         }
 
         // --allow-exec: the program, with nothing from the job.
-        try await withExecHandler(policy: try ExecPolicy(allowing: ["/usr/bin/touch"])) { exec, _ in
-            let withArguments = await caught { try await exec.start(key: "a", payload: json(#"{"command": "/usr/bin/touch", "args": ["x"]}"#), job: job("a", [])) }
+        try await withExecRunner(policy: try ExecPolicy(allowing: ["/usr/bin/touch"])) { _, jobs, _ in
+            let withArguments = await caught { try jobs.start("a", json(#"{"command": "/usr/bin/touch", "args": ["x"]}"#)) }
             #expect((withArguments as? ServiceError)?.code == .execNotAllowed)
             #expect("\(withArguments.map { "\($0)" } ?? "")".contains("--allow-exec allows no arguments or environment; declare them in an --exec-policy file"))
-            let withEnvironment = await caught { try await exec.start(key: "e", payload: json(#"{"command": "/usr/bin/touch", "env": {"X": "1"}}"#), job: job("e", [])) }
+            let withEnvironment = await caught { try jobs.start("e", json(#"{"command": "/usr/bin/touch", "env": {"X": "1"}}"#)) }
             #expect((withEnvironment as? ServiceError)?.code == .execNotAllowed)
         }
     }
@@ -174,11 +173,11 @@ struct ExecBoundaryTests {
             name: "show", path: "/usr/bin/printf", arguments: [#"%s|%s|%s\n"#, "--name={name}", "{file}", "{name}"],
             slots: ["name": try ExecPolicy.Value(pattern: "[a-z0-9_-]{1,32}"), "file": try ExecPolicy.Value(pattern: "[a-z0-9.]{1,64}")]
         )
-        try await withExecHandler(policy: try ExecPolicy(programs: [show])) { exec, logs in
-            try await exec.start(key: "filled", payload: json(#"{"program": "show", "slots": {"name": "orders", "file": "x.csv"}, "restart": "never"}"#), job: job("filled", []))
+        try await withExecRunner(policy: try ExecPolicy(programs: [show])) { _, jobs, logs in
+            try jobs.start("filled", json(#"{"program": "show", "slots": {"name": "orders", "file": "x.csv"}, "restart": "never"}"#))
             // The same arguments written out in full match the same template.
             let written = #"{"command": "/usr/bin/printf", "args": ["%s|%s|%s\\n", "--name=orders", "y.csv", "orders"], "restart": "never"}"#
-            try await exec.start(key: "written", payload: json(written), job: job("written", []))
+            try jobs.start("written", json(written))
             try await eventually("both printed their arguments") {
                 logs.lines(stream: "stdout", job: "filled") == ["--name=orders|x.csv|orders"]
                     && logs.lines(stream: "stdout", job: "written") == ["--name=orders|y.csv|orders"]
@@ -201,7 +200,7 @@ struct ExecBoundaryTests {
             ]
             for (index, refused) in cases.enumerated() {
                 let key = "refused-\(index)"
-                let error = await caught { try await exec.start(key: key, payload: json(refused.payload), job: job(key, [])) }
+                let error = await caught { try jobs.start(key, json(refused.payload)) }
                 let message = error.map { "\($0)" } ?? "no error"
                 #expect((error as? ServiceError)?.code == .execNotAllowed, "\(refused.payload): \(message)")
                 #expect(message.contains(refused.expected), "\(refused.payload): \(message)")
@@ -217,9 +216,9 @@ struct ExecBoundaryTests {
         let program = try ExecPolicy.Program(
             path: "/usr/bin/env", environment: ["GREETING": try ExecPolicy.Value(pattern: "[a-z]+")], fixedEnvironment: ["FIXED": "1"]
         )
-        try await withExecHandler(policy: try ExecPolicy(programs: [program])) { exec, logs in
-            try await exec.start(key: "env", payload: json(#"{"command": "/usr/bin/env", "env": {"GREETING": "hello"}, "restart": "never"}"#), job: job("env", []))
-            try await eventually("env ran") { exec.status(key: "env")?.isFinished == true }
+        try await withExecRunner(policy: try ExecPolicy(programs: [program])) { _, jobs, logs in
+            try jobs.start("env", json(#"{"command": "/usr/bin/env", "env": {"GREETING": "hello"}, "restart": "never"}"#))
+            #expect(describe(try await jobs.outcome("env")) == "returned")
             try await eventually("its output is logged") { logs.lines(stream: "stdout", job: "env").contains("GREETING=hello") }
             let lines = logs.lines(stream: "stdout", job: "env")
             #expect(lines.contains("FIXED=1") && lines.contains { $0.hasPrefix("PATH=") })
@@ -235,32 +234,31 @@ struct ExecBoundaryTests {
             try ExecPolicy.Program(name: "leaves", path: "/bin/sh", arguments: ["-c", "setsid sleep 300 & echo $!"]),
             try ExecPolicy.Program(name: "sleeper", path: "/bin/sleep", arguments: ["300"]),
         ]
-        try await withExecHandler(policy: try ExecPolicy(programs: programs)) { exec, logs in
-            try await exec.start(key: "daemons", payload: json(#"{"program": "daemons"}"#), job: job("daemons", []))
-            let pid = try #require(exec.status(key: "daemons")?.pid)
+        try await withExecRunner(policy: try ExecPolicy(programs: programs)) { exec, jobs, logs in
+            let pid = try await startChild(jobs, exec, "daemons", json(#"{"program": "daemons"}"#))
             try await eventually("both daemons printed their pids") { logs.lines(stream: "stdout", job: "daemons").count == 2 }
             let daemons = logs.lines(stream: "stdout", job: "daemons").compactMap { pid_t($0) }
             #expect(daemons.count == 2)
             // Each escaped the job's session and process group (once it ran setsid).
             try await eventually("the daemons are in sessions of their own") { daemons.allSatisfy { getsid($0) == $0 } }
             #expect(daemons.allSatisfy { getsid($0) != getsid(pid) && getpgid($0) != pid })
-            try await exec.stop(key: "daemons")
-            // Killed and reaped by the guard before stop returned: not even zombies.
+            #expect(describe(await jobs.stop("daemons")) == "returned")
+            // Killed and reaped by the guard before the stopped call returned: not even zombies.
             #expect(isGone(pid))
             for daemon in daemons { #expect(isGone(daemon), "daemon \(daemon) survived the stop") }
 
-            try await exec.start(key: "leaves", payload: json(#"{"program": "leaves", "restart": "never"}"#), job: job("leaves", []))
-            try await eventually("the job ended") { exec.status(key: "leaves")?.isFinished == true }
+            try jobs.start("leaves", json(#"{"program": "leaves", "restart": "never"}"#))
+            #expect(describe(try await jobs.outcome("leaves")) == "returned")
             let left = try #require(logs.lines(stream: "stdout", job: "leaves").first.flatMap { pid_t($0) })
             #expect(isGone(left), "the daemon it left behind survived")
 
             // Its guard SIGKILLed: the program dies with it (its parent-death signal).
-            try await exec.start(key: "orphaned", payload: json(#"{"program": "sleeper", "restart": "never"}"#), job: job("orphaned", []))
-            let program = try #require(exec.status(key: "orphaned")?.pid)
+            let program = try await startChild(jobs, exec, "orphaned", json(#"{"program": "sleeper", "restart": "never"}"#))
             let guardian = try #require(logs.entries.last { $0.message == "exec: command started" && $0.metadata["job"] == "orphaned" }?.metadata["guard"].flatMap { pid_t($0) })
             kill(guardian, SIGKILL)
             try await eventually("the program died with its guard") { isGoneOrZombie(program) }
-            try await eventually("the job is over") { exec.status(key: "orphaned")?.isFinished == true }
+            // The job failed: its program did not end by itself with a success.
+            if case .success = try await jobs.outcome("orphaned") { Issue.record("the orphaned job returned") }
         }
     }
 
@@ -273,8 +271,8 @@ struct ExecBoundaryTests {
             try ExecPolicy.Program(name: "where", path: "/bin/sh", arguments: ["-c", "pwd; ulimit -n; ulimit -t; ulimit -v; ulimit -f"], limits: limits),
             try ExecPolicy.Program(name: "spin", path: "/bin/sh", arguments: ["-c", "while :; do :; done"], limits: ExecPolicy.Limits(cpuSeconds: 1)),
         ]
-        try await withExecHandler(policy: try ExecPolicy(programs: programs, workDirectory: base.path)) { exec, logs in
-            try await exec.start(key: "where/job 1", payload: json(#"{"program": "where", "restart": "never"}"#), job: job("where/job 1", []))
+        try await withExecRunner(policy: try ExecPolicy(programs: programs, workDirectory: base.path)) { _, jobs, logs in
+            try jobs.start("where/job 1", json(#"{"program": "where", "restart": "never"}"#))
             try await eventually("the limits are printed") { logs.lines(stream: "stdout", job: "where/job 1").count == 5 }
             let lines = logs.lines(stream: "stdout", job: "where/job 1")
             let directory = URL(fileURLWithPath: lines[0])
@@ -285,9 +283,10 @@ struct ExecBoundaryTests {
             // Open files, CPU seconds, address space in KiB, file size in 512-byte blocks.
             #expect(Array(lines[1...]) == ["64", "30", "\((1 << 30) / 1024)", "\((1 << 20) / 512)"])
 
-            try await exec.start(key: "spin", payload: json(#"{"program": "spin", "restart": "never"}"#), job: job("spin", []))
-            try await eventually("the CPU limit ended the loop", timeout: .seconds(15)) { exec.status(key: "spin")?.isFinished == true }
-            #expect(exec.status(key: "spin")?.lastExit?.hasPrefix("signal \(SIGXCPU)") == true, "\(exec.status(key: "spin")?.lastExit ?? "-")")
+            try jobs.start("spin", json(#"{"program": "spin", "restart": "never"}"#))
+            // The CPU limit ends the loop: the job fails with the signal.
+            let spun = describe(try await jobs.outcome("spin", timeout: .seconds(15)))
+            #expect(spun.contains("ended with signal \(SIGXCPU)"), "\(spun)")
         }
     }
 

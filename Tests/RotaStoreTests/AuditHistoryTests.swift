@@ -1,5 +1,6 @@
 import Foundation
 @testable import RotaStore
+import RotaMigrations
 import RotaTestSupport
 import Testing
 
@@ -22,6 +23,13 @@ private func finishedRound(_ id: String, tick: Double, producer: String = "p", _
     var record = RoundRecord(roundID: id, pool: "demo", producer: producer, revision: 4, node: "n1", tick: time(tick), startedAt: time(tick))
     record.finishedAt = time(tick + 0.5)
     return (record, actions)
+}
+
+/// Runs `tampering` on the store's file: verification must name an altered job event.
+private func expectEventAltered(_ store: PlanStore, by tampering: String) throws {
+    try sql(store.path, tampering)
+    let problem = try #require(try store.verifyHistory().problem)
+    #expect(problem.chain == "event" && problem.kind == .altered)
 }
 
 /// The fixture written by the code of migration 0005 (see the Fixtures folder), copied to a scratch file.
@@ -546,10 +554,7 @@ private func pre0006Database() throws -> String {
         "UPDATE job_event SET last_seen_ms = at_ms WHERE entry_id = '3-3'",
     ])
     func lastSeenIsChained(_ tampering: String) throws {
-        let store = try scenario()
-        try sql(store.path, tampering)
-        let problem = try #require(try store.verifyHistory().problem)
-        #expect(problem.chain == "event" && problem.kind == .altered)
+        try expectEventAltered(try scenario(), by: tampering)
     }
 
     @Test func aDatabaseWrittenBefore0007MigratesAndStillVerifies() throws {
@@ -568,6 +573,153 @@ private func pre0006Database() throws -> String {
         #expect(try sql(path, "SELECT COUNT(*) FROM job_runs WHERE stop_kind = 'lost' AND stopped_ms = stop_logged_ms") == "3")
         // New lost events carry it, and the chain goes on.
         try store.recordJobEvents([lost("9999999999999-0", "job/1", worker: "w-new", at: 1_000, lastSeen: 990)])
+        #expect(try store.verifyHistory().isIntact)
+    }
+}
+
+/// Job events of structured workers and capability routing (migration 0009): `finished` and
+/// `failed` end a run; `unplaced` ends nothing and starts nothing.
+@Suite struct RunnerJobEventTests {
+    @Test func theNewKindsAndWhatTheyEnd() {
+        #expect(JobEventKind.finished.endsRun && JobEventKind.failed.endsRun)
+        #expect(!JobEventKind.unplaced.endsRun)
+        #expect(JobEventKind(rawValue: "finished") == .finished && JobEventKind(rawValue: "unplaced") == .unplaced)
+    }
+
+    /// a: finished by itself on w1. b: failed by itself on w1. c: unplaced at 1 (no worker with its
+    /// capability), started on w2 at 10 once one joined. d: on w3, found dead at 30 (last seen 12),
+    /// but w3 was only paused and its job finished at 31: its own end contradicts the `lost`.
+    private func scenario() throws -> PlanStore {
+        let store = try PlanStore.open(path: scratch("runner"))
+        var failed = event("3-0", "b", .failed, worker: "w1", at: 6)
+        failed.error = "exec: '/bin/sh' ended with exit code 3"
+        var unplaced = event("2-0", "c", .unplaced, worker: "", at: 1)
+        unplaced.error = "no active worker has capability 'exec'"
+        try store.recordJobEvents([
+            event("1-0", "a", .started, worker: "w1", at: 0),
+            event("1-1", "b", .started, worker: "w1", at: 0),
+            event("1-2", "d", .started, worker: "w3", at: 0),
+            unplaced,
+            event("4-0", "a", .finished, worker: "w1", at: 5),
+            failed,
+            event("5-0", "c", .started, worker: "w2", at: 10),
+            JobEventRecord(pool: "demo", entryID: "6-0", index: 0, job: "d", kind: .lost, worker: "w3", node: "node-of-w3", nodeID: "id-w3",
+                at: time(30), actor: "cleaner", reason: "worker-lost", lastSeen: time(12)),
+            event("7-0", "d", .finished, worker: "w3", at: 31),
+        ])
+        return store
+    }
+
+    @Test func finishedAndFailedEndRunsUnplacedEndsNothing() throws {
+        let store = try scenario()
+        let runs = try store.jobRuns()
+        let summary = runs.map { "\($0.job) \($0.worker) \(Int($0.startedAt.timeIntervalSince(time(0)))) "
+            + "\($0.stoppedAt.map { String(Int($0.timeIntervalSince(time(0)))) } ?? "open") \($0.stopKind?.rawValue ?? "-")" }
+        #expect(summary == ["a w1 0 5 finished", "b w1 0 6 failed", "d w3 0 31 finished", "c w2 10 open -"])
+        #expect(runs.first { $0.job == "b" }?.stopError == "exec: '/bin/sh' ended with exit code 3")
+        func running(_ seconds: Double) throws -> [String] {
+            try store.jobsRunning(at: time(seconds)).map { "\($0.job)@\($0.worker ?? "?")" }
+        }
+        #expect(try running(2) == ["a@w1", "b@w1", "d@w3"])  // c waits: not running
+        #expect(try running(7) == ["d@w3"])
+        #expect(try running(20) == ["c@w2", "d@w3"])
+        #expect(try running(35) == ["c@w2"])
+        // The views: an unplaced event is no state change; finished and failed are stops.
+        #expect(try sql(store.path, "SELECT COUNT(*) FROM job_state_changes WHERE cause = 'unplaced'") == "0")
+        #expect(try sql(store.path, "SELECT job || ' ' || state || ' ' || cause FROM job_state_changes WHERE cause IN ('finished', 'failed') ORDER BY at_ms")
+            == "a stopped finished\nb stopped failed\nd stopped finished")
+        #expect(try sql(store.path, "SELECT COUNT(*) FROM job_state_changes WHERE cause = 'lost'") == "0")
+        #expect(try store.jobEvents(job: "c").map(\.kind) == [.unplaced, .started])
+        #expect(try store.jobEvents(job: "c").first?.error == "no active worker has capability 'exec'")
+        let verified = try store.verifyHistory()
+        #expect(verified.isIntact && verified.events == 9)
+    }
+
+    @Test(arguments: [
+        "UPDATE job_event SET kind = 'stopped' WHERE entry_id = '4-0'",
+        "UPDATE job_event SET error = 'exit code 4' WHERE entry_id = '3-0'",
+        "UPDATE job_event SET kind = 'started' WHERE entry_id = '2-0'",
+    ])
+    func theNewKindsAreChained(_ tampering: String) throws {
+        try expectEventAltered(try scenario(), by: tampering)
+    }
+
+    @Test func anUnplacedActionIsShownAndNotAFailure() throws {
+        let store = try PlanStore.open(path: scratch("unplaced"))
+        try store.recordRounds([
+            finishedRound("r1", tick: 0, [
+                ActionRecord(job: "x", action: .start, outcome: .unplaced, error: "no active worker has capability 'gpu'", at: time(0.1)),
+                ActionRecord(job: "y", action: .start, outcome: .started, at: time(0.2)),
+            ]),
+            finishedRound("r2", tick: 10, [ActionRecord(job: "y", action: .stop, outcome: .failed, error: "boom", at: time(10.1))]),
+        ])
+        let (round, actions) = try #require(try store.round(id: "r1"))
+        #expect(round.started == 1 && round.failed == 0)
+        #expect(actions.first?.outcome == .unplaced && actions.first?.error == "no active worker has capability 'gpu'")
+        var filter = HistoryFilter()
+        filter.failedOnly = true
+        #expect(try store.rounds(matching: filter).map(\.roundID) == ["r2"])
+        #expect(try store.unplacedCounts(roundIDs: ["r1", "r2", "none"]) == ["r1": 1])
+        #expect(try store.verifyHistory().isIntact)
+    }
+
+    /// Applies `migrations` (their SQL, as GRDB would, and their identifiers) to the file at `path`
+    /// behind the store's back: a database as an older rota left it.
+    private func migrate(_ path: String, to last: String) throws {
+        let migrations = try RotaMigrations.all().filter { $0.identifier <= last }
+        let script = """
+            import sqlite3, sys
+            c = sqlite3.connect(sys.argv[1], isolation_level=None)
+            c.execute("CREATE TABLE IF NOT EXISTS grdb_migrations (identifier TEXT NOT NULL PRIMARY KEY)")
+            done = {row[0] for row in c.execute("SELECT identifier FROM grdb_migrations")}
+            for identifier, sql in zip(sys.argv[2::2], sys.argv[3::2]):
+                if identifier in done:
+                    continue
+                c.executescript("BEGIN;" + sql + ";COMMIT;")
+                c.execute("INSERT INTO grdb_migrations (identifier) VALUES (?)", (identifier,))
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script, path] + migrations.flatMap { [$0.identifier, $0.sql] }
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw TestFailure("migrating \(path) to \(last) failed") }
+    }
+
+    @Test func aDatabaseWrittenBefore0009MigratesAndStillVerifies() throws {
+        // Written by `rota run` of the 0006 release, brought to 0008 as the releases since would.
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/post-0006.sqlite")
+        let path = scratch("pre0009")
+        try FileManager.default.copyItem(atPath: fixture.path, toPath: path)
+        try migrate(path, to: "0008_authenticated_prunes")
+        #expect(try sql(path, "SELECT COUNT(*) FROM grdb_migrations WHERE identifier = '0009_runner_job_events'") == "0")
+        let queries = [
+            "SELECT job, worker, started_ms, stopped_ms, stop_kind, stop_reason, producer, start_event, stop_event FROM job_runs ORDER BY start_event",
+            "SELECT job, at_ms, state, cause, worker FROM job_state_changes ORDER BY at_ms, job, cause",
+            "SELECT id, kind, hex(hash) FROM job_event ORDER BY id",
+        ]
+        let before = try queries.map { try sql(path, $0) }
+        // A new kind is refused before the migration.
+        #expect(throws: (any Error).self) {
+            try sql(path, "UPDATE job_event SET kind = 'finished' WHERE id = (SELECT MIN(id) FROM job_event)")
+        }
+
+        let store = try PlanStore.open(path: path)
+        #expect(try store.appliedMigrations().contains("0009_runner_job_events"))
+        let verified = try store.verifyHistory()
+        #expect(verified.problem == nil && verified.verified == 24 && verified.events == 26)
+        // Old rows, old answers: same ids, kinds, hashes, runs and state changes.
+        #expect(try queries.map { try sql(path, $0) } == before)
+        #expect(try sql(path, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'job_event'") == "5")
+
+        // New kinds go on the chain.
+        let job = try #require(try store.jobRuns().last?.job)
+        try store.recordJobEvents([
+            event("9999999999997-0", job, .started, worker: "w-new", at: 1_000_000),
+            event("9999999999998-0", job, .finished, worker: "w-new", at: 1_000_001),
+            event("9999999999999-0", "new/waiting", .unplaced, worker: "", at: 1_000_002),
+        ])
+        #expect(try store.jobRuns(job: job).last?.stopKind == .finished)
         #expect(try store.verifyHistory().isIntact)
     }
 }

@@ -7,7 +7,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// The built-in `exec` handler: each job runs a program the worker's ``ExecPolicy`` allows, as a
+/// The built-in `exec` runner: each job runs a program the worker's ``ExecPolicy`` allows, as a
 /// supervised child process (Linux only).
 ///
 /// **Payload** (JSON; `command` or `program` is required, unknown fields are refused):
@@ -31,7 +31,9 @@ import Glibc
 /// - `restart`: `never`, `on-failure` (the default: restart after a non-zero exit or a death by
 ///   signal) or `always`. Restarts wait a back-off of 1 s doubling to 30 s (``Options``); a run that
 ///   lasted at least the maximum back-off resets it.
-/// - `grace_ms`: how long `stop` waits after SIGTERM before SIGKILL, default 5000, at most 600000.
+/// - `grace_ms`: how long a stop waits after SIGTERM before SIGKILL, default 5000, at most 600000,
+///   and at most what the worker's stop grace period (`JobContext.stopGracePeriod`) leaves after
+///   ``Options/outputDrainTimeout``: past that period the pool reports the stop as failed.
 ///
 /// **Paths.** A command is a program of the policy when its absolute path as resolved (after the
 /// `PATH` lookup, before following symlinks) or its `realpath` matches the program's path
@@ -40,10 +42,12 @@ import Glibc
 /// cannot be walked out of its directory; symlinks inside allowed directories are trusted (only
 /// whoever may write there can create them). What is spawned is the `realpath` that was checked.
 ///
-/// A job the policy does not allow throws ``ServiceError/Code/execNotAllowed`` from `start`,
-/// naming the program and the refused argument or variable; nothing is spawned. An allowed program
-/// that cannot run (missing, not executable, a limit above the hard limit) throws
-/// ``ServiceError/Code/execFailed``.
+/// A job the policy does not allow throws ``ServiceError/Code/execNotAllowed`` from
+/// ``validate(payload:job:)``, naming the program and the refused argument or variable: its start
+/// fails and nothing is spawned. An allowed program that is missing or not executable throws
+/// ``ServiceError/Code/execFailed`` there too. A program that cannot be started once accepted (its
+/// working directory cannot be made, a limit cannot be set) fails the job: ``run(payload:job:context:)``
+/// throws ``ServiceError/Code/execFailed``.
 ///
 /// **Processes.** Each run is a guard process (this executable, `/proc/self/exe`, started in a
 /// mode of its own before its `main`: `CRotaExecGuard`) with the program as its child. The guard is
@@ -59,24 +63,24 @@ import Glibc
 /// line at info level with `job`, `pid` and `stream` metadata. A third thread per run reads the
 /// guard's reports (`started PID`, `exited STATUS`) and waits for the guard's exit.
 ///
-/// **Stop.** `stop(key:)` has the guard send SIGTERM (and SIGCONT) to the program's process group,
-/// waits up to the grace period, then has it SIGKILL every descendant, and returns once the guard
-/// has been reaped — so nothing the job started is left. A cancelled caller shortens the grace to
-/// nothing (SIGKILL at once) but still waits for the exit. When a program exits on its own, what it
-/// left running is killed too, so restarts never pile up orphans.
+/// **Structure.** A job is one call of ``run(payload:job:context:)``, in the task the worker gives
+/// it: it spawns the child, waits for it, restarts it per policy, and returns only once the child
+/// and everything it started are gone. Nothing runs outside that call (no unstructured task).
 ///
-/// **Supervision.** Each job has one supervisor, an unstructured `Task` owned by this handler:
-/// `JobHandler.start` must return while the job keeps running, and the pool gives handlers no
-/// scope that outlives a start, so a task group would need a `run()` that every embedding
-/// application must also run (and starts would hang or fail without it). Instead each task is
-/// kept in the job table and ``stop(key:)`` / ``stopAll()`` always stop and await it; nothing is
-/// left running after ``stopAll()`` returns.
+/// **Stop** (the call's task is cancelled): the guard sends SIGTERM (and SIGCONT) to the program's
+/// process group, the call waits up to the grace period, then has the guard SIGKILL every
+/// descendant, and returns once the guard has been reaped — so nothing the job started is left.
+/// The waits after the cancellation do not observe it (they would end at once): they are timed.
 ///
-/// **Idempotence.** A start for a key that runs with the same payload does nothing (the process
-/// keeps running, or stays finished if its restart policy ended it: the job is over until the pool
-/// stops it); with another payload the old child is stopped and the new one started. A start during
-/// the key's stop waits for the stop to finish, so there is never more than one child per key.
-public final class ExecJobHandler: NamedJobHandler {
+/// **The program ending by itself** ends the job when its restart policy says so: `never` after
+/// any exit, `on-failure` after a success. A success returns (the job log says `finished`); a
+/// failure (non-zero exit code, a signal) throws ``ServiceError/Code/execExited`` naming the
+/// status (`failed`). What the program left running is killed either way.
+///
+/// **One child per key.** A run of a key waits for a previous run of the same key in this runner
+/// (a job handed between two workers of one process) to be gone before it spawns, so there is
+/// never more than one child per key here.
+public final class ExecJobRunner: NamedJobRunner {
     /// Timings and the lookup path.
     public struct Options: Sendable {
         /// The first restart back-off; it doubles after each restart up to ``maxRestartBackoff``.
@@ -102,13 +106,9 @@ public final class ExecJobHandler: NamedJobHandler {
     public let options: Options
     let logger: Logger
 
-    private struct Entry {
-        let supervisor: Supervisor
-        var stopping = false
-    }
-
     private struct State {
-        var entries: [String: Entry] = [:]
+        /// The run of each key that owns its child (see "One child per key").
+        var runs: [String: ExecRun] = [:]
         var closed = false
     }
 
@@ -160,104 +160,103 @@ public final class ExecJobHandler: NamedJobHandler {
         try self.init(policy: ExecPolicy(allowing: allowed), logger: logger, options: options)
     }
 
-    // MARK: - NamedJobHandler
+    // MARK: - NamedJobRunner
 
-    public func start(key: String, payload: [UInt8], job: Job) async throws {
+    /// Decodes the payload and checks it against the policy (see the type's documentation);
+    /// nothing is spawned.
+    public func validate(payload: [UInt8], job: Job) throws {
+        try checkOpen(job.key)
+        _ = try authorize(ExecSpec(decoding: payload))
+    }
+
+    /// Runs the job's program until its restart policy ends it or the task is cancelled (stopped);
+    /// returns once the child and what it started are gone.
+    public func run(payload: [UInt8], job: Job, context: JobContext) async throws {
+        // Checked again: validate ran in another call, and the policy's files may have changed.
         let spec = try ExecSpec(decoding: payload)
         let invocation = try authorize(spec)
-        while true {
-            enum Action {
-                case running(Supervisor)
-                case wait(Supervisor)
-                case replace(Supervisor)
-                case launch(Supervisor)
-            }
-            let action = try state.withLock { state throws(ServiceError) -> Action in
-                guard !state.closed else {
-                    throw ServiceError(.execFailed, "exec: the handler is shut down; job '\(key)' not started")
+        var jobLogger = self.logger
+        jobLogger[metadataKey: "job"] = "\(job.key)"
+        jobLogger[metadataKey: "worker"] = "\(context.workerID)"
+        let logger = jobLogger
+        // The stop must end within the worker's stop grace period, reaping and draining included.
+        let budget = max(.zero, context.stopGracePeriod - options.outputDrainTimeout)
+        if spec.grace > budget {
+            logger.info("exec: grace_ms is longer than the worker's stop grace period allows; SIGKILL comes earlier", metadata: [
+                "grace": "\(spec.grace)", "used": "\(budget)",
+            ])
+        }
+        let run = ExecRun(key: job.key, spec: spec, invocation: invocation, grace: min(spec.grace, budget), runner: self, logger: logger)
+        guard try await claim(run) else { return }
+        defer { release(run) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            // Notifications mean nothing to a program; they are read (and dropped) so that none
+            // pile up in the job's stream.
+            group.addTask {
+                for await note in context.notifications {
+                    logger.debug("exec: notification ignored: the exec handler does not take notifications", metadata: ["bytes": "\(note.count)"])
                 }
-                if let entry = state.entries[key] {
-                    if entry.stopping { return .wait(entry.supervisor) }
-                    if entry.supervisor.payload == payload { return .running(entry.supervisor) }
-                    state.entries[key]?.stopping = true
-                    return .replace(entry.supervisor)
-                }
-                let supervisor = Supervisor(key: key, payload: payload, spec: spec, invocation: invocation, handler: self)
-                state.entries[key] = Entry(supervisor: supervisor)
-                return .launch(supervisor)
             }
-            switch action {
-            case .running(let supervisor):
-                // Its first spawn may still be in flight: report how it went.
-                if case .failure(let error) = await supervisor.firstSpawn.wait(cancellable: false) { throw error }
-                logger.debug("exec job already runs with this payload", metadata: ["job": "\(key)"])
-                return
-            case .wait(let supervisor):
-                _ = await supervisor.finished.wait(cancellable: false)
-                remove(supervisor)
-            case .replace(let supervisor):
-                logger.info("exec job payload changed: restarting it", metadata: ["job": "\(key)"])
-                await terminate(supervisor)
-            case .launch(let supervisor):
-                supervisor.launch()
-                guard case .failure(let error) = await supervisor.firstSpawn.wait(cancellable: false) else { return }
-                _ = await supervisor.finished.wait(cancellable: false)
-                remove(supervisor)
-                throw error
-            }
+            defer { group.cancelAll() }
+            try await run.supervise()
         }
     }
 
-    /// Stops the job's child (SIGTERM, grace, SIGKILL) and returns once it is gone. Unknown keys
-    /// are a no-op.
-    public func stop(key: String) async throws {
-        let supervisor = state.withLock { state -> Supervisor? in
-            state.entries[key]?.stopping = true
-            return state.entries[key]?.supervisor
-        }
-        guard let supervisor else { return }
-        await terminate(supervisor)
-    }
-
-    /// Stops every job and refuses new starts: call it before the worker's process exits. Returns
-    /// once every child is gone.
+    /// Stops every job's child (SIGTERM, grace, SIGKILL) and refuses new jobs: call it before the
+    /// worker's process exits. Returns once every child is gone. The workers' own stops end the
+    /// jobs first when the node closes; this is the net for anything still running.
     public func stopAll() async {
-        let supervisors = state.withLock { state -> [Supervisor] in
+        let runs = state.withLock { state -> [ExecRun] in
             state.closed = true
-            for key in state.entries.keys { state.entries[key]?.stopping = true }
-            return state.entries.values.map(\.supervisor)
+            return Array(state.runs.values)
         }
         await withDiscardingTaskGroup { group in
-            for supervisor in supervisors {
-                group.addTask { await self.terminate(supervisor) }
+            for run in runs {
+                group.addTask { await run.shutDown() }
             }
         }
     }
 
-    /// What the handler knows about a job, nil when it does not run it.
+    /// What the runner knows about a running job, nil when it does not run it.
     public func status(key: String) -> ExecJobStatus? {
-        state.withLock { $0.entries[key]?.supervisor }?.status.withLock { $0 }
+        state.withLock { $0.runs[key] }?.status.withLock { $0 }
     }
 
-    /// The keys of the jobs started and not stopped.
-    public var keys: [String] { state.withLock { Array($0.entries.keys) } }
+    /// The keys of the jobs running here.
+    public var keys: [String] { state.withLock { Array($0.runs.keys) } }
 
     // MARK: - Internals
 
-    private func terminate(_ supervisor: Supervisor) async {
-        supervisor.stopRequested.fulfill(())
-        await withTaskCancellationHandler {
-            _ = await supervisor.finished.wait(cancellable: false)
-        } onCancel: {
-            supervisor.escalate.fulfill(())
+    private func checkOpen(_ key: String) throws(ServiceError) {
+        if state.withLock({ $0.closed }) {
+            throw ServiceError(.execFailed, "exec: the handler is shut down; job '\(key)' not started")
         }
-        remove(supervisor)
     }
 
-    private func remove(_ supervisor: Supervisor) {
-        state.withLock { state in
-            if state.entries[supervisor.key]?.supervisor === supervisor { state.entries[supervisor.key] = nil }
+    /// Makes `run` the owner of its key once a previous run of the key is gone. False when the
+    /// task was cancelled while waiting (stopped before it ran).
+    private func claim(_ run: ExecRun) async throws -> Bool {
+        while true {
+            let previous = try state.withLock { state throws(ServiceError) -> ExecRun? in
+                guard !state.closed else {
+                    throw ServiceError(.execFailed, "exec: the handler is shut down; job '\(run.key)' not started")
+                }
+                if let previous = state.runs[run.key] { return previous }
+                state.runs[run.key] = run
+                return nil
+            }
+            guard let previous else { return true }
+            run.logger.info("exec: waiting for the previous run of the job to end")
+            _ = await previous.finished.wait(cancellable: true)
+            if Task.isCancelled { return false }
         }
+    }
+
+    private func release(_ run: ExecRun) {
+        state.withLock { state in
+            if state.runs[run.key] === run { state.runs[run.key] = nil }
+        }
+        run.finished.fulfill(())
     }
 
     /// What the job runs, if the policy allows it: `execNotAllowed` naming what is refused, before
@@ -344,30 +343,27 @@ public final class ExecJobHandler: NamedJobHandler {
     }
 }
 
-/// What ``ExecJobHandler`` knows about a job.
+/// What ``ExecJobRunner`` knows about a running job.
 public struct ExecJobStatus: Sendable, Hashable {
-    /// The running child, nil between runs (back-off) and once the job is over.
+    /// The running child, nil between runs (back-off).
     public var pid: pid_t?
     /// Children spawned so far (1 + restarts).
     public var starts: Int = 0
     /// How the last child ended, e.g. `exit code 0`, `signal 9 (Killed)`.
     public var lastExit: String?
-    /// The supervisor is done: stopped, or the restart policy ended the job.
-    public var isFinished = false
 
-    public init(pid: pid_t? = nil, starts: Int = 0, lastExit: String? = nil, isFinished: Bool = false) {
+    public init(pid: pid_t? = nil, starts: Int = 0, lastExit: String? = nil) {
         self.pid = pid
         self.starts = starts
         self.lastExit = lastExit
-        self.isFinished = isFinished
     }
 }
 
 // MARK: - Payload
 
-/// The `exec` payload (see ``ExecJobHandler``): a program by name with slot values, or a
+/// The `exec` payload (see ``ExecJobRunner``): a program by name with slot values, or a
 /// command with its arguments; what the worker's ``ExecPolicy`` allows is decided later, by the
-/// handler.
+/// runner.
 public struct ExecSpec: Sendable, Hashable {
     public enum Restart: String, Sendable, Hashable {
         case never
@@ -385,13 +381,13 @@ public struct ExecSpec: Sendable, Hashable {
     public var slots: [String: String] = [:]
     public var env: [String: String] = [:]
     public var restart: Restart = .onFailure
-    public var grace: Duration = ExecJobHandler.defaultGrace
+    public var grace: Duration = ExecJobRunner.defaultGrace
 
     static let fields = ["command", "program", "args", "slots", "env", "restart", "grace_ms"]
     static let maxGraceMilliseconds = 600_000
 
     /// A command and its whole argument list.
-    public init(command: String, args: [String] = [], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobHandler.defaultGrace) {
+    public init(command: String, args: [String] = [], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobRunner.defaultGrace) {
         self.command = command
         self.args = args
         self.env = env
@@ -400,7 +396,7 @@ public struct ExecSpec: Sendable, Hashable {
     }
 
     /// A program of the policy by name, with its slot values.
-    public init(program: String, slots: [String: String] = [:], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobHandler.defaultGrace) {
+    public init(program: String, slots: [String: String] = [:], env: [String: String] = [:], restart: Restart = .onFailure, grace: Duration = ExecJobRunner.defaultGrace) {
         self.program = program
         self.slots = slots
         self.env = env
@@ -501,111 +497,139 @@ public struct ExecSpec: Sendable, Hashable {
     }
 }
 
+
 // MARK: - Supervision
 
-/// One job: spawns its child, restarts it per policy, stops it on request.
-private final class Supervisor: Sendable {
+/// One run of a job: spawns its child, restarts it per policy, stops it when its task is cancelled.
+private final class ExecRun: Sendable {
     let key: String
-    let payload: [UInt8]
     let spec: ExecSpec
     let invocation: ExecInvocation
-    let handler: ExecJobHandler
+    /// SIGTERM to SIGKILL on a stop: `grace_ms`, within the worker's stop grace period.
+    let grace: Duration
+    let runner: ExecJobRunner
     let logger: Logger
 
     let status = Mutex(ExecJobStatus())
-    /// The first spawn's outcome: `start` returns or throws with it.
-    let firstSpawn = OneShot<Result<Void, ServiceError>>()
-    let stopRequested = OneShot<Void>()
-    /// Skip (the rest of) the grace period: the stopping caller was cancelled.
-    let escalate = OneShot<Void>()
-    /// Fulfilled when ``supervise()`` returns: the child is gone and nothing will spawn another.
+    /// The child running now, for ``shutDown()``, and whether that was called: one lock, so a
+    /// child spawned as the runner shuts down is seen by one side or the other.
+    private let shared = Mutex<(child: ExecChild?, shuttingDown: Bool)>((nil, false))
+    /// Fulfilled once the run is over and its key released: a waiting run of the same key goes on.
     let finished = OneShot<Void>()
 
-    init(key: String, payload: [UInt8], spec: ExecSpec, invocation: ExecInvocation, handler: ExecJobHandler) {
+    init(key: String, spec: ExecSpec, invocation: ExecInvocation, grace: Duration, runner: ExecJobRunner, logger: Logger) {
         self.key = key
-        self.payload = payload
         self.spec = spec
         self.invocation = invocation
-        self.handler = handler
-        var logger = handler.logger
-        logger[metadataKey: "job"] = "\(key)"
+        self.grace = grace
+        self.runner = runner
         self.logger = logger
     }
 
-    /// Starts the supervising task. It is not cancelled to stop it (cancellation would cut the
-    /// grace period's timers short): ``stopRequested`` asks it to stop, ``finished`` says it ended.
-    func launch() {
-        Task { await self.supervise() }
-    }
-
-    private func supervise() async {
-        var backoff = handler.options.restartBackoff
+    /// Spawns and watches the child until the restart policy ends the job (returns after a
+    /// success, throws after a failure) or the task is cancelled (returns once the child is gone).
+    func supervise() async throws {
+        var backoff = runner.options.restartBackoff
         var first = true
         while true {
-            let child: ExecChild
+            // Stopped between two runs (during a back-off, or as the previous child exited).
+            if Task.isCancelled { return }
+            let spawned: ExecChild
             let pid: pid_t
             do {
-                (child, pid) = try await spawn()
+                (spawned, pid) = try await spawn()
             } catch {
-                if first {
-                    firstSpawn.fulfill(.failure(error))
-                    break
-                }
+                // The first spawn failing fails the job: the program cannot run here.
+                if first { throw error }
                 logger.error("exec: could not restart the command", metadata: ["error": "\(error)"])
-                guard spec.restart != .never, await pause(backoff) else { break }
-                backoff = min(backoff * 2, handler.options.maxRestartBackoff)
+                guard spec.restart != .never else { throw error }
+                guard await pause(backoff) else { return try endOfPause() }
+                backoff = min(backoff * 2, runner.options.maxRestartBackoff)
                 continue
             }
+            let shuttingDown = shared.withLock { shared -> Bool in
+                shared.child = spawned
+                return shared.shuttingDown
+            }
+            defer { shared.withLock { $0.child = nil } }
             status.withLock {
                 $0.pid = pid
                 $0.starts += 1
             }
             logger.info(
                 first ? "exec: command started" : "exec: command restarted",
-                metadata: ["pid": "\(pid)", "guard": "\(child.guardPID)", "command": "\(invocation.executable)", "args": "\(invocation.arguments)"]
+                metadata: ["pid": "\(pid)", "guard": "\(spawned.guardPID)", "command": "\(invocation.executable)", "args": "\(invocation.arguments)"]
             )
-            if first {
-                first = false
-                firstSpawn.fulfill(.success(()))
-            }
+            first = false
             let startedAt = ContinuousClock.now
-            let woke = await firstOf([
-                { _ = await child.exited.wait(cancellable: true) },
-                { _ = await self.stopRequested.wait(cancellable: true) },
-            ])
-            if woke == 1, child.exited.value == nil {
-                let exit = await stop(child)
-                logger.info("exec: command stopped", metadata: ["pid": "\(pid)", "status": "\(exit)"])
+            if shuttingDown {
+                let exit = await stop(spawned)
                 record(exit)
-                break
+                throw shutDownError(exit)
             }
-            let exit = await child.reap(drainTimeout: handler.options.outputDrainTimeout, logger: logger)
+            // Returns early (nil) when the task is cancelled: the job is being stopped.
+            _ = await spawned.exited.wait(cancellable: true)
+            if spawned.exited.value == nil {
+                let exit = await stop(spawned)
+                record(exit)
+                logger.info("exec: command stopped", metadata: ["pid": "\(pid)", "status": "\(exit)"])
+                return
+            }
+            let exit = await spawned.reap(drainTimeout: runner.options.outputDrainTimeout, logger: logger)
             record(exit)
             if exit.isSuccess {
                 logger.info("exec: command exited", metadata: ["pid": "\(pid)", "status": "\(exit)"])
             } else {
                 logger.warning("exec: command failed", metadata: ["pid": "\(pid)", "status": "\(exit)"])
             }
-            guard stopRequested.value == nil else { break }
+            // A stop that came as the child exited is the stop, whatever the status.
+            if Task.isCancelled { return }
+            if shared.withLock({ $0.shuttingDown }) { throw shutDownError(exit) }
             switch spec.restart {
-            case .never: break
-            case .onFailure where exit.isSuccess: break
+            case .never:
+                guard exit.isSuccess else { throw exited(exit) }
+                return
+            case .onFailure where exit.isSuccess:
+                return
             case .onFailure, .always:
-                if ContinuousClock.now - startedAt >= handler.options.maxRestartBackoff {
-                    backoff = handler.options.restartBackoff
+                if ContinuousClock.now - startedAt >= runner.options.maxRestartBackoff {
+                    backoff = runner.options.restartBackoff
                 }
                 logger.info("exec: restarting after back-off", metadata: ["backoff": "\(backoff)", "policy": "\(spec.restart.rawValue)"])
-                guard await pause(backoff) else { break }
-                backoff = min(backoff * 2, handler.options.maxRestartBackoff)
-                continue
+                guard await pause(backoff) else { return try endOfPause() }
+                backoff = min(backoff * 2, runner.options.maxRestartBackoff)
             }
-            break
         }
-        status.withLock {
-            $0.pid = nil
-            $0.isFinished = true
+    }
+
+    /// A back-off cut short: by a stop (the job ends as stopped) or by ``shutDown()`` (it fails).
+    private func endOfPause() throws(ServiceError) {
+        if shared.withLock({ $0.shuttingDown }) {
+            throw ServiceError(.execFailed, "exec: job '\(key)' not restarted: the worker's exec handler shut down")
         }
-        finished.fulfill(())
+    }
+
+    private func shutDownError(_ exit: ExitStatus) -> ServiceError {
+        ServiceError(.execFailed, "exec: '\(invocation.argv0)' was ended by the worker's exec handler shutting down (\(exit))")
+    }
+
+    /// The job's end when its program failed by itself and the policy does not restart it.
+    private func exited(_ exit: ExitStatus) -> ServiceError {
+        ServiceError(.execExited, "exec: '\(invocation.argv0)' ended with \(exit)")
+    }
+
+    /// Ends the current child as a stop would and keeps the run from restarting (``ExecJobRunner/stopAll()``).
+    func shutDown() async {
+        let current = shared.withLock { shared -> ExecChild? in
+            shared.shuttingDown = true
+            return shared.child
+        }
+        guard let current else { return }
+        current.terminate()
+        if grace > .zero { _ = await current.exited.wait(timeout: grace) }
+        if current.exited.value == nil { current.kill() }
+        // The run's own task reaps the guard; the guard is gone only once every descendant is.
+        _ = await current.exited.wait(cancellable: false)
     }
 
     private func record(_ exit: ExitStatus) {
@@ -615,39 +639,36 @@ private final class Supervisor: Sendable {
         }
     }
 
-    /// Sleeps `duration` unless a stop is requested first; true when it slept the whole time.
+    /// Sleeps `duration` (a restart back-off); false when the task was cancelled meanwhile (stopped)
+    /// or the runner is shutting down.
     private func pause(_ duration: Duration) async -> Bool {
-        let woke = await firstOf([
-            { try? await Task.sleep(for: duration) },
-            { _ = await self.stopRequested.wait(cancellable: true) },
-        ])
-        return woke == 0 && stopRequested.value == nil
+        do {
+            try await Task.sleep(for: duration)
+        } catch {
+            return false
+        }
+        return !shared.withLock { $0.shuttingDown }
     }
 
     /// The job's directory, then a guard and its program (ExecChild).
     private func spawn() async throws(ServiceError) -> (ExecChild, pid_t) {
         let directory = try invocation.workBase.map { base throws(ServiceError) in try prepareWorkDirectory(base: base, key: key) } ?? "/"
-        let environment = handler.childEnvironment.merging(invocation.environment) { $1 }
+        let environment = runner.childEnvironment.merging(invocation.environment) { $1 }
         return try await ExecChild.start(
-            invocation, workDirectory: directory, environment: environment, logger: logger, drainTimeout: handler.options.outputDrainTimeout
+            invocation, workDirectory: directory, environment: environment, logger: logger, drainTimeout: runner.options.outputDrainTimeout
         )
     }
 
-    /// SIGTERM to the program's group, up to the grace period, SIGKILL to everything it started, reap.
+    /// SIGTERM to the program's group, up to the grace period, SIGKILL to everything it started,
+    /// reap. Runs in a cancelled task: every wait here is timed, none observes the cancellation.
     private func stop(_ child: ExecChild) async -> ExitStatus {
         child.terminate()
-        if escalate.value == nil, spec.grace > .zero {
-            _ = await firstOf([
-                { _ = await child.exited.wait(cancellable: true) },
-                { try? await Task.sleep(for: self.spec.grace) },
-                { _ = await self.escalate.wait(cancellable: true) },
-            ])
-        }
+        if grace > .zero { _ = await child.exited.wait(timeout: grace) }
         if child.exited.value == nil {
-            logger.warning("exec: command did not exit after SIGTERM; sending SIGKILL", metadata: ["guard": "\(child.guardPID)", "grace": "\(spec.grace)"])
+            logger.warning("exec: command did not exit after SIGTERM; sending SIGKILL", metadata: ["guard": "\(child.guardPID)", "grace": "\(grace)"])
             child.kill()
         }
-        return await child.reap(drainTimeout: handler.options.outputDrainTimeout, logger: logger)
+        return await child.reap(drainTimeout: runner.options.outputDrainTimeout, logger: logger)
     }
 }
 
@@ -677,6 +698,7 @@ struct ExitStatus: Sendable, CustomStringConvertible {
         return "unknown exit status"
     }
 }
+
 
 // MARK: - Small concurrency and libc helpers
 
@@ -708,6 +730,33 @@ final class OneShot<Value: Sendable>: Sendable {
         return true
     }
 
+    /// The value once set, or nil after `timeout`. The wait does not observe task cancellation:
+    /// a stopping job waits out its grace period in a cancelled task, where `Task.sleep` would
+    /// end at once. The timer is a Dispatch deadline, not a task.
+    func wait(timeout: Duration) async -> Value? {
+        let id = state.withLock { state in
+            state.nextID += 1
+            return state.nextID
+        }
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Value?, Never>) in
+            let ready = state.withLock { state -> Value? in
+                if let value = state.value { return value }
+                state.waiters[id] = continuation
+                return nil
+            }
+            if let ready {
+                continuation.resume(returning: ready)
+                return
+            }
+            let (seconds, attoseconds) = timeout.components
+            let nanoseconds = min(max(0, seconds), 1 << 32) * 1_000_000_000 + max(0, attoseconds) / 1_000_000_000
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds))) {
+                // Resumed here only if fulfill did not take the waiter first.
+                self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume(returning: nil)
+            }
+        }
+    }
+
     /// The value once set. A `cancellable` wait returns nil when the task is cancelled first.
     func wait(cancellable: Bool) async -> Value? {
         let id = state.withLock { state in
@@ -729,21 +778,5 @@ final class OneShot<Value: Sendable>: Sendable {
             let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
             waiter?.resume(returning: nil)
         }
-    }
-}
-
-/// Runs `operations` concurrently; returns the index of the first to finish and cancels the rest
-/// (which must return promptly when cancelled).
-func firstOf(_ operations: [@Sendable () async -> Void]) async -> Int {
-    await withTaskGroup(of: Int.self) { group in
-        for (index, operation) in operations.enumerated() {
-            group.addTask {
-                await operation()
-                return index
-            }
-        }
-        let first = await group.next() ?? 0
-        group.cancelAll()
-        return first
     }
 }
