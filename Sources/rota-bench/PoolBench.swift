@@ -24,10 +24,15 @@ import Glibc
 ///    holding the jobs.
 /// 3. Rebalance: `add-worker` on the second child; the time until every job whose jump-hash bucket
 ///    among 5 workers is the new one runs there, once, with no key running on two workers, and the
-///    start/stop lines have been quiet for `--settle-ms`.
+///    start/stop lines have been quiet for `--settle-ms`. Then the pool is shut down (`shutdown`
+///    on one child, `close` on the other).
+/// 4. Mixed rebalance, on a pool of its own: 2 children × 2 workers, one `greet` and one `log`
+///    worker each; `--jobs` jobs, every other one requiring `greet`, the others `log`; then
+///    `add-worker greet` on the second child. Timed as phase 3, with the expected set computed over
+///    the `greet` workers only (3 instead of 2); every start or stop of another job during the
+///    rebalance counts as unexpected (a `log` job must never move). Then that pool is shut down.
 ///
-/// Then the pool is shut down (`shutdown` on one child, `close` on the other). Children are killed
-/// on any error. `--profile` adds per-command call counts, CPU use per process and a rebalance
+/// Children are killed on any error. `--profile` adds per-command call counts, CPU use per process and a rebalance
 /// timeline (to stderr with `--json`, to stdout otherwise).
 struct PoolBench: ParsableCommand, AsyncBody {
     static let configuration = CommandConfiguration(
@@ -100,7 +105,8 @@ struct PoolBench: ParsableCommand, AsyncBody {
         try await RedisClient.withClient(configuration) { client in
             let latency = try await latencyPhase(url: url, client: client, executable: executable, notes: notes)
             let burst = try await burstAndRebalance(url: url, client: client, executable: executable, notes: notes)
-            let rows = latency + burst
+            let mixed = try await mixedRebalance(url: url, client: client, executable: executable, notes: notes)
+            let rows = latency + burst + mixed
             if common.json {
                 for row in rows { print(row.json) }
             } else {
@@ -188,37 +194,9 @@ struct PoolBench: ParsableCommand, AsyncBody {
             let tally = DispatchTally()
             let commandsBefore = try await commandStats(client)
             let cpuBefore = try await cpuSnapshot(client, children)
-            let elapsed = try await Node.withNode(pool: pool, client: client, options: clientOnlyOptions()) { node in
-                let clock = ContinuousClock()
-                let start = clock.now
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    // A dead child would leave its dispatches waiting for their timeout: stop at once.
-                    group.addTask {
-                        while !Task.isCancelled {
-                            if let dead = children.exited() { throw BenchError("\(dead) exited during the burst") }
-                            try? await Task.sleep(for: .milliseconds(100))
-                        }
-                    }
-                    var next = 0
-                    while next < min(concurrency, total) {
-                        let key = burstKey(next)
-                        next += 1
-                        group.addTask { await tally.dispatch(node, key: key) }
-                    }
-                    var returned = 0
-                    while returned < total {
-                        try await group.next()
-                        returned += 1
-                        if next < total {
-                            let key = burstKey(next)
-                            next += 1
-                            group.addTask { await tally.dispatch(node, key: key) }
-                        }
-                    }
-                    group.cancelAll()
-                }
-                return clock.now - start
-            }
+            let elapsed = try await dispatchConcurrently(
+                pool: pool, client: client, children: children, total: total, concurrency: concurrency, tally: tally
+            ) { (burstKey($0), nil) }
             let cpuAfter = try await cpuSnapshot(client, children)
             let commandsAfter = try await commandStats(client)
             let (succeeded, errors) = tally.counts
@@ -258,48 +236,22 @@ struct PoolBench: ParsableCommand, AsyncBody {
             let hasher = JumpHasher()
             let misplaced = keys.filter { key in placement.workers(of: key) != [originals[hasher.bucket(for: key, buckets: originals.count)]] }.count
             let expected = Set(keys.filter { hasher.bucket(for: $0, buckets: originals.count + 1) == originals.count })
-            let rebalanceCommandsBefore = try await commandStats(client)
-            let rebalanceCPUBefore = try await cpuSnapshot(client, children)
             let target = children.all[children.all.count - 1]
-            let clock = ContinuousClock()
-            let start = clock.now
-            placement.watch(expected: expected, originals: Set(originals))
-            async let added = target.command("add-worker", timeout: .seconds(rebalanceTimeout))
-            let settle = Duration.milliseconds(settleMs)
-            let giveUp = start + .seconds(rebalanceTimeout)
-            var outcome = placement.progress
-            while clock.now < giveUp {
-                outcome = placement.progress
-                if let done = outcome.doneAt, clock.now - max(done, outcome.lastLine ?? done) >= settle { break }
-                if let dead = children.exited() { throw BenchError("\(dead) exited during the rebalance") }
-                try await Task.sleep(for: .milliseconds(10))
-            }
-            let addedLines = try await added
-            let newWorker = addedLines.first { $0.hasPrefix("worker ") }.map { String($0.dropFirst("worker ".count)) } ?? "?"
-            outcome = placement.progress
-            let rebalanceCPUAfter = try await cpuSnapshot(client, children)
-            let rebalanceCommandsAfter = try await commandStats(client)
-            let completed = outcome.doneAt != nil
-            let rebalance = completed ? seconds(outcome.doneAt! - start) : seconds(clock.now - start)
-            func ms(_ instant: ContinuousClock.Instant?) -> String { instant.map { format3(seconds($0 - start) * 1000) } ?? "null" }
-            notes.add("rebalance timeline (ms after add-worker): first stop \(ms(outcome.firstStop)), last stop \(ms(outcome.lastStop)), "
-                + "first start on new worker \(ms(outcome.firstNewStart)), last \(ms(outcome.lastNewStart)), done \(ms(outcome.doneAt))")
-            var histogram: [Int: Int] = [:]
-            for instant in outcome.newStarts { histogram[Int(seconds(instant - start) * 4), default: 0] += 1 }
-            notes.add("  starts on the new worker per 250 ms (bucket start in ms: count): "
-                + histogram.sorted { $0.key < $1.key }.map { "\($0.key * 250):\($0.value)" }.joined(separator: " "))
-            notes.addCPU(rebalanceCPUBefore, rebalanceCPUAfter, wall: clock.now - start, children: children)
-            notes.addCommandTable(CommandStat.delta(rebalanceCommandsAfter, rebalanceCommandsBefore), per: Double(max(1, expected.count)), unit: "moved job")
+            let run = try await measureRebalance(
+                "add-worker", on: target, expected: expected, originals: Set(originals), anyOtherMoveIsUnexpected: false,
+                placement: placement, children: children, client: client, notes: notes
+            )
+            let outcome = run.outcome
             let rebalanceRow = PoolRow(
-                Measurement(suite: "pool", metric: "rebalance_s", value: rebalance, unit: "s", reference: nil, ratio: nil),
+                Measurement(suite: "pool", metric: "rebalance_s", value: run.elapsedSeconds, unit: "s", reference: nil, ratio: nil),
                 extra: [
-                    ("completed", "\(completed)"), ("jobs_held", "\(keys.count)"), ("expected_moved", "\(expected.count)"),
-                    ("moved_ok", "\(outcome.good)"), ("on_new_worker", "\(placement.count(on: newWorker))"),
+                    ("completed", "\(run.completed)"), ("jobs_held", "\(keys.count)"), ("expected_moved", "\(expected.count)"),
+                    ("moved_ok", "\(outcome.good)"), ("on_new_worker", "\(placement.count(on: run.newWorker))"),
                     ("unexpected_moved", "\(outcome.unexpected)"), ("running_twice", "\(outcome.doubles)"),
                     ("running_nowhere", "\(outcome.empty)"), ("overlap_max_seen", "\(outcome.maxDoubles)"),
                     ("misplaced_before", "\(misplaced)"),
-                    ("first_stop_ms", ms(outcome.firstStop)), ("last_new_start_ms", ms(outcome.lastNewStart)),
-                    ("target", jsonString("<=2")), ("met", "\(completed && rebalance <= 2)"),
+                    ("first_stop_ms", run.ms(outcome.firstStop)), ("last_new_start_ms", run.ms(outcome.lastNewStart)),
+                    ("target", jsonString("<=2")), ("met", "\(run.completed && run.elapsedSeconds <= 2)"),
                 ]
             )
             if !common.json { print("pool: shutting the pool down…") }
@@ -309,6 +261,152 @@ struct PoolBench: ParsableCommand, AsyncBody {
             await children.killAll()
             throw error
         }
+    }
+
+    // MARK: Phase 4: rebalance of one capability class in a mixed pool
+
+    private func mixedRebalance(url: String, client: RedisClient, executable: String, notes: ProfileNotes) async throws -> [PoolRow] {
+        let pool = "bench-pool-\(UInt32.random(in: 0...UInt32.max))"
+        let placement = Placement()
+        let children = ChildSet()
+        do {
+            // Worker i of each child gets class i mod 2: every child runs one greet and one log worker.
+            try await children.launch(
+                executable: executable, url: url, pool: pool, nodes: 2, workersPerNode: 2, quiet: false, placement: placement,
+                workerCapabilities: "\(MixedJob.greet)/\(MixedJob.log)"
+            )
+            let originals = children.workers
+            let greetWorkers = originals.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+            let logWorkers = originals.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+            if !common.json { print("pool: mixed pool, \(jobs) jobs over \(MixedJob.greet) and \(MixedJob.log), \(concurrency) in flight…") }
+            let tally = DispatchTally()
+            _ = try await dispatchConcurrently(pool: pool, client: client, children: children, total: jobs, concurrency: concurrency, tally: tally) {
+                let job = MixedJob($0)
+                return (job.key, job.requirement)
+            }
+            let (succeeded, errors) = tally.counts
+            let deadline = ContinuousClock.now + .seconds(10)
+            while placement.runningKeys < succeeded && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+
+            // Each class is hashed over its own workers, in pool order; the new greet worker is the
+            // newest, so a greet job moves exactly when its bucket among 3 is the last one.
+            let held = (0..<jobs).map(MixedJob.init).filter { !placement.workers(of: $0.key).isEmpty }
+            let hasher = JumpHasher()
+            let misplaced = held.filter { job in
+                let workers = job.requirement == MixedJob.greet ? greetWorkers : logWorkers
+                return placement.workers(of: job.key) != [workers[hasher.bucket(for: job.key, buckets: workers.count)]]
+            }.count
+            let greetKeys = held.filter { $0.requirement == MixedJob.greet }.map(\.key)
+            let expected = Set(greetKeys.filter { hasher.bucket(for: $0, buckets: greetWorkers.count + 1) == greetWorkers.count })
+            if !common.json { print("pool: mixed rebalance (add-worker \(MixedJob.greet)) with \(held.count) jobs…") }
+            let target = children.all[children.all.count - 1]
+            let run = try await measureRebalance(
+                "add-worker \(MixedJob.greet)", on: target, expected: expected, originals: Set(originals), anyOtherMoveIsUnexpected: true,
+                placement: placement, children: children, client: client, notes: notes
+            )
+            let outcome = run.outcome
+            let unexpected = placement.unexpectedKeys
+            let logMoved = unexpected.filter { $0.hasPrefix(MixedJob.log + "-") }.count
+            let met = run.completed && run.elapsedSeconds <= 2 && outcome.unexpected == 0 && outcome.doubles == 0 && outcome.empty == 0
+            let row = PoolRow(
+                Measurement(suite: "pool", metric: "rebalance_s_mixed", value: run.elapsedSeconds, unit: "s", reference: nil, ratio: nil),
+                extra: [
+                    ("completed", "\(run.completed)"), ("jobs_held", "\(held.count)"), ("greet_jobs", "\(greetKeys.count)"),
+                    ("dispatch_errors", "\(errors)"), ("error_codes", jsonString(tally.summary)),
+                    ("expected_moved", "\(expected.count)"), ("moved_ok", "\(outcome.good)"),
+                    ("on_new_worker", "\(placement.count(on: run.newWorker))"),
+                    ("unexpected_moved", "\(outcome.unexpected)"), ("log_moved", "\(logMoved)"),
+                    ("running_twice", "\(outcome.doubles)"), ("running_nowhere", "\(outcome.empty)"),
+                    ("overlap_max_seen", "\(outcome.maxDoubles)"), ("misplaced_before", "\(misplaced)"),
+                    ("first_stop_ms", run.ms(outcome.firstStop)), ("last_new_start_ms", run.ms(outcome.lastNewStart)),
+                    ("target", jsonString("<=2")), ("met", "\(met)"),
+                ]
+            )
+            if !common.json { print("pool: shutting the mixed pool down…") }
+            try await children.shutdownPool()
+            return [row]
+        } catch {
+            await children.killAll()
+            throw error
+        }
+    }
+
+    // MARK: Shared by the phases
+
+    /// Dispatches `total` jobs from a client-only node of `pool`, `concurrency` in flight, until
+    /// every dispatch returned; `job(i)` is the i-th job's key and requirement. Returns the time taken.
+    private func dispatchConcurrently(
+        pool: String, client: RedisClient, children: ChildSet, total: Int, concurrency: Int, tally: DispatchTally,
+        job: @escaping @Sendable (Int) -> (key: String, requirement: String?)
+    ) async throws -> Duration {
+        try await Node.withNode(pool: pool, client: client, options: clientOnlyOptions()) { node in
+            let clock = ContinuousClock()
+            let start = clock.now
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                // A dead child would leave its dispatches waiting for their timeout: stop at once.
+                group.addTask {
+                    while !Task.isCancelled {
+                        if let dead = children.exited() { throw BenchError("\(dead) exited during the burst") }
+                        try? await Task.sleep(for: .milliseconds(100))
+                    }
+                }
+                var next = 0
+                func addNext() {
+                    let (key, requirement) = job(next)
+                    next += 1
+                    group.addTask { await tally.dispatch(node, key: key, requirement: requirement) }
+                }
+                while next < min(concurrency, total) { addNext() }
+                var returned = 0
+                while returned < total {
+                    try await group.next()
+                    returned += 1
+                    if next < total { addNext() }
+                }
+                group.cancelAll()
+            }
+            return clock.now - start
+        }
+    }
+
+    /// Sends `command` (an add-worker) to `target` and follows the start/stop lines until the
+    /// `expected` keys run once each on a worker outside `originals`, none runs twice or nowhere,
+    /// and the lines have been quiet for `--settle-ms` (or `--rebalance-timeout` passed).
+    private func measureRebalance(
+        _ command: String, on target: NodeChild, expected: Set<String>, originals: Set<String>, anyOtherMoveIsUnexpected: Bool,
+        placement: Placement, children: ChildSet, client: RedisClient, notes: ProfileNotes
+    ) async throws -> RebalanceRun {
+        let commandsBefore = try await commandStats(client)
+        let cpuBefore = try await cpuSnapshot(client, children)
+        let clock = ContinuousClock()
+        let start = clock.now
+        placement.watch(expected: expected, originals: originals, anyOtherMoveIsUnexpected: anyOtherMoveIsUnexpected)
+        async let added = target.command(command, timeout: .seconds(rebalanceTimeout))
+        let settle = Duration.milliseconds(settleMs)
+        let giveUp = start + .seconds(rebalanceTimeout)
+        while clock.now < giveUp {
+            let progress = placement.progress
+            if let done = progress.doneAt, clock.now - max(done, progress.lastLine ?? done) >= settle { break }
+            if let dead = children.exited() { throw BenchError("\(dead) exited during the rebalance") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let addedLines = try await added
+        let newWorker = addedLines.first { $0.hasPrefix("worker ") }.map { String($0.dropFirst("worker ".count)) } ?? "?"
+        let outcome = placement.progress
+        let cpuAfter = try await cpuSnapshot(client, children)
+        let commandsAfter = try await commandStats(client)
+        let run = RebalanceRun(outcome: outcome, start: start, end: outcome.doneAt ?? clock.now, newWorker: newWorker)
+        notes.add("\(command) timeline (ms after it): first stop \(run.ms(outcome.firstStop)), last stop \(run.ms(outcome.lastStop)), "
+            + "first start on new worker \(run.ms(outcome.firstNewStart)), last \(run.ms(outcome.lastNewStart)), done \(run.ms(outcome.doneAt))")
+        var histogram: [Int: Int] = [:]
+        for instant in outcome.newStarts { histogram[Int(seconds(instant - start) * 4), default: 0] += 1 }
+        notes.add("  starts on the new worker per 250 ms (bucket start in ms: count): "
+            + histogram.sorted { $0.key < $1.key }.map { "\($0.key * 250):\($0.value)" }.joined(separator: " "))
+        notes.addCPU(cpuBefore, cpuAfter, wall: clock.now - start, children: children)
+        notes.addCommandTable(CommandStat.delta(commandsAfter, commandsBefore), per: Double(max(1, expected.count)), unit: "moved job")
+        return run
     }
 
     private func clientOnlyOptions() -> Node.Options {
@@ -378,6 +476,36 @@ struct PoolBench: ParsableCommand, AsyncBody {
 
 private func burstKey(_ index: Int) -> String { "burst-\(index)" }
 
+/// Job `index` of the mixed phase: even ones require `greet`, odd ones `log`; the key starts with
+/// the requirement.
+private struct MixedJob {
+    static let greet = "greet"
+    static let log = "log"
+
+    let key: String
+    let requirement: String
+
+    init(_ index: Int) {
+        requirement = index % 2 == 0 ? Self.greet : Self.log
+        key = "\(requirement)-\(index)"
+    }
+}
+
+/// One measured rebalance: the placement when it ended, and when it was done (or gave up).
+private struct RebalanceRun {
+    let outcome: Placement.Progress
+    let start: ContinuousClock.Instant
+    /// When the placement was done, or when the wait gave up.
+    let end: ContinuousClock.Instant
+    let newWorker: String
+
+    var completed: Bool { outcome.doneAt != nil }
+    var elapsedSeconds: Double { seconds(end - start) }
+
+    /// Milliseconds after the add-worker command, or "null".
+    func ms(_ instant: ContinuousClock.Instant?) -> String { instant.map { format3(seconds($0 - start) * 1000) } ?? "null" }
+}
+
 // MARK: - Rows
 
 struct PoolRow {
@@ -429,16 +557,23 @@ final class DispatchTally: Sendable {
 
     private let state = Mutex(State())
 
-    func dispatch(_ node: Node, key: String) async {
+    /// A held (unplaced) job counts as a failure with the code `unplaced`: the benches dispatch
+    /// only what their workers can run.
+    func dispatch(_ node: Node, key: String, requirement: String? = nil) async {
         do {
-            try await node.dispatch(key: key)
-            state.withLock { $0.succeeded += 1 }
-        } catch {
-            let code = (error as? PoolError).map { "\($0.code)" } ?? "\(type(of: error))"
-            state.withLock { state in
-                let previous = state.failures[code]
-                state.failures[code] = ((previous?.count ?? 0) + 1, previous?.first ?? "\(error)")
+            switch try await node.dispatch(key: key, requirement: requirement) {
+            case .started: state.withLock { $0.succeeded += 1 }
+            case .unplaced(let requirement): fail("unplaced", "job \(key) held: no worker with \(requirement)")
             }
+        } catch {
+            fail((error as? PoolError).map { "\($0.code)" } ?? "\(type(of: error))", "\(error)")
+        }
+    }
+
+    private func fail(_ code: String, _ message: String) {
+        state.withLock { state in
+            let previous = state.failures[code]
+            state.failures[code] = ((previous?.count ?? 0) + 1, previous?.first ?? message)
         }
     }
 
@@ -468,7 +603,8 @@ final class Placement: Sendable {
         var maxDoubles = 0
         /// Keys that ran once and run nowhere now.
         var empty = 0
-        /// Keys outside the expected set that started on a new worker.
+        /// Keys outside the expected set that started on a new worker (with `anyOtherMoveIsUnexpected`:
+        /// that started or stopped anywhere).
         var unexpected = 0
         var doneAt: ContinuousClock.Instant?
         var lastLine: ContinuousClock.Instant?
@@ -483,6 +619,9 @@ final class Placement: Sendable {
     private struct Watch {
         let expected: Set<String>
         let originals: Set<String>
+        /// Whether any start or stop of a key outside `expected` is unexpected, not only a start on
+        /// a new worker.
+        let anyOtherMove: Bool
         var unexpected: Set<String> = []
     }
 
@@ -522,15 +661,16 @@ final class Placement: Sendable {
             if watch.expected.contains(key) {
                 state.progress.good += (good(after) ? 1 : 0) - (good(before) ? 1 : 0)
             }
+            let onNewWorker = !watch.originals.contains(worker)
+            if !watch.expected.contains(key) && (watch.anyOtherMove || (start && onNewWorker)) {
+                watch.unexpected.insert(key)
+                state.progress.unexpected = watch.unexpected.count
+            }
             if start {
-                if !watch.originals.contains(worker) {
+                if onNewWorker {
                     if state.progress.firstNewStart == nil { state.progress.firstNewStart = now }
                     state.progress.lastNewStart = now
                     state.progress.newStarts.append(now)
-                    if !watch.expected.contains(key) {
-                        watch.unexpected.insert(key)
-                        state.progress.unexpected = watch.unexpected.count
-                    }
                 }
             } else {
                 if state.progress.firstStop == nil { state.progress.firstStop = now }
@@ -547,7 +687,9 @@ final class Placement: Sendable {
     }
 
     /// Starts watching a rebalance: `expected` keys must end up on a worker outside `originals`.
-    func watch(expected: Set<String>, originals: Set<String>) {
+    /// Unexpected: another key starting on a new worker, or with `anyOtherMoveIsUnexpected` any
+    /// start or stop of another key.
+    func watch(expected: Set<String>, originals: Set<String>, anyOtherMoveIsUnexpected: Bool) {
         state.withLock { state in
             var progress = Progress()
             progress.doubles = state.progress.doubles
@@ -560,11 +702,14 @@ final class Placement: Sendable {
             // Nothing to move: done from the start (no line may ever come).
             if progress.good == expected.count && progress.doubles == 0 && progress.empty == 0 { progress.doneAt = .now }
             state.progress = progress
-            state.watch = Watch(expected: expected, originals: originals)
+            state.watch = Watch(expected: expected, originals: originals, anyOtherMove: anyOtherMoveIsUnexpected)
         }
     }
 
     var progress: Progress { state.withLock { $0.progress } }
+
+    /// The keys counted in ``Progress/unexpected`` by the current watch.
+    var unexpectedKeys: Set<String> { state.withLock { $0.watch?.unexpected ?? [] } }
 
     /// Keys running on at least one worker.
     var runningKeys: Int { state.withLock { state in state.running.values.reduce(0) { $0 + ($1.isEmpty ? 0 : 1) } } }
@@ -590,10 +735,15 @@ final class ChildSet: Sendable {
 
     /// Starts the children one after the other, each once the previous one is ready, so that the
     /// workers' creation order is the children's order.
-    func launch(executable: String, url: String, pool: String, nodes: Int, workersPerNode: Int, quiet: Bool, placement: Placement?) async throws {
+    /// `workerCapabilities` is passed as `--worker-capabilities` (each child's worker i gets class i).
+    func launch(
+        executable: String, url: String, pool: String, nodes: Int, workersPerNode: Int, quiet: Bool, placement: Placement?,
+        workerCapabilities: String? = nil
+    ) async throws {
         for index in 0..<nodes {
             var arguments = ["--redis", url, "--pool", pool, "--workers", String(workersPerNode)]
             if quiet { arguments.append("--quiet") }
+            if let workerCapabilities { arguments += ["--worker-capabilities", workerCapabilities] }
             let child = try NodeChild.spawn(index: index, executable: executable, arguments: arguments) { line, read, _ in
                 // `start <worker> <key>` / `stop <worker> <key>`: where each job runs.
                 let isStart = line.hasPrefix("start "), isStop = line.hasPrefix("stop ")

@@ -2,7 +2,12 @@
 //
 // Usage: rota-pool-node --redis URL --pool NAME [--workers N] [--client-only]
 //          [--worker-ttl-ms MS] [--ack-grace-ms MS] [--block-ms MS] [--shutdown-ttl-ms MS] [--quiet]
-//          [--ticker NAME:MS]
+//          [--ticker NAME:MS] [--worker-capabilities CLASS/CLASS/…]
+//
+// --worker-capabilities: the initial workers' capabilities, one class per worker in turn (worker i
+// gets class i mod the number of classes); a class is a comma-separated list, possibly empty:
+// `greet/log` gives workers 0, 2… {greet} and 1, 3… {log}; `greet,log/` gives 0, 2… both, 1, 3…
+// none. Without it workers have no capabilities (they run jobs without a requirement only).
 //
 // Prints one line per event on stdout (flushed):
 //   ready <node-id> <worker-id>…        joined, workers added
@@ -14,7 +19,10 @@
 //   closed                              after close/shutdown, just before exiting 0
 // Reads commands on stdin, one per line:
 //   dispatch <key> [payload] · stop <key> · close · shutdown · workers (prints "workers <id>…")
-//   add-worker (prints "worker <id>" before its result line)
+//   dispatch-req <key> <capability> [payload]   a job only workers with the capability run; when
+//                                       none is active the job is held: prints "unplaced <key>
+//                                       <capability>" before its result line (which is ok)
+//   add-worker [cap,…] (prints "worker <id>" before its result line)
 // End of stdin closes the node. Exit status 1 with a message on stderr if joining fails.
 import Foundation
 import Logging
@@ -38,7 +46,14 @@ struct Arguments {
     var clientOnly = false
     var quiet = false
     var tickers: [(name: String, interval: Duration)] = []
+    /// `--worker-capabilities`: worker i gets `capabilityClasses[i % count]`; empty: none.
+    var capabilityClasses: [Set<String>] = []
     var options = Node.Options()
+
+    /// The capabilities of initial worker `index`.
+    func capabilities(ofWorker index: Int) -> Set<String> {
+        capabilityClasses.isEmpty ? [] : capabilityClasses[index % capabilityClasses.count]
+    }
 
     init(_ arguments: [String]) throws {
         var iterator = arguments.makeIterator()
@@ -68,6 +83,9 @@ struct Arguments {
                     throw ArgumentError(message: "--ticker: '\(text)' is not NAME:MILLISECONDS")
                 }
                 tickers.append((String(parts[0]), .milliseconds(number)))
+            case "--worker-capabilities":
+                // Each name is checked by `addWorker` (an invalid one fails the join).
+                capabilityClasses = try value(flag).split(separator: "/", omittingEmptySubsequences: false).map(capabilityList)
             case "--worker-ttl-ms": options.workerTTL = try milliseconds(flag)
             case "--ack-grace-ms": options.ackGracePeriod = try milliseconds(flag)
             case "--block-ms": options.jobSinkBlockDuration = try milliseconds(flag)
@@ -77,6 +95,11 @@ struct Arguments {
         }
         options.clientOnly = clientOnly
     }
+}
+
+/// `a,b,c` as a set (empty items skipped).
+func capabilityList(_ text: Substring) -> Set<String> {
+    Set(text.split(separator: ",").map(String.init))
 }
 
 struct ArgumentError: Error, CustomStringConvertible {
@@ -121,11 +144,15 @@ func serve(_ arguments: Arguments) async throws {
             group.addTask { try await node.run() }
             try await node.waitUntilReady()
             var ids: [String] = []
-            for _ in 0..<arguments.workers {
+            func addWorker(capabilities: Set<String>) async throws -> String {
                 let name = WorkerName()
-                let worker = try await node.addWorker(PrintingHandler(worker: { name.value.withLock { $0 } }, quiet: arguments.quiet))
+                let handler = PrintingHandler(worker: { name.value.withLock { $0 } }, quiet: arguments.quiet)
+                let worker = try await node.addWorker(handler, capabilities: capabilities)
                 name.value.withLock { $0 = worker.id }
-                ids.append(worker.id)
+                return worker.id
+            }
+            for index in 0..<arguments.workers {
+                ids.append(try await addWorker(capabilities: arguments.capabilities(ofWorker: index)))
             }
             for (name, interval) in arguments.tickers {
                 let ticker = try await node.ticker(named: name, interval: interval)
@@ -148,11 +175,15 @@ func serve(_ arguments: Arguments) async throws {
                         try await node.dispatch(key: parts[1], payload: parts.count > 2 ? Array(parts[2].utf8) : [])
                     case "stop" where parts.count == 2:
                         try await node.stop(key: parts[1])
-                    case "add-worker":
-                        let name = WorkerName()
-                        let worker = try await node.addWorker(PrintingHandler(worker: { name.value.withLock { $0 } }, quiet: arguments.quiet))
-                        name.value.withLock { $0 = worker.id }
-                        emit("worker \(worker.id)")
+                    case "dispatch-req" where parts.count >= 3:
+                        // <key> <capability> [payload]: the payload may hold spaces.
+                        let fields = line.split(separator: " ", maxSplits: 3).map(String.init)
+                        let payload = fields.count > 3 ? Array(fields[3].utf8) : []
+                        let outcome = try await node.dispatch(key: fields[1], payload: payload, requirement: fields[2])
+                        if case .unplaced(let requirement) = outcome { emit("unplaced \(fields[1]) \(requirement)") }
+                    case "add-worker" where parts.count <= 2:
+                        let capabilities = parts.count == 2 ? capabilityList(Substring(parts[1])) : []
+                        emit("worker \(try await addWorker(capabilities: capabilities))")
                     case "workers":
                         emit((["workers"] + node.localWorkers.map(\.id)).joined(separator: " "))
                     case "close":
