@@ -522,13 +522,13 @@ extension Node {
             let result = try await client.evaluate(
                 PoolScripts.park,
                 keys: [
-                    maps.owners.contentKey, maps.payloads.contentKey, maps.payloads.channel, maps.pending.contentKey, maps.pending.channel,
-                    maps.requirements.contentKey, maps.requirements.channel, maps.unplaced.contentKey, maps.unplaced.channel, jobLogKey, inbox,
+                    maps.owners.contentKey, maps.owners.channel, maps.payloads.contentKey, maps.payloads.channel,
+                    maps.pending.contentKey, maps.pending.channel, maps.requirements.contentKey, maps.requirements.channel, maps.unplaced.contentKey, maps.unplaced.channel, jobLogKey, inbox,
                 ],
                 arguments: [
                     record.key, record.payload, requirement, fresh ? "1" : "0", JobLogJSON.head(.unplaced, worker: "", node: self),
                     JobLogJSON.job(record.key, origin: origin, requeued: record.requeued, error: "no active worker has capability '\(requirement)'"),
-                    reply,
+                    reply, maps.owners.string(record.key) ?? "",
                 ]
             ).int
             if result == 1 {

@@ -88,10 +88,12 @@ enum PoolScripts {
           if flag == '1' then mdel(KEYS[5], KEYS[6], k) end
           if need ~= '' then
             if redis.call('HGET', KEYS[10], k) ~= need then mset(KEYS[10], KEYS[11], k, need) end
-          else
+          elseif flag ~= '1' then
             mdel(KEYS[10], KEYS[11], k)
           end
-          mdel(KEYS[12], KEYS[13], k)
+          -- A fresh dispatch was admitted without a payload, so it has no requirement or hold
+          -- left over (every end clears both): the hot path skips the deletes.
+          if flag ~= '1' then mdel(KEYS[12], KEYS[13], k) end
           -- Only requeued jobs are counted (ends and give-ups delete their counts): fresh
           -- dispatches, the hot path, skip the write.
           if flag == '0' then redis.call('HDEL', KEYS[7], k) end
@@ -296,26 +298,32 @@ enum PoolScripts {
     /// and requirement are stored (a fresh dispatch: the pending guard goes, so the job exists and
     /// a second dispatch is refused), the job is listed as unplaced and, when it was not yet, the
     /// job log gets `unplaced`. A fresh dispatch's dispatcher is told (inbox event `u`, NOMKSTREAM).
-    /// KEYS: owners hash, payloads h/c, pending h/c, requirements h/c, unplaced h/c, job log,
+    /// An owner entry naming the worker the router saw as inactive (a dead worker whose cleanup
+    /// requeued the job before removing its entries) is removed: the job is held, not owned.
+    /// KEYS: owners h/c, payloads h/c, pending h/c, requirements h/c, unplaced h/c, job log,
     /// dispatcher inbox (any key of the pool when there is none).
     /// ARGV: key, payload, requirement, "1" fresh / "0" requeued, job-log head, fragment,
-    /// dispatcher reply ("" for none).
-    /// → 1 held · 0 an owner has it now (route it again) · 2 the job ended meanwhile (drop it).
+    /// dispatcher reply ("" for none), owner the router saw ("" for none).
+    /// → 1 held · 0 another owner has it now (route it again) · 2 the job ended meanwhile (drop it).
     static let park = RedisScript(helpers + """
         local k, need = ARGV[1], ARGV[3]
-        if redis.call('HEXISTS', KEYS[1], k) == 1 then return 0 end
+        local owner = redis.call('HGET', KEYS[1], k)
+        if owner then
+          if owner ~= ARGV[8] then return 0 end
+          mdel(KEYS[1], KEYS[2], k)
+        end
         if ARGV[4] == '1' then
-          if redis.call('HEXISTS', KEYS[2], k) == 0 then mset(KEYS[2], KEYS[3], k, ARGV[2]) end
-          mdel(KEYS[4], KEYS[5], k)
-        elseif redis.call('HEXISTS', KEYS[2], k) == 0 then
+          if redis.call('HEXISTS', KEYS[3], k) == 0 then mset(KEYS[3], KEYS[4], k, ARGV[2]) end
+          mdel(KEYS[5], KEYS[6], k)
+        elseif redis.call('HEXISTS', KEYS[3], k) == 0 then
           return 2
         end
-        if redis.call('HGET', KEYS[6], k) ~= need then mset(KEYS[6], KEYS[7], k, need) end
-        if redis.call('HGET', KEYS[8], k) ~= need then
-          mset(KEYS[8], KEYS[9], k, need)
-          job_log(KEYS[10], ARGV[5], {ARGV[6]})
+        if redis.call('HGET', KEYS[7], k) ~= need then mset(KEYS[7], KEYS[8], k, need) end
+        if redis.call('HGET', KEYS[9], k) ~= need then
+          mset(KEYS[9], KEYS[10], k, need)
+          job_log(KEYS[11], ARGV[5], {ARGV[6]})
         end
-        if ARGV[7] ~= '' then redis.call('XADD', KEYS[11], 'NOMKSTREAM', '*', 'n', 'u', 'p', ARGV[7]) end
+        if ARGV[7] ~= '' then redis.call('XADD', KEYS[12], 'NOMKSTREAM', '*', 'n', 'u', 'p', ARGV[7]) end
         return 1
         """)
 

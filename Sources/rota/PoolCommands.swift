@@ -136,6 +136,9 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
     @Option(help: "A program the exec handler may run with no arguments and no environment from the job (glob on absolute paths; repeatable). Arguments need --exec-policy.")
     var allowExec: [String] = []
 
+    @Option(name: .customLong("handler"), help: "Offer a built-in handler under a name: NAME or NAME=KIND, KIND `log` or `exec` (repeatable). The names are this process's workers' capabilities: only jobs naming one of them are routed here. Default: log and exec.")
+    var handlers: [String] = []
+
     @Option(help: "This node's name in `rota status` and in the history (default: the host name; keep it the same across restarts).")
     var name: String?
 
@@ -156,7 +159,7 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
         let policy = try loadExecPolicy(file: execPolicy, allowExec: allowExec)
         let configuration = try requiredRedisConfiguration(poolOptions, command: "worker")
         let logger = bootstrapLogging(format: logFormat, level: logLevel)
-        let (registry, exec) = try builtInRegistry(policy: policy, logger: logger)
+        let (registry, exec) = try builtInRegistry(policy: policy, handlers: handlers, logger: logger)
         let client = RedisClient(configuration: configuration, logger: logger)
         var nodeOptions = Node.Options()
         nodeOptions.logger = logger

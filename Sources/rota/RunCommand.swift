@@ -124,6 +124,9 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "A program the exec handler may run with no arguments and no environment from the job (glob on absolute paths; repeatable). Arguments need --exec-policy.")
     var allowExec: [String] = []
 
+    @Option(name: .customLong("handler"), help: "Offer a built-in handler under a name: NAME or NAME=KIND, KIND `log` or `exec` (repeatable). The names are this process's workers' capabilities: only jobs naming one of them are routed here. Default: log and exec.")
+    var handlers: [String] = []
+
     @Option(help: "Without --redis: let the private redis-server listen on 127.0.0.1:PORT too (it listens on a Unix socket only otherwise; the password is in its 0700 directory).")
     var privateRedisPort: Int?
 
@@ -161,7 +164,7 @@ struct Run: ParsableCommand, AsyncCommand {
         let policy = try loadExecPolicy(file: execPolicy, allowExec: allowExec)
         let historyKey = try historyKeyOptions.load()
         let logger = bootstrapLogging(format: logFormat, level: logLevel)
-        let (registry, exec) = try builtInRegistry(policy: policy, logger: logger)
+        let (registry, exec) = try builtInRegistry(policy: policy, handlers: handlers, logger: logger)
         try await withRedis(try poolOptions.redisConfiguration(), tcpPort: privateRedisPort, logger: logger) { redisConfiguration in
             let client = RedisClient(configuration: redisConfiguration, logger: logger)
             var nodeOptions = Node.Options()
@@ -255,18 +258,32 @@ func loadExecPolicy(file: String?, allowExec: [String]) throws -> ExecPolicy {
     return policy
 }
 
-/// The built-in runners: `log`, and `exec` under `policy`. A policy this process cannot apply (a
-/// missing working directory, a limit above its hard limit) is a usage error (exit 64).
-func builtInRegistry(policy: ExecPolicy, logger: Logger) throws -> (HandlerRegistry, ExecJobRunner) {
+/// The built-in runners: `log`, and `exec` under `policy`, under their own names or those of
+/// `--handler NAME[=KIND]` (one built-in may serve several names: `greet=log` lets a process dry-run
+/// `greet` jobs). A policy this process cannot apply (a missing working directory, a limit above
+/// its hard limit) or a bad `--handler` is a usage error (exit 64).
+func builtInRegistry(policy: ExecPolicy, handlers: [String] = [], logger: Logger) throws -> (HandlerRegistry, ExecJobRunner) {
     let exec: ExecJobRunner
     do throws(ServiceError) {
         exec = try ExecJobRunner(policy: policy, logger: logger)
     } catch {
         throw failure("--exec-policy: \(error.message)", exitCode: 64)
     }
+    let log = LogJobRunner(logger: logger)
     var registry = HandlerRegistry()
-    try registry.register("log", LogJobRunner(logger: logger))
-    try registry.register("exec", exec)
+    for spec in handlers.isEmpty ? ["log", "exec"] : handlers {
+        let parts = spec.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        let name = parts[0], kind = parts.count > 1 ? parts[1] : parts[0]
+        do throws(ServiceError) {
+            switch kind {
+            case "log": try registry.register(name, log)
+            case "exec": try registry.register(name, exec)
+            default: throw ServiceError(.invalidArgument, "unknown built-in handler '\(kind)' (built-ins: log, exec)")
+            }
+        } catch {
+            throw failure("--handler \(terminalSafe(spec)): \(error.message)", exitCode: 64)
+        }
+    }
     return (registry, exec)
 }
 

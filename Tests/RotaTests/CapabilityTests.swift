@@ -100,8 +100,12 @@ struct CapabilityTests {
     @Test("a job whose only capable worker dies or leaves waits unplaced, then runs on a new one")
     func onlyCapableWorkerRemoved() async throws {
         try await withPool { pool in
-            let planner = try await pool.start().node
-            let host = try await pool.start()
+            // A long ack grace: a start left pending would only come back after it, so the job
+            // must be held by the first delivery of its requeue.
+            var options = testOptions()
+            options.ackGracePeriod = .seconds(30)
+            let planner = try await pool.start(options).node
+            let host = try await pool.start(options)
             let first = RecordingHandler()
             let firstWorker = try await host.node.addWorker(first, capabilities: ["greet"])
             _ = try await planner.addWorker(RecordingHandler(), capabilities: ["log"])
@@ -118,7 +122,7 @@ struct CapabilityTests {
             try await eventually("the new greet worker runs both") { second.runningKeys == ["crashy", "leaving"] }
             // Killed: its jobs are lost, then held rather than failing.
             await host.crash()
-            try await eventually("held again after the crash", timeout: .seconds(20)) {
+            try await eventually("held again after the crash", timeout: .seconds(10)) {
                 try await planner.unplacedJobs() == ["crashy": "greet", "leaving": "greet"]
             }
             let entries = try await jobLog(planner, pool.client)
