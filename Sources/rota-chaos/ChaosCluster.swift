@@ -5,8 +5,10 @@ import Synchronization
 
 /// The pool a scenario runs against: one redis-server (AOF on, so a restart keeps the state),
 /// `planners` × `rota run` (one embedded worker each, own SQLite file) and `workers` × `rota worker`
-/// (two workers each), all on one plan of `producers` × `jobsPerProducer` always-desired `log`
-/// jobs at a 1 s interval.
+/// (two workers each), all on one plan of `producers` × `jobsPerProducer` always-desired jobs at a
+/// 1 s interval, in two handler classes: even producers' jobs name `log`, which only the `rota run`
+/// workers offer, odd producers' name `greet`, which only the `rota worker` processes offer (the
+/// built-in log runner under that name): the pool must place each class on its own workers.
 final class ChaosCluster: Sendable {
     static let pool = "chaos"
     static let producers = 10
@@ -28,6 +30,17 @@ final class ChaosCluster: Sendable {
             for job in 0..<jobsPerProducer { keys.insert("p\(producer)/j\(job)") }
         }
         return keys
+    }
+
+    /// The handler class of a producer's jobs: `log` (planners' workers) or `greet` (worker processes').
+    static func handler(ofProducer producer: Int) -> String { producer % 2 == 0 ? "log" : "greet" }
+
+    /// Whether the process in `slot` offers the handler of `job`: plan jobs `pN/…` by their
+    /// producer's class; the probe's and flood's jobs are `log` jobs.
+    static func slot(_ slot: String, offersHandlerOf job: String) -> Bool {
+        var handler = "log"
+        if job.hasPrefix("p"), let producer = Int(job.dropFirst().prefix { $0 != "/" }) { handler = self.handler(ofProducer: producer) }
+        return handler == "log" ? slot.hasPrefix("r") : slot.hasPrefix("w")
     }
 
     init(directory: URL, executable: URL, planners: Int = 3, workers: Int = 3) {
@@ -57,7 +70,8 @@ final class ChaosCluster: Sendable {
         var plan = "pool: \(Self.pool)\nproducers:\n"
         for producer in 0..<Self.producers {
             plan += "  - name: p\(producer)\n    every: \(Self.intervalSeconds)s\n    mode: exact\n    jobs:\n"
-            for job in 0..<Self.jobsPerProducer { plan += "      - {key: p\(producer)/j\(job), handler: log, payload: {n: \(job)}}\n" }
+            let handler = Self.handler(ofProducer: producer)
+            for job in 0..<Self.jobsPerProducer { plan += "      - {key: p\(producer)/j\(job), handler: \(handler), payload: {n: \(job)}}\n" }
         }
         try plan.write(to: plansDirectory.appendingPathComponent("chaos.yaml"), atomically: true, encoding: .utf8)
         do {
@@ -77,8 +91,8 @@ final class ChaosCluster: Sendable {
         let common = ["--redis", server.url, "--pool", Self.pool, "--name", slot, "--log-format", "json"]
         let role: ChaosProcess.Role = slot.hasPrefix("r") ? .planner : .worker
         let arguments = role == .planner
-            ? ["run", "--plans", plansDirectory.path, "--db", database(of: slot), "--workers", "1"] + common
-            : ["worker", "--workers", "2"] + common
+            ? ["run", "--plans", plansDirectory.path, "--db", database(of: slot), "--workers", "1", "--handler", "log"] + common
+            : ["worker", "--workers", "2", "--handler", "greet=log"] + common
         let process = try ChaosProcess(
             role: role, slot: slot, incarnation: incarnation, executable: executable, arguments: arguments, logPath: logPath)
         processes.withLock { $0.append(process) }

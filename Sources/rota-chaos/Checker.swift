@@ -23,6 +23,13 @@ struct Checker {
     struct LogView {
         var copies: [String: Int] = [:]
         var worker: [String: String] = [:]
+        /// The slots of the processes running each job.
+        var slots: [String: Set<String>] = [:]
+
+        /// Jobs running on a process whose workers do not offer the job's handler class.
+        var misplaced: [String] {
+            slots.filter { job, slots in slots.contains { !ChaosCluster.slot($0, offersHandlerOf: job) } }.keys.sorted()
+        }
     }
 
     func logView() -> LogView {
@@ -50,6 +57,7 @@ struct Checker {
             for (job, workers) in open where !workers.isEmpty {
                 view.copies[job, default: 0] += workers.count
                 view.worker[job] = workers.last
+                view.slots[job, default: []].insert(process.slot)
             }
         }
         return view
@@ -159,6 +167,8 @@ struct Checker {
         if !missing.isEmpty { problems.append("\(missing.count) desired jobs not running (e.g. \(missing.sorted().prefix(3)))") }
         let twice = view.copies.filter { $0.value > 1 }
         if !twice.isEmpty { problems.append("\(twice.count) jobs running twice (e.g. \(twice.keys.sorted().prefix(3)))") }
+        let misplaced = view.misplaced
+        if !misplaced.isEmpty { problems.append("\(misplaced.count) jobs running on workers without their handler (e.g. \(misplaced.prefix(3)))") }
         let extra = view.copies.keys.filter { !desired.contains($0) && !optional.contains($0) }
         if !extra.isEmpty { problems.append("\(extra.count) undesired jobs running (e.g. \(extra.sorted().prefix(3)))") }
         let misowned = desired.filter { job in view.copies[job] == 1 && redis.owners[job] != view.worker[job] }.sorted()
@@ -212,7 +222,7 @@ struct Checker {
         let began = Date()
         let payload = try JobEnvelope(handler: "log", payload: Array("{\"probe\":true}".utf8)).encoded()
         try await Node.withNode(pool: ChaosCluster.pool, client: client, options: options) { node in
-            try await node.dispatch(key: key, payload: payload)
+            try await node.dispatch(key: key, payload: payload, requirement: "log")
             try await self.waitForLog(timeout: timeout, "\(key) to run") { $0.copies[key] == 1 }
             try await node.stop(key: key)
             try await self.waitForLog(timeout: timeout, "\(key) to stop") { $0.copies[key] == nil }

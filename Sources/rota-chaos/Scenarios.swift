@@ -278,7 +278,7 @@ enum Scenario: String, CaseIterable, Sendable {
                             let key = "flood/\(index)"
                             do {
                                 let payload = try JobEnvelope(handler: "log", payload: Array("{\"flood\":\(index)}".utf8)).encoded()
-                                try await node.dispatch(key: key, payload: payload)
+                                try await node.dispatch(key: key, payload: payload, requirement: "log")
                                 partial.started.insert(key)
                             } catch {
                                 partial.failed[key] = "\(error)"

@@ -157,6 +157,7 @@ struct Chaos: ParsableCommand {
         }
         if !lost.isEmpty { failures.append("lost \(lost.count): \(lost.sorted().prefix(5))") }
         if !twice.isEmpty { failures.append("running twice \(twice.count): \(twice.keys.sorted().prefix(5))") }
+        if !view.misplaced.isEmpty { failures.append("running on workers without their handler: \(view.misplaced.prefix(5))") }
         if overlap > 0 { failures.append("overlap after settling \(rounded(overlap)) s") }
         if scenario.forbidsFaultOverlap && faultOverlap > 0 { failures.append("overlap during the fault \(rounded(faultOverlap)) s") }
         failures += injected.failures
@@ -170,7 +171,7 @@ struct Chaos: ParsableCommand {
         if settle == nil { failures.append("never settled: \(settling.lastDivergence.joined(separator: "; "))") }
         var fields: [(String, any Sendable)] = [
             ("pass", failures.isEmpty),
-            ("lost", lost.count), ("running_twice", twice.count), ("overlap_s", rounded(overlap)),
+            ("lost", lost.count), ("running_twice", twice.count), ("misplaced", view.misplaced.count), ("overlap_s", rounded(overlap)),
             ("duplicate_rounds", history.duplicateRounds), ("missing_history_rounds", history.missingRounds),
             ("settle_s", settle.map(rounded) ?? -1), ("settle_budget_s", budget),
             ("desired", checker.desired.count), ("running", view.copies.count), ("faults", injected.faults),
