@@ -30,6 +30,12 @@ struct BadInputTests {
         expectClearFailure(try rota(["dispatch", "k", "--handler", "log", "--redis", "http://x", "--pool", "p"]), mentioning: "http")
         // Unreachable Redis.
         expectClearFailure(try rota(["stop", "k", "--redis", "redis://127.0.0.1:1", "--pool", "p"]), mentioning: "127.0.0.1:1")
+        // A --handler that is not a built-in, or not a valid name, is a usage error before any connection.
+        let badKind = try rota(["worker", "--redis", "redis://127.0.0.1:1", "--pool", "p", "--handler", "greet=nope"])
+        expectClearFailure(badKind, mentioning: "--handler greet=nope: unknown built-in handler 'nope' (built-ins: log, exec)")
+        #expect(badKind.status == 64)
+        expectClearFailure(try rota(["worker", "--redis", "redis://127.0.0.1:1", "--pool", "p", "--handler", "Bad Name=log"]), mentioning: "--handler Bad Name=log")
+        expectClearFailure(try rota(["worker", "--redis", "redis://127.0.0.1:1", "--pool", "p", "--handler", "log", "--handler", "log"]), mentioning: "already registered")
         // A corrupt database: refused, and left as it was.
         let corrupt = scratch.appendingPathComponent("corrupt.sqlite").path
         try Data("this is not a database, just text that is long enough to look like a header".utf8).write(to: URL(fileURLWithPath: corrupt))
