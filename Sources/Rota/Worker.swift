@@ -156,6 +156,10 @@ public final class Worker: Sendable {
 
     private func keepAliveLoop() async {
         let period = node.options.keepAlivePeriod
+        // The keep-alive runs often so the history dates a death precisely; checking the inbox
+        // and trimming it only needs the reference's pace, half the TTL.
+        let housekeepingEvery = max(1, Int((node.options.workerTTL / 2) / period))
+        var beat = 0
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: period)
@@ -176,8 +180,10 @@ public final class Worker: Sendable {
                     return (state.lastEvent, state.suspectEvicted)
                 }
                 if suspect { try await checkEviction() }
-                try await ensureInbox()
                 await stopJobsOwnedElsewhere()
+                beat += 1
+                guard beat % housekeepingEvery == 0 || suspect else { continue }
+                try await ensureInbox()
                 if let lastEvent {
                     // Handled events are done with: trim them (the inbox has no length cap).
                     try await node.client.send("XTRIM", inbox.key, "MINID", lastEvent)
