@@ -211,6 +211,8 @@ enum Scenario: String, CaseIterable, Sendable {
             ("tickers", "poison-ticker", "1|1ns"), ("tickers", "schedule-p0", "1|1ns"),
             ("tickers", "poison-ancient", "946684800000001|1ms"), ("tickers", "poison-far", "\(max)|1s"),
             ("schedule-p1", "poison/ghost", "not-a-time"),
+            ("worker-capabilities", "poison-worker", "greet,,bad cap,\(huge)\u{1B}"), ("job-requirements", "poison/req", "no,such"),
+            ("unplaced-jobs", "poison/held", "bad cap"), ("unplaced-jobs", "poison/held-2", "log"),
         ]
         for entry in entries {
             try await ReplicatedMap(entry.map, keySpace: space, client: client).set(entry.key, entry.value)
@@ -231,7 +233,7 @@ enum Scenario: String, CaseIterable, Sendable {
             RedisCommand("XADD", space.key("stream", "pool"), "*", "n", "zz", "p", "garbage"),
         ]
         // Forged change messages on the maps' channels: malformed, and with absurd revisions.
-        for name in ["tickers", "workers", "node-keepalive", "owners", "job-payloads"] {
+        for name in ["tickers", "workers", "node-keepalive", "owners", "job-payloads", "worker-capabilities", "unplaced-jobs"] {
             commands.append(RedisCommand("PUBLISH", map(name) + ":updates", "set:garbage"))
             commands.append(RedisCommand("PUBLISH", map(name) + ":updates", "reset:" + huge))
             commands.append(RedisCommand("PUBLISH", map(name) + ":updates", Array<UInt8>([0xFF, 0x00])))
