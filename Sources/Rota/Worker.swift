@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import RotaRedis
 import RotaStreams
 import Synchronization
@@ -817,7 +818,18 @@ public final class Worker: Sendable {
                     RedisCommand("HGET", owners.contentKey, key), RedisCommand("GET", tombstone),
                 ]), replies.count == 2 else { continue }
                 if let owner = replies[0].string, !replies[0].isNull {
-                    if owner != id { await stopTakenOver(key, owner: owner) }
+                    guard owner != id else { continue }
+                    // Every real owner is registered: removing a worker removes its owner entries
+                    // in the same script. An entry naming no registered worker was written by
+                    // something else; the job runs here, so it is claimed back (compare-and-set:
+                    // a real owner written meanwhile wins) instead of being stopped.
+                    let registered = (try? await node.client.send("HEXISTS", node.maps.workers.contentKey, owner).int) ?? 1
+                    if registered == 0, let (_, claimed) = try? await owners.testAndSet(key, test: owner, id), claimed {
+                        Counter(label: "rota_owner_entries_repaired").increment()
+                        logger.warning("the job's owner entry named no registered worker; claimed it back", metadata: ["job": "\(key)", "entry": "\(owner.prefix(200))"])
+                        continue
+                    }
+                    await stopTakenOver(key, owner: owner)
                 } else if replies[1].string == id {
                     logger.warning("a stop ended this job while the worker looked dead; stopping it here", metadata: ["job": "\(key)"])
                     await stopHereOnly([key], reason: "ended")

@@ -136,8 +136,24 @@ enum Scenario: String, CaseIterable, Sendable {
             injected.details.append(("connections_killed", killed))
         case .poison:
             let written = try await poison(client: checker.client)
-            injected.faults = written
-            injected.details.append(("poisoned_entries", written))
+            // Then live records, as a writer who wants to disturb running work would: a live
+            // worker's keep-alive made unreadable, and a running job's owner entry pointed at a
+            // worker that does not exist. The pool must heal (nothing lost, nothing left twice).
+            let live = try await checker.redisView()
+            let space = try RedisKeySpace(ChaosCluster.pool)
+            var liveWritten = 0
+            if let worker = live.workers.sorted().randomElement(using: &random) {
+                try await ReplicatedMap("worker-keepalive", keySpace: space, client: checker.client).set(worker, "garbage")
+                injected.details.append(("poisoned_live_worker", worker))
+                liveWritten += 1
+            }
+            if let job = live.owners.keys.sorted().randomElement(using: &random) {
+                try await ReplicatedMap("owners", keySpace: space, client: checker.client).set(job, "poison-ghost")
+                injected.details.append(("poisoned_live_job", job))
+                liveWritten += 1
+            }
+            injected.faults = written + liveWritten
+            injected.details.append(("poisoned_entries", written + liveWritten))
             // Long enough for every node to meet them: sweeps, ticks, replication, status.
             try await Task.sleep(for: .seconds(5))
         case .rollingRestart:

@@ -95,4 +95,26 @@ struct MalformedDataTests {
             try await node.shutdown()
         }
     }
+
+    @Test("an owner entry overwritten with a worker that does not exist is claimed back; a real other owner still takes the job over")
+    func forgedOwnerEntry() async throws {
+        try await withPool { pool in
+            let node = try await pool.start().node
+            let handler = RecordingHandler(), other = RecordingHandler()
+            let worker = try await node.addWorker(handler, capabilities: ["a"])
+            let second = try await node.addWorker(other, capabilities: ["b"])
+            try await node.dispatch(key: "victim", payload: bytes("p"), requirement: "a")
+            try await eventually("owned by the worker") { node.maps.owners.string("victim") == worker.id }
+            // A writer points the entry at a worker that does not exist.
+            try await node.maps.owners.setAndWait("victim", "ghost")
+            try await eventually("claimed back") { node.maps.owners.string("victim") == worker.id }
+            #expect(handler.stopped.isEmpty, "the job was never stopped")
+            #expect(handler.runningKeys == ["victim"])
+            #expect(!(try await jobLog(node, pool.client)).contains { $0.kind == .takenOver })
+            // An entry naming a registered worker is a takeover, as before.
+            try await node.maps.owners.setAndWait("victim", second.id)
+            try await eventually("stopped here") { handler.stopped == ["victim"] }
+            try await node.shutdown()
+        }
+    }
 }
