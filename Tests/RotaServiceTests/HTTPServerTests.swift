@@ -123,6 +123,29 @@ private let plan = "pool: e2e\nproducers:\n  - name: p\n    every: 1s\n    jobs:
         }
     }
 
+    @Test("rota run --http stops on SIGTERM like without it: the server closes and the process exits 0; a bad limit is a usage error")
+    func gracefulShutdown() async throws {
+        try await withRunCluster(plans: plan) { cluster in
+            let port = try freePort()
+            let node = try cluster.start("n1", extra: ["--http", "127.0.0.1:\(port)", "--http-max-connections", "8", "--http-idle-timeout", "2s"])
+            try await node.waitUntilReady()
+            #expect(try httpGet(port: port, path: "/readyz").status == 200)
+            // An idle connection must not hold the shutdown up.
+            let idle = connectTo(port)
+            defer { if let idle { close(idle) } }
+            sendSignal(node.pid, SIGTERM)
+            try await poll("rota run to exit after SIGTERM", timeout: .seconds(30), diagnostics: node.diagnostics) { node.hasExited ? true : nil }
+            #expect(node.state.exit?.status == 0 && node.state.exit?.signaled == false, "\(node.diagnostics)")
+            #expect(connectTo(port) == nil, "the port still accepts connections")
+
+            for bad in [["--http-max-connections", "0"], ["--http-idle-timeout", "50ms"], ["--http-idle-timeout", "soon"],
+                        ["--http-max-connections", "4", "--metrics-max-connections", "4"], ["--http", "[::1]"]] {
+                let output = try await rotaCommand(["run", "--redis", cluster.redisURL, "--http", ":\(port)"] + bad)
+                #expect(output.status == 64, "\(bad): \(output.err)")
+            }
+        }
+    }
+
     @Test("rota --version prints the version")
     func version() async throws {
         let output = try await rotaCommand(["--version"])
