@@ -33,8 +33,12 @@ public struct ReadinessCheck: Sendable {
             do {
                 _ = try await client.send(RedisCommand("PING"), timeout: timeout)
                 return nil
+            } catch let error as RedisError {
+                // The code and message only: anyone who reaches the port reads the reason, and an
+                // underlying error's text is not vetted the way the message is.
+                return "redis did not answer a PING within \(timeout): \(error.code): \(error.message)"
             } catch {
-                return "redis did not answer a PING within \(timeout): \(error)"
+                return "redis did not answer a PING within \(timeout)"
             }
         }
     }

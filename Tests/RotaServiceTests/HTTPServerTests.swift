@@ -103,7 +103,7 @@ private let plan = "pool: e2e\nproducers:\n  - name: p\n    every: 1s\n    jobs:
         }
     }
 
-    @Test("rota worker --http serves the same routes: ready once its node joined; --http with --metrics-port is a usage error")
+    @Test("rota worker --http serves the same routes: ready once its node joined, 503 naming the node while it cannot join; --http with --metrics-port is a usage error")
     func worker() async throws {
         try await RedisServer.withServer { server in
             let port = try freePort()
@@ -116,6 +116,19 @@ private let plan = "pool: e2e\nproducers:\n  - name: p\n    every: 1s\n    jobs:
             }
             #expect(try jsonFields(try httpGet(port: port, path: "/healthz"))["version"] == RotaVersion.current)
             #expect(try httpGet(port: port, path: "/metrics").body.contains("rota_"))
+
+            // A worker whose Redis refuses connections never joins: alive, not ready, and why.
+            let lonelyPort = try freePort()
+            let lonely = try RunNode(label: "lonely", database: "", arguments: [
+                "worker", "--redis", "redis://127.0.0.1:1", "--pool", "e2e", "--log-format", "json", "--http", String(lonelyPort),
+            ])
+            defer { lonely.killForCleanup() }
+            let notReady = try await poll("/readyz of a worker without Redis to answer", timeout: .seconds(30), diagnostics: lonely.diagnostics) {
+                try httpGet(port: lonelyPort, path: "/readyz")
+            }
+            #expect(notReady.status == 503)
+            #expect(try jsonFields(notReady) == ["ready": "false", "check": "node", "reason": "the node has not joined pool e2e yet"])
+            #expect(try httpGet(port: lonelyPort, path: "/healthz").status == 200)
 
             let both = try await rotaCommand(["worker", "--redis", server.url, "--http", ":\(port)", "--metrics-port", String(port)])
             #expect(both.status == 64, "\(both.err)")
