@@ -33,6 +33,9 @@ let package = Package(
         // 4.x, not 3.x: `from: "3.12.3"` stops below 4.0, and packages we may add later ask for
         // 4.1 or more (vapor/jwt-kit); swift-certificates (behind swift-nio-ssl) takes 3.12.3..<6.
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        // The HTTP server of `rota run`/`rota worker` (RotaHTTP). No traits: the default ones pull in
+        // swift-configuration and full Foundation, which the server does not use and a cold build pays for.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
     ],
     targets: [
         // hiredis 0.14 from apt (libhiredis-dev): RESP encoding and the reply parser. Found in
@@ -103,6 +106,24 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The HTTP server (Hummingbird): /healthz, /readyz, /metrics, and the routes later parts add.
+        // Between RotaService and the CLI: it knows nothing of nodes or plans, only the checks it is given.
+        .target(
+            name: "RotaHTTP",
+            dependencies: [
+                "Rota",
+                "RotaRedis",
+                "RotaService",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // Starts private redis-server processes: for tests, benchmarks and `rota run` without --redis.
         .target(
             name: "RotaRedisServer",
@@ -142,6 +163,7 @@ let package = Package(
             dependencies: [
                 "Rota",
                 "RotaService",
+                "RotaHTTP",
                 "RotaRedis",
                 "RotaRedisServer",
                 "RotaPlans",
@@ -150,10 +172,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),
@@ -253,6 +273,7 @@ swiftSettings: strict
             name: "RotaServiceTests",
             dependencies: [
                 "RotaService", "Rota", "RotaRedis", "RotaRedisServer", "RotaTestSupport",
+                "RotaHTTP",  // the HTTP server's address parsing
                 // The end-to-end tests run the built `rota` and read the nodes' SQLite histories.
                 "RotaStore", "rota",
                 .product(name: "Logging", package: "swift-log"),

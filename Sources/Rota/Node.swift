@@ -260,6 +260,10 @@ public final class Node: Service, Sendable {
         logger.debug("node joined", metadata: ["clientOnly": "\(options.clientOnly)"])
     }
 
+    /// True from the moment the node joined the pool (``waitUntilReady()`` returned) until it
+    /// starts closing: what a readiness probe asks without waiting.
+    public var isRunning: Bool { state.withLock { $0.phase == .running } }
+
     /// Closed means the node no longer dispatches, routes or hosts workers.
     public var isClosed: Bool { state.withLock { $0.phase >= .closing } }
 

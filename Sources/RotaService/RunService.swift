@@ -108,6 +108,10 @@ public final class RunService: Service, Sendable {
     /// Returns once the node joined, the workers run and every producer is scheduled.
     public func waitUntilReady() async throws { try await readyLatch.wait() }
 
+    /// Whether ``waitUntilReady()`` would return now without an error: the node joined, the
+    /// workers run and the plan is loaded (every producer scheduled). A readiness probe's question.
+    public var isReady: Bool { readyLatch.isOpenWithoutError }
+
     public func run() async throws {
         // One rota run per database: a second one would close the first's rounds as interrupted.
         let lock = try DatabaseLock.acquire(forDatabase: configuration.databasePath)
@@ -538,6 +542,9 @@ final class ReadyLatch: Sendable {
             if let error { waiter.resume(throwing: error) } else { waiter.resume() }
         }
     }
+
+    /// Opened, and without a failure.
+    var isOpenWithoutError: Bool { state.withLock { $0.done && $0.error == nil } }
 
     func wait() async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in

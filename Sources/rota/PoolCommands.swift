@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Rota
+import RotaHTTP
 import RotaRedis
 import RotaPlans
 import RotaService
@@ -142,6 +143,8 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
     @Option(help: "This node's name in `rota status` and in the history (default: the host name; keep it the same across restarts).")
     var name: String?
 
+    @OptionGroup var httpOptions: HTTPOptions
+
     @Option(help: "Log format: text or json.")
     var logFormat: LogFormat = .text
 
@@ -171,8 +174,15 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
             throw CommandFailure(error.message)
         }
         let service = WorkerNodeService(node: node, workers: workers, exec: exec, logger: logger, runner: RegistryJobRunner(registry: registry))
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: client), .init(service: service)]
+        if let http = try httpOptions.configuration() {
+            // A worker plans nothing: ready once its node joined and Redis answers.
+            services.append(.init(service: HTTPServer(
+                configuration: http, readiness: [.nodeJoined(node), .redisAnswers(client)],
+                metrics: HTTPServer.bootstrapMetrics(), logger: logger)))
+        }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: client), .init(service: service)],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 #endif
 import RotaPlans
+import RotaService
 import RotaStore
 
 protocol AsyncCommand {
@@ -14,6 +15,7 @@ struct Rota: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rota",
         abstract: "Rota: a Redis-backed dedicated worker pool for long-running jobs, with a scheduler on top.",
+        version: RotaVersion.current,
         subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, ProducerCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self]
     )
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Rota
+import RotaHTTP
 import RotaPlans
 import RotaRedis
 import RotaRedisServer
@@ -130,27 +131,12 @@ struct Run: ParsableCommand, AsyncCommand {
     @Option(help: "Without --redis: let the private redis-server listen on 127.0.0.1:PORT too (it listens on a Unix socket only otherwise; the password is in its 0700 directory).")
     var privateRedisPort: Int?
 
-    @Option(help: "Serve metrics in Prometheus text format on this port (GET /metrics).")
-    var metricsPort: Int?
-
-    @Option(help: "The address the metrics server binds (0.0.0.0: every interface).")
-    var metricsAddress = "127.0.0.1"
-
-    @Option(help: "Connections the metrics server keeps open at most (more are closed at once).")
-    var metricsMaxConnections = 64
-
-    @Option(help: "Metrics connections idle this long are closed (e.g. 10s).")
-    var metricsIdleTimeout = "10s"
+    @OptionGroup var httpOptions: HTTPOptions
 
     func validate() throws {
-        if let metricsPort, !(1...65535).contains(metricsPort) { throw ValidationError("--metrics-port must be 1-65535") }
         if let privateRedisPort {
             guard (1...65535).contains(privateRedisPort) else { throw ValidationError("--private-redis-port must be 1-65535") }
             guard poolOptions.redisURL == nil else { throw ValidationError("--private-redis-port is for the private redis-server: not with --redis") }
-        }
-        guard (1...10_000).contains(metricsMaxConnections) else { throw ValidationError("--metrics-max-connections must be 1-10000") }
-        guard let idle = parseDuration(metricsIdleTimeout), idle >= .milliseconds(100), idle <= .seconds(3600) else {
-            throw ValidationError("--metrics-idle-timeout must be a duration from 100ms to 1h")
         }
     }
 
@@ -176,10 +162,12 @@ struct Run: ParsableCommand, AsyncCommand {
             configuration.historyKey = historyKey
             let service = try RunService(configuration: configuration, client: client)
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: client), .init(service: service)]
-            if let metricsPort {
-                services.append(.init(service: MetricsServer(
-                    host: metricsAddress, port: metricsPort, maxConnections: metricsMaxConnections,
-                    idleTimeout: parseDuration(metricsIdleTimeout) ?? .seconds(10), registry: MetricsServer.bootstrap(), logger: logger)))
+            if let http = try httpOptions.configuration() {
+                // Ready once the node joined, Redis answers and the plan is loaded.
+                services.append(.init(service: HTTPServer(
+                    configuration: http,
+                    readiness: [.nodeJoined(service.node), .redisAnswers(client), .planLoaded(service)],
+                    metrics: HTTPServer.bootstrapMetrics(), logger: logger)))
             }
             let group = ServiceGroup(configuration: .init(
                 services: services,

@@ -48,7 +48,8 @@ private func closedByPeer(_ fd: Int32) -> Bool {
 }
 
 @Suite(.serialized, .timeLimit(.minutes(2))) struct MetricsServerTests {
-    @Test("/metrics binds 127.0.0.1 by default, caps its connections and closes idle ones")
+    // Through the deprecated --metrics-* aliases: they must keep serving the HTTP server.
+    @Test("the HTTP server (--metrics-port alias) binds 127.0.0.1 by default, caps its connections and closes idle ones")
     func capsAndIdleTimeout() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("rota-metrics-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("plans"), withIntermediateDirectories: true)
@@ -63,7 +64,7 @@ private func closedByPeer(_ fd: Int32) -> Bool {
         ])
         defer { node.killForCleanup() }
         try await node.waitUntilReady()
-        #expect(node.logs("serving metrics").first?["url"] == "http://127.0.0.1:\(port)/metrics")
+        #expect(node.logs("serving http").first?["url"] == "http://127.0.0.1:\(port)")
 
         // Twenty idle connections: four are kept, the others closed at once.
         let sockets = (0..<20).compactMap { _ in connectTo(port) }
@@ -93,18 +94,22 @@ private func closedByPeer(_ fd: Int32) -> Bool {
 }
 
 /// `GET /metrics` on 127.0.0.1:`port`: the whole response, status line included.
-func scrapeMetrics(port: Int) throws -> String {
-    guard let scrape = connectTo(port) else { throw TestFailure("cannot connect to the metrics port \(port)") }
-    defer { close(scrape) }
-    let request = Array("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
-    guard send(scrape, request, request.count, 0) == request.count else { throw TestFailure("cannot send a metrics request") }
+func scrapeMetrics(port: Int) throws -> String { try rawHTTPGet(port: port, path: "/metrics") }
+
+/// `GET path` on 127.0.0.1:`port` with `Connection: close`: the whole response, status line
+/// included, as read until the server closes (at most 5 s).
+func rawHTTPGet(port: Int, path: String) throws -> String {
+    guard let fd = connectTo(port) else { throw TestFailure("cannot connect to 127.0.0.1:\(port)") }
+    defer { close(fd) }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+    guard send(fd, request, request.count, 0) == request.count else { throw TestFailure("cannot send GET \(path)") }
     var response = [UInt8]()
     var buffer = [UInt8](repeating: 0, count: 65_536)
     let deadline = ContinuousClock.now + .seconds(5)
     while ContinuousClock.now < deadline {
-        var poll = pollfd(fd: scrape, events: Int16(POLLIN), revents: 0)
+        var poll = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         guard Glibc.poll(&poll, 1, 100) > 0 else { continue }
-        let count = recv(scrape, &buffer, buffer.count, 0)
+        let count = recv(fd, &buffer, buffer.count, 0)
         if count <= 0 { break }
         response += buffer.prefix(count)
     }
