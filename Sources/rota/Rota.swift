@@ -14,7 +14,7 @@ struct Rota: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rota",
         abstract: "Rota: a Redis-backed dedicated worker pool for long-running jobs, with a scheduler on top.",
-        subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, ProducerCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self]
+        subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, ProducerCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self, ExplainCommand.self]
     )
 }
 
