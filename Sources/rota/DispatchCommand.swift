@@ -65,8 +65,10 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
     /// `rota dispatch … --wait` with no value, written `--wait=none` so that ArgumentParser (whose
     /// options always take a value) accepts it. A `--wait` followed by a number or duration keeps
     /// it as its value: a key that looks like one goes before `--wait`, or is written `--wait=…`.
+    /// `rota status --watch` with no value is expanded here too (``StatusCommand/expandBareWatch(_:)``):
+    /// this is the one rewrite the entry point applies.
     static func expandBareWait(_ arguments: [String]) -> [String] {
-        guard arguments.first == "dispatch" else { return arguments }
+        guard arguments.first == "dispatch" else { return StatusCommand.expandBareWatch(arguments) }
         var result: [String] = []
         var index = 0
         while index < arguments.count {
