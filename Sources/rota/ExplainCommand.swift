@@ -73,6 +73,8 @@ struct ExplainCommand: ParsableCommand, AsyncCommand {
         case .json:
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
+            // snake_case like the other commands' JSON (`last_seen`, `plan_revision`).
+            encoder.keyEncodingStrategy = .convertToSnakeCase
             encoder.dateEncodingStrategy = .custom { date, encoder in
                 var container = encoder.singleValueContainer()
                 try container.encode(rfc3339(date))

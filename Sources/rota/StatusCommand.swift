@@ -171,27 +171,7 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
     /// options always take a value) accepts it; a number after `--watch` stays its value.
     static func expandBareWatch(_ arguments: [String]) -> [String] {
         guard arguments.first == "status" else { return arguments }
-        var result: [String] = []
-        var index = 0
-        while index < arguments.count {
-            let argument = arguments[index]
-            if argument == "--" {
-                result += arguments[index...]
-                break
-            }
-            if argument == "--watch" {
-                if index + 1 < arguments.count, watchSeconds(arguments[index + 1]) != nil {
-                    result += [argument, arguments[index + 1]]
-                    index += 2
-                    continue
-                }
-                result.append("--watch=\(defaultWatch)")
-            } else {
-                result.append(argument)
-            }
-            index += 1
-        }
-        return result
+        return expandBareOption(arguments, option: "--watch", bare: defaultWatch) { watchSeconds($0) != nil }
     }
 
     struct NodeRow {
