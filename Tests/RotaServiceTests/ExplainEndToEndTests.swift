@@ -182,3 +182,34 @@ struct ExplainEndToEndTests {
         #expect(weekdays.dst == nil && weekdays.closedBy.map(\.field) == ["day-of-week"], "\(weekdays)")
     }
 }
+
+@Suite("rota status --watch", .serialized)
+struct StatusWatchTests {
+    @Test("--watch redraws: successive snapshots separated by a blank line when stdout is not a terminal")
+    func watch() async throws {
+        try await withRunCluster(plans: "pool: e2e\nproducers: []\n") { cluster in
+            let output = cluster.directory.appendingPathComponent("watch.out")
+            _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+            let file = try FileHandle(forWritingTo: output)
+            defer { try? file.close() }
+            let process = Process()
+            process.executableURL = try rotaExecutable()
+            // A bare --watch followed by another option: the default interval (2 s).
+            process.arguments = ["status", "--redis", cluster.redisURL, "--pool", cluster.pool, "--watch"]
+            process.standardInput = FileHandle.nullDevice
+            process.standardOutput = file
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            defer { if process.isRunning { process.terminate() } }
+            let text = try await poll("two snapshots", timeout: .seconds(15)) { () -> String? in
+                let text = String(decoding: (try? Data(contentsOf: output)) ?? Data(), as: UTF8.self)
+                return text.components(separatedBy: "pool e2e:").count >= 3 ? text : nil
+            }
+            #expect(process.isRunning, "the watch ended by itself")
+            process.terminate()
+            process.waitUntilExit()
+            #expect(!text.contains("\u{1B}"), "a screen clear written to a file")
+            #expect(text.contains("\n\npool e2e:"), "snapshots not separated by a blank line: \(text)")
+        }
+    }
+}
