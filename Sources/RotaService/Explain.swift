@@ -91,8 +91,9 @@ public struct JobExplanation: Codable, Sendable, Hashable {
     }
 
     public struct Retirement: Codable, Sendable, Hashable {
+        /// Empty when only the producer's retired mark is known (its plan event was pruned).
         public var by: String
-        public var at: Date
+        public var at: Date?
         public var revision: Int?
     }
 
@@ -290,9 +291,10 @@ public struct JobExplanation: Codable, Sendable, Hashable {
             case .paused:
                 pauses[event.producer] = Pause(by: event.actor, reason: event.reason ?? "", at: event.at, until: event.until,
                     stopJobs: event.stopJobs ?? false)
-            case .resumed, .created, .updated:
-                if event.kind == .resumed { pauses[event.producer] = nil }
-                if event.kind != .resumed { retirements[event.producer] = nil }
+            case .resumed:
+                pauses[event.producer] = nil
+            case .created, .updated:
+                retirements[event.producer] = nil
             case .retired:
                 retirements[event.producer] = Retirement(by: event.actor, at: event.at, revision: event.revision)
             case .triggered:
@@ -300,8 +302,10 @@ public struct JobExplanation: Codable, Sendable, Hashable {
             }
         }
         return stored.values.map { revision in
-            let retirement = revision.retiredAt == nil ? nil
-                : retirements[revision.name] ?? Retirement(by: "", at: Date(timeIntervalSince1970: 0), revision: nil)
+            // The producer row's own mark decides; the event (who) may have been pruned.
+            let retirement = revision.retiredAt.map { at in
+                retirements[revision.name] ?? Retirement(by: "", at: RFC3339.date(from: at), revision: nil)
+            }
             return ProducerSource(name: revision.name, revision: revision.revision, definition: revision.definition,
                 pause: retirement == nil ? pauses[revision.name] : nil, retirement: retirement)
         }

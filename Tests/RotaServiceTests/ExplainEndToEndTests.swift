@@ -113,6 +113,14 @@ struct ExplainEndToEndTests {
             let pause = try #require(listing(calm)["pause"] as? [String: Any])
             #expect(pause["reason"] as? String == "maintenance" && (pause["by"] as? String)?.contains("@") == true)
             #expect(pause["until"] is String && listing(calm)["next_desired"] as? String == pause["until"] as? String, "\(calm)")
+            // From the history alone (no Redis): the pause replayed from the node's plan events.
+            try await poll("the pause recorded", timeout: .seconds(15), diagnostics: cluster.diagnostics) {
+                try node.store().planEvents(pool: "e2e", producer: "calm").contains { $0.kind == .paused } ? true : nil
+            }
+            let offline = try await rotaCommand(["explain", "calm/one", "--db", node.database, "--pool", cluster.pool, "--format", "json"])
+            #expect(offline.status == 0, "\(offline.err)")
+            let offlineObject = try #require(try JSONSerialization.jsonObject(with: Data(offline.out.utf8)) as? [String: Any])
+            #expect(listing(offlineObject)["state"] as? String == "paused" && offlineObject["placement"] == nil, "\(offline.out)")
             let calmText = try await rotaCommand(["explain", "calm/one", "--redis", cluster.redisURL, "--pool", cluster.pool])
             #expect(calmText.status == 0, "\(calmText.err)")
             #expect(calmText.out.contains("paused by"), "\(calmText.out)")
