@@ -207,7 +207,7 @@ public struct JobExplanation: Codable, Sendable, Hashable {
                         actions: actions.map { Action(action: $0.action.rawValue, outcome: $0.outcome.rawValue, reason: $0.reason, error: $0.error, at: $0.at) }))
                 }
             } catch {
-                throw ServiceError(.invalidArgument, "reading the history: \(error.message)", underlying: error)
+                throw ServiceError(.history, "reading the history: \(error.message)", underlying: error)
             }
         } else {
             notes.append("no history given (--db): the rounds that acted on the job are not listed")
@@ -248,7 +248,7 @@ public struct JobExplanation: Codable, Sendable, Hashable {
             do {
                 for revision in try store.producers(pool: pool) { stored[revision.name] = revision }
             } catch {
-                throw ServiceError(.invalidArgument, "reading the history: \(error.message)", underlying: error)
+                throw ServiceError(.history, "reading the history: \(error.message)", underlying: error)
             }
         }
         if let plan {
@@ -281,7 +281,7 @@ public struct JobExplanation: Codable, Sendable, Hashable {
         do {
             events = try store.planEvents(pool: pool, limit: 100_000)
         } catch {
-            throw ServiceError(.invalidArgument, "reading the history: \(error.message)", underlying: error)
+            throw ServiceError(.history, "reading the history: \(error.message)", underlying: error)
         }
         // The last pause or resume of each producer decides; a retirement is the producer's own mark.
         var pauses: [String: Pause] = [:]
