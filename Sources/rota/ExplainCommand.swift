@@ -156,7 +156,13 @@ struct ExplainCommand: ParsableCommand, AsyncCommand {
             case .noWorker:
                 line("pool: waiting: the pool has no active worker")
             case .absent:
-                line("pool: not in the pool")
+                // Wanted but absent: between the window opening and its producer's next tick, or
+                // its starts fail (the rounds below say which).
+                if let next = e.nextRun, next.now {
+                    line("pool: not in the pool yet: the next round of \(next.producer ?? "-") starts it (see the rounds below for failed starts)")
+                } else {
+                    line("pool: not in the pool")
+                }
             }
             if let handler = placement.handler { line("  handler \(handler), \(placement.activeWorkers) active worker(s) in the pool") }
         }
