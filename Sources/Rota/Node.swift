@@ -574,6 +574,21 @@ public final class Node: Service, Sendable {
         return maps.owners.keys.sorted()
     }
 
+    /// The worker that owns a job and the node that worker runs on (nil when the node did not
+    /// record it), or nil when no worker owns the job. `rota explain` asks this for one job, so
+    /// a client-only node reads two fields instead of the whole ownership registry.
+    public func jobOwner(_ key: String) async throws -> (worker: String, node: String?)? {
+        let worker: String?
+        if options.clientOnly {
+            worker = try await client.send("HGET", maps.owners.contentKey, key).bytes.map { String(decoding: $0, as: UTF8.self) }
+        } else {
+            worker = maps.owners.get(key).map { String(decoding: $0, as: UTF8.self) }
+        }
+        guard let worker, !worker.isEmpty else { return nil }
+        let node = try await client.send("HGET", workerNodesKey, worker).bytes.map { String(decoding: $0, as: UTF8.self) }
+        return (worker, node)
+    }
+
     /// The payload of a running job: nil when the job does not exist, empty when it has none.
     /// A payload over ``Options/maxPayloadBytes`` reads as nil, as it does in the replicas.
     public func jobPayload(_ key: String) async throws -> [UInt8]? {

@@ -222,12 +222,14 @@ final class ProducerPlanner: JobProducer {
     }
 
     /// The schedule applied this node's plan: record and publish the outcome. `final` is set for a
-    /// retired producer's last round that stopped everything: its schedule can end.
-    func finish(_ report: PlanReport) async -> (record: RoundRecord, final: Bool)? {
+    /// retired producer's last round that stopped everything: its schedule can end. `unplaced`
+    /// counts the jobs held for a capability (not in the record's counts, but a change all the same).
+    func finish(_ report: PlanReport) async -> (record: RoundRecord, final: Bool, unplaced: Int)? {
         guard let open = state.withLock({ $0.open.removeValue(forKey: report.tick.token) }) else { return nil }
         let now = Date()
         var record = open.record
         var actions: [ActionRecord] = []
+        var unplaced = 0
         let actor = node.options.name
         for (key, outcome) in report.outcomes {
             let isStart = open.starts.contains(key)
@@ -263,6 +265,7 @@ final class ProducerPlanner: JobProducer {
                 // later rounds see the job as running with its payload, so this is recorded once.
                 let kind: ActionKind = open.reasons[key] == Reason.payloadChanged ? .restart : .start
                 actions.append(action(kind, .unplaced, error: "no active worker has capability '\(requirement)'", hash: hash))
+                unplaced += 1
             case .failed(let message):
                 let kind: ActionKind = !isStart ? .stop : (open.reasons[key] == Reason.payloadChanged ? .restart : .start)
                 actions.append(action(kind, .failed, error: message, hash: hash))
@@ -271,7 +274,7 @@ final class ProducerPlanner: JobProducer {
         }
         record.finishedAt = now
         await history.recordOutcome(record, actions: actions, missed: open.missed)
-        return (record, open.special == .retired && record.failed == 0)
+        return (record, open.special == .retired && record.failed == 0, unplaced)
     }
 }
 

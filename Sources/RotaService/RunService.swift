@@ -492,7 +492,7 @@ public final class RunService: Service, Sendable {
         for await event in schedule.events {
             switch event {
             case .applied(let report):
-                guard let (round, final) = await planner.finish(report) else { continue }
+                guard let (round, final, unplaced) = await planner.finish(report) else { continue }
                 let duration = (round.finishedAt ?? Date()).timeIntervalSince(round.startedAt)
                 let dimensions = [("producer", round.producer)]
                 Counter(label: "rota_rounds", dimensions: dimensions).increment()
@@ -500,10 +500,13 @@ public final class RunService: Service, Sendable {
                 Counter(label: "rota_jobs_started", dimensions: dimensions).increment(by: round.started)
                 Counter(label: "rota_jobs_stopped", dimensions: dimensions).increment(by: round.stopped)
                 Counter(label: "rota_jobs_failed", dimensions: dimensions).increment(by: round.failed)
-                logger.info("round", metadata: [
+                // A round that changed nothing logs at debug: 100 producers at 1 s would otherwise
+                // write 100 info lines a second that say only "still fine".
+                let changed = round.started + round.stopped + round.failed + unplaced > 0 || round.error != nil
+                logger.log(level: changed ? .info : .debug, "round", metadata: [
                     "producer": "\(round.producer)", "round": "\(round.roundID)", "revision": "\(round.revision)",
                     "started": "\(round.started)", "stopped": "\(round.stopped)", "failed": "\(round.failed)",
-                    "duration_ms": "\(Int(duration * 1000))",
+                    "unplaced": "\(unplaced)", "duration_ms": "\(Int(duration * 1000))",
                 ])
                 if final {
                     logger.info("producer retired: its jobs are stopped and its schedule ends on every node", metadata: ["producer": "\(round.producer)"])

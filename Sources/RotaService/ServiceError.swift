@@ -29,6 +29,8 @@ public struct ServiceError: Error, Sendable, CustomStringConvertible {
         public static let invalidArgument = Code("invalidArgument")
         /// Redis failed or refused an operation of the service (the pool's plan, its history).
         public static let redis = Code("redis")
+        /// A node's SQLite history could not be read (the ``RotaStore/StoreError`` is the underlying error).
+        public static let history = Code("history")
     }
 
     public var code: Code

@@ -91,7 +91,9 @@ final class ChaosCluster: Sendable {
         let common = ["--redis", server.url, "--pool", Self.pool, "--name", slot, "--log-format", "json"]
         let role: ChaosProcess.Role = slot.hasPrefix("r") ? .planner : .worker
         let arguments = role == .planner
-            ? ["run", "--plans", plansDirectory.path, "--db", database(of: slot), "--workers", "1", "--handler", "log"] + common
+            // Debug: a round that changed nothing logs its "round" line at debug, and the checker
+            // counts every round's line to find a tick planned twice.
+            ? ["run", "--plans", plansDirectory.path, "--db", database(of: slot), "--workers", "1", "--handler", "log", "--log-level", "debug"] + common
             : ["worker", "--workers", "2", "--handler", "greet=log"] + common
         let process = try ChaosProcess(
             role: role, slot: slot, incarnation: incarnation, executable: executable, arguments: arguments, logPath: logPath)

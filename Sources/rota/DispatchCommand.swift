@@ -65,30 +65,11 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
     /// `rota dispatch … --wait` with no value, written `--wait=none` so that ArgumentParser (whose
     /// options always take a value) accepts it. A `--wait` followed by a number or duration keeps
     /// it as its value: a key that looks like one goes before `--wait`, or is written `--wait=…`.
+    /// `rota status --watch` with no value is expanded here too (``StatusCommand/expandBareWatch(_:)``):
+    /// this is the one rewrite the entry point applies.
     static func expandBareWait(_ arguments: [String]) -> [String] {
-        guard arguments.first == "dispatch" else { return arguments }
-        var result: [String] = []
-        var index = 0
-        while index < arguments.count {
-            let argument = arguments[index]
-            if argument == "--" {
-                result += arguments[index...]
-                break
-            }
-            if argument == "--wait" {
-                let next = index + 1 < arguments.count ? arguments[index + 1] : nil
-                if let next, next != noLimit, waitDuration(next) != nil {
-                    result += [argument, next]
-                    index += 2
-                    continue
-                }
-                result.append("--wait=\(noLimit)")
-            } else {
-                result.append(argument)
-            }
-            index += 1
-        }
-        return result
+        guard arguments.first == "dispatch" else { return StatusCommand.expandBareWatch(arguments) }
+        return expandBareOption(arguments, option: "--wait", bare: noLimit) { $0 != noLimit && waitDuration($0) != nil }
     }
 
     /// How a dispatch ended, as the command reports it.
@@ -246,4 +227,30 @@ struct DispatchCommand: ParsableCommand, AsyncCommand {
             return .timedOut
         }
     }
+}
+
+/// `arguments` with each `option` that has no value (`isValue` refuses what follows it) written
+/// `option=bare`, so that ArgumentParser, whose options always take a value, accepts it. Stops at `--`.
+func expandBareOption(_ arguments: [String], option: String, bare: String, isValue: (String) -> Bool) -> [String] {
+    var result: [String] = []
+    var index = 0
+    while index < arguments.count {
+        let argument = arguments[index]
+        if argument == "--" {
+            result += arguments[index...]
+            break
+        }
+        if argument == option {
+            if index + 1 < arguments.count, isValue(arguments[index + 1]) {
+                result += [argument, arguments[index + 1]]
+                index += 2
+                continue
+            }
+            result.append("\(option)=\(bare)")
+        } else {
+            result.append(argument)
+        }
+        index += 1
+    }
+    return result
 }

@@ -161,7 +161,7 @@ struct WorkerCommand: ParsableCommand, AsyncCommand {
     func execute() async throws {
         let policy = try loadExecPolicy(file: execPolicy, allowExec: allowExec)
         let configuration = try requiredRedisConfiguration(poolOptions, command: "worker")
-        let logger = bootstrapLogging(format: logFormat, level: logLevel)
+        let logger = try bootstrapLogging(format: logFormat, level: logLevel)
         let (registry, exec) = try builtInRegistry(policy: policy, handlers: handlers, logger: logger)
         let client = RedisClient(configuration: configuration, logger: logger)
         var nodeOptions = Node.Options()

@@ -16,7 +16,7 @@ struct Rota: ParsableCommand {
         commandName: "rota",
         abstract: "Rota: a Redis-backed dedicated worker pool for long-running jobs, with a scheduler on top.",
         version: RotaVersion.current,
-        subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, ProducerCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self]
+        subcommands: [Run.self, WorkerCommand.self, PlanCommands.self, ProducerCommands.self, History.self, Jobs.self, DispatchCommand.self, StopCommand.self, NotifyCommand.self, StatusCommand.self, ExplainCommand.self]
     )
 }
 

@@ -149,7 +149,7 @@ struct Run: ParsableCommand, AsyncCommand {
     func execute() async throws {
         let policy = try loadExecPolicy(file: execPolicy, allowExec: allowExec)
         let historyKey = try historyKeyOptions.load()
-        let logger = bootstrapLogging(format: logFormat, level: logLevel)
+        let logger = try bootstrapLogging(format: logFormat, level: logLevel)
         let (registry, exec) = try builtInRegistry(policy: policy, handlers: handlers, logger: logger)
         try await withRedis(try poolOptions.redisConfiguration(), tcpPort: privateRedisPort, logger: logger) { redisConfiguration in
             let client = RedisClient(configuration: redisConfiguration, logger: logger)
@@ -275,8 +275,13 @@ func builtInRegistry(policy: ExecPolicy, handlers: [String] = [], logger: Logger
     return (registry, exec)
 }
 
-func bootstrapLogging(format: LogFormat, level: String) -> Logger {
-    let logLevel = Logger.Level(rawValue: level) ?? .info
+/// Sets up logging at `level`. An unknown level is a usage error (exit 64) listing the valid
+/// ones: falling back to `info` silently would hide the debug lines someone asked for.
+func bootstrapLogging(format: LogFormat, level: String) throws -> Logger {
+    guard let logLevel = Logger.Level(rawValue: level) else {
+        let valid = Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")
+        throw failure("--log-level: unknown level '\(terminalSafe(level))' (valid: \(valid))", exitCode: 64)
+    }
     LoggingSystem.bootstrap { label in
         var handler: any LogHandler = format == .json
             ? JSONLogHandler(label: label)

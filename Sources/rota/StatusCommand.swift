@@ -148,6 +148,32 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
     @Option(help: "Output format: table or json.")
     var format: ReportFormat = .table
 
+    @Option(name: .customLong("watch"), help: ArgumentHelp(
+        "Redraw the status every SECONDS (2 when given no value) until interrupted; on a terminal the screen is cleared first, otherwise snapshots are separated by a blank line.",
+        valueName: "SECONDS"))
+    var watchInterval: String?
+
+    /// The interval of a bare `--watch` (see ``expandBareWatch(_:)``).
+    static let defaultWatch = "2"
+
+    func validate() throws {
+        if let watchInterval, Self.watchSeconds(watchInterval) == nil {
+            throw ValidationError("--watch: '\(watchInterval)' is not a number of seconds between 0.1 and 86400")
+        }
+    }
+
+    static func watchSeconds(_ text: String) -> Double? {
+        guard let seconds = Double(text), seconds.isFinite, seconds >= 0.1, seconds <= 86_400 else { return nil }
+        return seconds
+    }
+
+    /// `rota status … --watch` with no value, written `--watch=2` so that ArgumentParser (whose
+    /// options always take a value) accepts it; a number after `--watch` stays its value.
+    static func expandBareWatch(_ arguments: [String]) -> [String] {
+        guard arguments.first == "status" else { return arguments }
+        return expandBareOption(arguments, option: "--watch", bare: defaultWatch) { watchSeconds($0) != nil }
+    }
+
     struct NodeRow {
         var id: String
         var name: String?
@@ -178,11 +204,42 @@ struct StatusCommand: ParsableCommand, AsyncCommand {
         var configuration = try requiredRedisConfiguration(poolOptions, command: "status")
         configuration.commandConnections = 1
         let pool = poolOptions.pool
-        let text = try await withPoolClient(configuration) { client in
-            let reader = try PoolReader(client: client, pool: pool)
-            return try await Self.report(reader, format: format)
+        let format = format
+        guard let seconds = watchInterval.flatMap(Self.watchSeconds) else {
+            let text = try await withPoolClient(configuration) { client in
+                let reader = try PoolReader(client: client, pool: pool)
+                return try await Self.report(reader, format: format)
+            }
+            print(text, terminator: "")
+            return
         }
-        print(text, terminator: "")
+        try await withPoolClient(configuration) { client in
+            let reader = try PoolReader(client: client, pool: pool)
+            // Clearing is for a person watching; a pipe or file gets every snapshot, in order.
+            let terminal = isatty(STDOUT_FILENO) == 1
+            var first = true
+            while !Task.isCancelled {
+                let text: String
+                do {
+                    text = try await Self.report(reader, format: format)
+                } catch {
+                    // One failed read (Redis restarting) must not end a watch: the next one may succeed.
+                    FileHandle.standardError.write(Data("warning: \(terminalSafe(poolMessage(error)))\n".utf8))
+                    try await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+                    continue
+                }
+                if terminal {
+                    print("\u{1B}[H\u{1B}[2J" + text, terminator: "")
+                } else {
+                    print((first ? "" : "\n") + text, terminator: "")
+                }
+                first = false
+                // Standard output to a pipe is block-buffered: each snapshot must reach a reader now (nil:
+                // every stream, as `stdout` itself is not concurrency-safe to name).
+                fflush(nil)
+                try await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+            }
+        }
     }
 
     static func report(_ reader: PoolReader, format: ReportFormat) async throws -> String {

@@ -132,6 +132,11 @@ struct OutputEscapingTests {
             #expect(status.status == 0, "\(status.err)")
             #expect(!status.out.contains("\u{1B}"), "a raw ESC reached the terminal")
             #expect(status.out.contains("evil\\u{1B}[2Jkey"), "\(status.out)")
+            // rota explain too: the key is in the pool (a payload, no owner, no worker at all).
+            let explained = try rota(["explain", "evil\u{1B}[2Jkey", "--redis", server.url, "--pool", "esc"])
+            #expect(explained.status == 0, "\(explained.err)")
+            #expect(!explained.out.contains("\u{1B}"), "a raw ESC reached the terminal")
+            #expect(explained.out.contains("evil\\u{1B}[2Jkey") && explained.out.contains("no active worker"), "\(explained.out)")
         }
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("rota-escape-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
