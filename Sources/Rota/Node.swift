@@ -656,6 +656,9 @@ struct NodeState {
     var earlyAcks: [RoutedKey: (ack: AckRecord, at: ContinuousClock.Instant)] = [:]
     /// When each ownerless payload was first seen (orphan recovery).
     var orphansSeen: [String: ContinuousClock.Instant] = [:]
+    /// Workers whose keep-alive in Redis was unreadable at a cleanup, since when (see
+    /// ``Node/cleanUp(worker:keys:)``).
+    var unreadableKeepAlives: [String: ContinuousClock.Instant] = [:]
     /// The last inbox event handled: the inbox is trimmed up to it.
     var lastInboxEvent: String?
     /// Payloads read from the pool stream, inboxes or Redis directly and refused for their size,

@@ -427,8 +427,26 @@ extension Node {
             guard try await maps.cleanup.setIfAbsent(worker, String(now)) else { return }
             // The verdict came from this node's replica, which may lag (a node resumed after a
             // pause acts before it applied the keep-alives written meanwhile). Redis decides.
-            let stored = try await client.send("HGET", maps.workerKeepAlive.contentKey, worker).string.flatMap { timestampNanos($0) }
+            let raw = try await client.send("HGET", maps.workerKeepAlive.contentKey, worker)
+            let stored = raw.string.flatMap { timestampNanos($0) }
             lastSeen = stored
+            // A keep-alive that is there but unreadable was written by something else: a live
+            // worker overwrites it within a keep-alive period. It counts as seen now until it has
+            // stayed unreadable for a TTL (then the worker is as dead as a silent one).
+            let unreadableSince = state.withLock { state -> ContinuousClock.Instant? in
+                guard !raw.isNull, stored == nil else {
+                    state.unreadableKeepAlives.removeValue(forKey: worker)
+                    return nil
+                }
+                if state.unreadableKeepAlives.count > 10_000 { state.unreadableKeepAlives.removeAll() }
+                return state.unreadableKeepAlives[worker, default: .now]
+            }
+            if let since = unreadableSince, ContinuousClock.now - since < options.workerTTL {
+                state.withLock { $0.unreadableKeepAlives[worker] = since }
+                logger.notice("worker's keep-alive in Redis is unreadable: left alone for one TTL", metadata: ["worker": "\(worker)"])
+                _ = try await maps.cleanup.testAndDelete(worker, test: String(now))
+                return
+            }
             if let stored, nowNanos() - stored <= options.workerTTL.nanoseconds {
                 logger.notice("worker looked inactive in this node's lagging view but is alive: left alone", metadata: ["worker": "\(worker)"])
                 _ = try await maps.cleanup.testAndDelete(worker, test: String(now))

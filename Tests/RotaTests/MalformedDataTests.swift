@@ -118,3 +118,28 @@ struct MalformedDataTests {
         }
     }
 }
+
+extension MalformedDataTests {
+    @Test("a keep-alive made unreadable in Redis spares its worker for one TTL, then counts as silence")
+    func unreadableKeepAlive() async throws {
+        try await withPool { pool in
+            let host = try await pool.start().node
+            let sweeper = try await pool.start().node
+            let handler = RecordingHandler()
+            let worker = try await host.addWorker(handler)
+            try await host.dispatch(key: "kept", payload: bytes("p"))
+            // Frozen, so only the forged value is there; the sweeper is asked directly.
+            worker.suspendKeepAlive()
+            try await sweeper.maps.workerKeepAlive.setAndWait(worker.id, "garbage")
+            await sweeper.cleanUp(worker: worker.id, keys: ["kept"])
+            #expect(try await pool.client.send("HEXISTS", sweeper.maps.workers.contentKey, worker.id).int == 1, "left alone the first time")
+            #expect(sweeper.maps.owners.string("kept") == worker.id)
+            // Still unreadable a TTL later: the worker is as dead as a silent one.
+            try await eventually("cleaned up once unreadable for a TTL") {
+                await sweeper.cleanUp(worker: worker.id, keys: ["kept"])
+                return try await pool.client.send("HEXISTS", sweeper.maps.workers.contentKey, worker.id).int == 0
+            }
+            try await host.shutdown()
+        }
+    }
+}
